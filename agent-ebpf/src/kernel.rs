@@ -1,0 +1,504 @@
+//! The `sys_exit` program and its maps. See main.rs for the shape of the hot path.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+    },
+    macros::{btf_tracepoint, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+    Global,
+};
+use sonde_ebpf::{
+    conn_flags, direction, drop_reason, event_kind, proto, role, ConnInfo, ConnKey, EventHeader,
+    EVENT_HEADER_LEN, MAX_CONNS, MAX_IOVECS, MAX_PAYLOAD, RING_BYTES,
+};
+
+/// sonde's own process id, set by the loader: sonde never observes its own traffic.
+#[no_mangle]
+static SONDE_TGID: Global<u32> = Global::new(0);
+
+#[map]
+static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
+
+/// Per-CPU staging area for one event: header then payload. The payload area is three times
+/// `MAX_PAYLOAD` so that every masked offset + masked length the verifier sees stays inside.
+#[repr(C)]
+pub struct Scratch {
+    hdr: EventHeader,
+    data: [u8; 3 * MAX_PAYLOAD],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+// x86-64 syscall numbers.
+const SYS_READ: u64 = 0;
+const SYS_WRITE: u64 = 1;
+const SYS_CLOSE: u64 = 3;
+const SYS_READV: u64 = 19;
+const SYS_WRITEV: u64 = 20;
+const SYS_SENDFILE: u64 = 40;
+const SYS_CONNECT: u64 = 42;
+const SYS_ACCEPT: u64 = 43;
+const SYS_SENDTO: u64 = 44;
+const SYS_RECVFROM: u64 = 45;
+const SYS_SENDMSG: u64 = 46;
+const SYS_RECVMSG: u64 = 47;
+const SYS_ACCEPT4: u64 = 288;
+const SYS_RECVMMSG: u64 = 299;
+const SYS_SENDMMSG: u64 = 307;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EPIPE: i64 = 32;
+const ECONNRESET: i64 = 104;
+const ETIMEDOUT: i64 = 110;
+const EINPROGRESS: i64 = 115;
+
+/// Masks that bound offsets and lengths for the verifier (values are already <= MAX_PAYLOAD).
+const LEN_MASK: usize = 2 * MAX_PAYLOAD - 1;
+const OFF_MASK: usize = MAX_PAYLOAD - 1;
+
+/// Where a syscall's payload lives in user memory.
+#[derive(Clone, Copy)]
+enum Source {
+    /// One contiguous buffer (read/write/recvfrom/sendto).
+    Buf(u64),
+    /// An iovec array and its length (readv/writev, and *msg through their msghdr).
+    Iov(u64, u64),
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sonde_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let _ = handle(regs, ret);
+    0
+}
+
+#[inline(always)]
+fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
+    // SAFETY (all reg reads): `regs` is the tracepoint's pt_regs pointer; reads go through
+    // bpf_probe_read_kernel, which fails cleanly instead of faulting.
+    let nr = unsafe { read_kernel(&(*regs).orig_rax)? };
+    match nr {
+        SYS_READ | SYS_WRITE | SYS_RECVFROM | SYS_SENDTO | SYS_READV | SYS_WRITEV | SYS_RECVMSG
+        | SYS_SENDMSG | SYS_RECVMMSG | SYS_SENDMMSG | SYS_SENDFILE | SYS_CLOSE | SYS_CONNECT
+        | SYS_ACCEPT | SYS_ACCEPT4 => {}
+        _ => return Ok(()),
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == SONDE_TGID.load() {
+        return Ok(());
+    }
+    let fd = unsafe { read_kernel(&(*regs).rdi)? } as i32;
+    let key = ConnKey { tgid, fd };
+    match nr {
+        SYS_CLOSE => on_close(&key, pid_tgid),
+        SYS_CONNECT => {
+            if ret == 0 || ret == -EINPROGRESS {
+                let addr = unsafe { read_kernel(&(*regs).rsi)? };
+                on_new_conn(ConnKey { tgid, fd }, addr, role::CLIENT, -1)
+            } else {
+                Ok(())
+            }
+        }
+        SYS_ACCEPT | SYS_ACCEPT4 => {
+            if ret >= 0 {
+                let addr = unsafe { read_kernel(&(*regs).rsi)? };
+                on_new_conn(
+                    ConnKey {
+                        tgid,
+                        fd: ret as i32,
+                    },
+                    addr,
+                    role::SERVER,
+                    fd,
+                )
+            } else {
+                Ok(())
+            }
+        }
+        _ => {
+            if ret <= 0 {
+                return on_error(&key, pid_tgid, ret, nr);
+            }
+            let arg1 = unsafe { read_kernel(&(*regs).rsi)? };
+            let (dir, src, len) = match nr {
+                SYS_READ | SYS_RECVFROM => (direction::INGRESS, Source::Buf(arg1), ret as u64),
+                SYS_WRITE | SYS_SENDTO => (direction::EGRESS, Source::Buf(arg1), ret as u64),
+                SYS_READV | SYS_WRITEV => {
+                    let cnt = unsafe { read_kernel(&(*regs).rdx)? };
+                    let dir = if nr == SYS_READV {
+                        direction::INGRESS
+                    } else {
+                        direction::EGRESS
+                    };
+                    (dir, Source::Iov(arg1, cnt), ret as u64)
+                }
+                SYS_RECVMSG | SYS_SENDMSG => {
+                    let (iov, cnt) = msghdr_iov(arg1)?;
+                    let dir = if nr == SYS_RECVMSG {
+                        direction::INGRESS
+                    } else {
+                        direction::EGRESS
+                    };
+                    (dir, Source::Iov(iov, cnt), ret as u64)
+                }
+                SYS_RECVMMSG | SYS_SENDMMSG => {
+                    // ret counts messages; take the first one (its length follows its msghdr).
+                    let (iov, cnt) = msghdr_iov(arg1)?;
+                    let first_len: u32 = read_user(arg1 + 56)?;
+                    let dir = if nr == SYS_RECVMMSG {
+                        direction::INGRESS
+                    } else {
+                        direction::EGRESS
+                    };
+                    (dir, Source::Iov(iov, cnt), first_len as u64)
+                }
+                // sendfile(out_fd, ...): bytes we cannot see; shipped as a gap.
+                _ => (direction::EGRESS, Source::Iov(0, 0), ret as u64),
+            };
+            if len == 0 {
+                return Ok(());
+            }
+            on_data(&key, pid_tgid, dir, src, len)
+        }
+    }
+}
+
+/// A read/write-family syscall moved `len` bytes on `key`'s fd.
+#[inline(always)]
+fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Result<(), i64> {
+    let info = match CONNS.get_ptr_mut(key) {
+        Some(p) => p,
+        None => {
+            // Not seen connecting or accepting: a connection older than sonde, inherited
+            // across fork, or not a socket at all. Track it only if it carries a protocol.
+            let class = classify(src, len);
+            if class == 0 {
+                return Ok(());
+            }
+            let is_request = class == CLASS_REQUEST;
+            let client = is_request == (dir == direction::EGRESS);
+            let info = ConnInfo {
+                conn_id: unsafe { bpf_ktime_get_ns() },
+                role: if client { role::CLIENT } else { role::SERVER },
+                proto: proto::HTTP1,
+                flags: conn_flags::RESOLVE | first_flag(is_request),
+                listen_fd: -1,
+                ..ConnInfo::default()
+            };
+            if CONNS.insert(key, &info, 0).is_err() {
+                count_drop(drop_reason::CONN_TABLE_FULL);
+                return Ok(());
+            }
+            return emit(key, pid_tgid, event_kind::DATA, dir, src, len, &info, 0);
+        }
+    };
+    // SAFETY: `info` points into the map value, valid for this program run.
+    let mut conn = unsafe { *info };
+    if conn.proto == proto::NONE {
+        return Ok(());
+    }
+    if conn.proto == proto::UNKNOWN {
+        let class = classify(src, len);
+        if class == 0 {
+            // Decide "not ours" only on a full-sized first message; a tiny first write may
+            // just be a split request.
+            if len >= 8 {
+                unsafe { (*info).proto = proto::NONE };
+            }
+            return Ok(());
+        }
+        conn.proto = proto::HTTP1;
+        conn.flags |= first_flag(class == CLASS_REQUEST);
+        unsafe {
+            (*info).proto = conn.proto;
+            (*info).flags = conn.flags;
+        }
+    }
+    emit(key, pid_tgid, event_kind::DATA, dir, src, len, &conn, 0)
+}
+
+#[inline(always)]
+fn first_flag(is_request: bool) -> u8 {
+    if is_request {
+        conn_flags::FIRST_WAS_REQUEST
+    } else {
+        0
+    }
+}
+
+/// A read/write failed (or read EOF): a connection error on a tracked connection is shipped
+/// so that a waiting client request ends with an error.
+#[inline(always)]
+fn on_error(key: &ConnKey, pid_tgid: u64, ret: i64, nr: u64) -> Result<(), i64> {
+    if ret != -ECONNRESET && ret != -EPIPE && ret != -ETIMEDOUT {
+        return Ok(());
+    }
+    if nr == SYS_SENDFILE {
+        return Ok(());
+    }
+    if let Some(p) = CONNS.get_ptr(key) {
+        let conn = unsafe { *p };
+        if conn.proto == proto::HTTP1 {
+            return emit(
+                key,
+                pid_tgid,
+                event_kind::ERROR,
+                direction::INGRESS,
+                Source::Iov(0, 0),
+                0,
+                &conn,
+                (-ret) as u32,
+            );
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn on_close(key: &ConnKey, pid_tgid: u64) -> Result<(), i64> {
+    let Some(p) = CONNS.get_ptr(key) else {
+        return Ok(());
+    };
+    let conn = unsafe { *p };
+    let _ = CONNS.remove(key);
+    if conn.proto == proto::HTTP1 {
+        return emit(
+            key,
+            pid_tgid,
+            event_kind::CLOSE,
+            direction::EGRESS,
+            Source::Iov(0, 0),
+            0,
+            &conn,
+            0,
+        );
+    }
+    Ok(())
+}
+
+/// connect() or accept() gave a TCP connection: remember it with its peer address.
+#[inline(always)]
+fn on_new_conn(key: ConnKey, sockaddr: u64, conn_role: u8, listen_fd: i32) -> Result<(), i64> {
+    let mut info = ConnInfo {
+        conn_id: unsafe { bpf_ktime_get_ns() },
+        role: conn_role,
+        proto: proto::UNKNOWN,
+        listen_fd,
+        ..ConnInfo::default()
+    };
+    if sockaddr != 0 {
+        // struct sockaddr_in6 covers sockaddr_in: family, port, then the address.
+        let raw: [u8; 28] = read_user(sockaddr)?;
+        let family = u16::from_ne_bytes([raw[0], raw[1]]);
+        let port = u16::from_be_bytes([raw[2], raw[3]]);
+        match family {
+            AF_INET => info.peer_addr[..4].copy_from_slice(&raw[4..8]),
+            AF_INET6 => info.peer_addr.copy_from_slice(&raw[8..24]),
+            // Unix and other families are not TCP: not tracked.
+            _ => return Ok(()),
+        }
+        info.family = family;
+        info.peer_port = port;
+    } else if conn_role == role::CLIENT {
+        return Ok(());
+    }
+    if CONNS.insert(&key, &info, 0).is_err() {
+        count_drop(drop_reason::CONN_TABLE_FULL);
+    }
+    Ok(())
+}
+
+const CLASS_REQUEST: u8 = 1;
+const CLASS_RESPONSE: u8 = 2;
+
+/// Looks at the first 8 payload bytes: an HTTP/1 request line or status line, or nothing.
+#[inline(always)]
+fn classify(src: Source, len: u64) -> u8 {
+    if len < 8 {
+        return 0;
+    }
+    let ptr = match src {
+        Source::Buf(p) => p,
+        Source::Iov(iov, cnt) => {
+            if cnt == 0 || iov == 0 {
+                return 0;
+            }
+            let Ok(first) = read_user::<[u64; 2]>(iov) else {
+                return 0;
+            };
+            if first[1] < 8 {
+                return 0;
+            }
+            first[0]
+        }
+    };
+    let Ok(b) = read_user::<[u8; 8]>(ptr) else {
+        return 0;
+    };
+    classify_http(&b)
+}
+
+#[inline(always)]
+fn classify_http(b: &[u8; 8]) -> u8 {
+    match b {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _] => CLASS_RESPONSE,
+        [b'G', b'E', b'T', b' ', ..]
+        | [b'P', b'U', b'T', b' ', ..]
+        | [b'P', b'O', b'S', b'T', b' ', ..]
+        | [b'H', b'E', b'A', b'D', b' ', ..]
+        | [b'P', b'A', b'T', b'C', b'H', b' ', ..]
+        | [b'T', b'R', b'A', b'C', b'E', b' ', ..]
+        | [b'D', b'E', b'L', b'E', b'T', b'E', b' ', _]
+        | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
+        | [b'C', b'O', b'N', b'N', b'E', b'C', b'T', b' '] => CLASS_REQUEST,
+        _ => 0,
+    }
+}
+
+/// Copies the header and up to MAX_PAYLOAD bytes of payload into the ring buffer.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    key: &ConnKey,
+    pid_tgid: u64,
+    kind: u32,
+    dir: u8,
+    src: Source,
+    len: u64,
+    conn: &ConnInfo,
+    errno: u32,
+) -> Result<(), i64> {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    // SAFETY: `s` is this CPU's scratch value; programs do not nest on one CPU for this hook.
+    let s = unsafe { &mut *s };
+    s.hdr.kind = kind;
+    s.hdr.total_len = len as u32;
+    s.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    s.hdr.tgid = key.tgid;
+    s.hdr.tid = pid_tgid as u32;
+    s.hdr.fd = key.fd;
+    s.hdr.errno = errno;
+    s.hdr.direction = dir;
+    s.hdr.conn = *conn;
+    s.hdr.comm = bpf_get_current_comm().unwrap_or_default();
+    let want = if len > MAX_PAYLOAD as u64 {
+        MAX_PAYLOAD
+    } else {
+        len as usize
+    };
+    let data = s.data.as_mut_ptr();
+    let mut copied: usize = 0;
+    match src {
+        Source::Buf(p) => {
+            let n = want & LEN_MASK;
+            if unsafe { bpf_probe_read_user(data as *mut c_void, n as u32, p as *const c_void) }
+                == 0
+            {
+                copied = n;
+            } else {
+                count_drop(drop_reason::READ_FAILED);
+            }
+        }
+        Source::Iov(iov, cnt) => {
+            for i in 0..MAX_IOVECS {
+                if i as u64 >= cnt || copied >= want {
+                    break;
+                }
+                let Ok(v) = read_user::<[u64; 2]>(iov + (i as u64) * 16) else {
+                    count_drop(drop_reason::READ_FAILED);
+                    break;
+                };
+                let room = want - copied;
+                let chunk = if v[1] < room as u64 {
+                    v[1] as usize
+                } else {
+                    room
+                };
+                let off = copied & OFF_MASK;
+                let n = chunk & LEN_MASK;
+                let dst = unsafe { data.add(off) } as *mut c_void;
+                if unsafe { bpf_probe_read_user(dst, n as u32, v[0] as *const c_void) } != 0 {
+                    count_drop(drop_reason::READ_FAILED);
+                    break;
+                }
+                copied += n;
+            }
+        }
+    }
+    let copied = copied & LEN_MASK;
+    s.hdr.captured_len = copied as u32;
+    let total = EVENT_HEADER_LEN + copied;
+    // SAFETY: `total` <= size_of::<Scratch>() (header + masked length < 3 * MAX_PAYLOAD).
+    let bytes = unsafe { core::slice::from_raw_parts(s as *const Scratch as *const u8, total) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count_drop(drop_reason::RINGBUF_FULL);
+    }
+    Ok(())
+}
+
+/// Reads the iovec array pointer and count out of a user `struct msghdr`.
+#[inline(always)]
+fn msghdr_iov(msg: u64) -> Result<(u64, u64), i64> {
+    // struct msghdr { void *name; int namelen; struct iovec *iov /* +16 */; size_t iovlen; ...}
+    let v: [u64; 2] = read_user(msg + 16)?;
+    Ok((v[0], v[1]))
+}
+
+#[inline(always)]
+fn count_drop(reason: u32) {
+    if let Some(c) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn read_user<T>(addr: u64) -> Result<T, i64> {
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes exactly size_of::<T>() bytes or fails.
+    let r = unsafe {
+        bpf_probe_read_user(
+            v.as_mut_ptr() as *mut c_void,
+            core::mem::size_of::<T>() as u32,
+            addr as *const c_void,
+        )
+    };
+    if r == 0 {
+        Ok(unsafe { v.assume_init() })
+    } else {
+        Err(r)
+    }
+}
+
+#[inline(always)]
+unsafe fn read_kernel<T>(src: *const T) -> Result<T, i64> {
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    let r = bpf_probe_read_kernel(
+        v.as_mut_ptr() as *mut c_void,
+        core::mem::size_of::<T>() as u32,
+        src as *const c_void,
+    );
+    if r == 0 {
+        Ok(v.assume_init())
+    } else {
+        Err(r)
+    }
+}

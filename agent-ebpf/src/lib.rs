@@ -1,0 +1,142 @@
+//! Types shared by sonde's kernel programs and its userspace agent.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so that the kernel and userspace agree
+//! byte for byte; the const asserts at the bottom pin every size.
+#![no_std]
+
+/// Most payload bytes copied from one syscall. Larger messages arrive as a prefix plus a gap
+/// (the event's `total_len` still says how many bytes moved), so sizes stay right.
+pub const MAX_PAYLOAD: usize = 4096;
+/// How many iovecs of a readv/writev/sendmsg/recvmsg are copied (the copy also stops at
+/// `MAX_PAYLOAD`).
+pub const MAX_IOVECS: usize = 8;
+/// Capacity of the connection table in the kernel (an LRU map, so leaks from processes that
+/// exit without close() are evicted).
+pub const MAX_CONNS: u32 = 65536;
+/// Ring buffer size in bytes (a power-of-two multiple of the page size).
+pub const RING_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Event kinds (`EventHeader::kind`). Read with `EventKind::try_from`, never transmuted.
+pub mod event_kind {
+    /// Payload of one read/write-family syscall on a tracked connection.
+    pub const DATA: u32 = 1;
+    /// A tracked connection was closed by its process.
+    pub const CLOSE: u32 = 2;
+    /// A read/write on a tracked connection failed with a connection error (`errno` set).
+    pub const ERROR: u32 = 3;
+}
+
+/// Connection protocol as classified in the kernel (`ConnInfo::proto`).
+pub mod proto {
+    /// Not classified yet: the next payload decides.
+    pub const UNKNOWN: u8 = 0;
+    /// Not a supported protocol: nothing more is shipped for this connection.
+    pub const NONE: u8 = 1;
+    pub const HTTP1: u8 = 2;
+}
+
+/// Which side of the connection the observed process is (`ConnInfo::role`).
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    /// The process connected (it sends requests).
+    pub const CLIENT: u8 = 1;
+    /// The process accepted (it receives requests).
+    pub const SERVER: u8 = 2;
+}
+
+/// Data direction seen from the observed process.
+pub mod direction {
+    /// The process wrote the bytes.
+    pub const EGRESS: u8 = 0;
+    /// The process read the bytes.
+    pub const INGRESS: u8 = 1;
+}
+
+/// `ConnInfo::flags` bits.
+pub mod conn_flags {
+    /// The kernel saw no connect/accept for this connection (it predates sonde, or was
+    /// inherited across fork): userspace resolves its addresses through /proc.
+    pub const RESOLVE: u8 = 1;
+    /// The payload that classified the connection was a request (else a response).
+    pub const FIRST_WAS_REQUEST: u8 = 2;
+}
+
+/// Kernel drop counters (index into the per-CPU `DROPS` array).
+pub mod drop_reason {
+    /// The ring buffer was full: the event is lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// The connection table was full and the connection could not be tracked.
+    pub const CONN_TABLE_FULL: u32 = 1;
+    /// Reading the syscall's arguments or user buffer failed.
+    pub const READ_FAILED: u32 = 2;
+    pub const COUNT: u32 = 3;
+    /// Label values, indexed by reason.
+    pub const NAMES: [&str; COUNT as usize] = ["ringbuf_full", "conn_table_full", "read_failed"];
+}
+
+/// Key of the kernel connection table: one open socket fd of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+
+/// What the kernel knows about one connection; copied into every event about it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnInfo {
+    /// Monotonic ns when sonde first saw the connection: tells a reused fd from the old one.
+    pub conn_id: u64,
+    /// Peer address (IPv4 in the first 4 bytes, or IPv6), network byte order.
+    pub peer_addr: [u8; 16],
+    /// `AF_INET` (2), `AF_INET6` (10), or 0 when unknown.
+    pub family: u16,
+    /// Peer port, host byte order (0 when unknown).
+    pub peer_port: u16,
+    pub role: u8,
+    pub proto: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    /// For an accepted connection, the listening fd it came from (its local address is the
+    /// server's); -1 otherwise.
+    pub listen_fd: i32,
+}
+
+/// Fixed header in front of every ring-buffer event; `captured_len` payload bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Bytes the syscall moved (may exceed `captured_len`).
+    pub total_len: u32,
+    /// Monotonic ns at syscall exit.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub captured_len: u32,
+    /// Positive errno for `ERROR` events.
+    pub errno: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    pub conn: ConnInfo,
+    /// The thread's command name (the executable name, up to 15 bytes), so identity survives
+    /// a process that exits before userspace reads /proc.
+    pub comm: [u8; 16],
+}
+
+pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 40);
+const _: () = assert!(EVENT_HEADER_LEN == 96);
+const _: () = assert!(EVENT_HEADER_LEN % 8 == 0);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, #[repr(C)], no implicit padding (sizes asserted above), every
+    // bit pattern valid.
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnInfo {}
+}

@@ -1,0 +1,249 @@
+//! Start-up, the capture loop, and shutdown.
+use std::io::{BufWriter, Stdout, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use sonde_ebpf::{proto, ConnInfo, ConnKey};
+use thiserror::Error;
+
+use crate::capture::{read_drops, Event};
+use crate::config::Config;
+use crate::conn::{CallSink, ConnTable, HttpCall, Role};
+use crate::metrics::Metrics;
+use crate::probes::{self, ProbeError};
+use crate::span::{clock_ns, http_error_type, Clock, Span};
+use crate::summary::Summary;
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Exit codes: 0 after a clean shutdown, 1 on any start-up failure, 2 when privileges miss.
+impl AgentError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Probe(ProbeError::MissingPrivileges { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub fn run(config: Config) -> Result<(), AgentError> {
+    probes::check_privileges()?;
+    probes::ensure_tracefs()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    rt.block_on(run_async(config))
+}
+
+async fn run_async(config: Config) -> Result<(), AgentError> {
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let addr = config.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Bind { addr, source })?;
+    tokio::spawn(crate::export::prometheus::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+    ));
+
+    let mut ebpf = probes::load_and_attach()?;
+    let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
+        ebpf.take_map(name).ok_or(AgentError::MissingMap(name))
+    };
+    let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(|source| AgentError::Map {
+        name: "EVENTS",
+        source,
+    })?;
+    let drops =
+        PerCpuArray::try_from(take(&mut ebpf, "DROPS")?).map_err(|source| AgentError::Map {
+            name: "DROPS",
+            source,
+        })?;
+    let conns =
+        BpfHashMap::try_from(take(&mut ebpf, "CONNS")?).map_err(|source| AgentError::Map {
+            name: "CONNS",
+            source,
+        })?;
+    ready.store(true, Ordering::Relaxed);
+    log::info!("probes attached; serving http://{addr}/metrics");
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let capture = {
+        let (metrics, shutdown, config) = (metrics.clone(), shutdown.clone(), config.clone());
+        std::thread::Builder::new()
+            .name("sonde-capture".into())
+            .spawn(move || capture_loop(ring, drops, conns, &metrics, &config, &shutdown))
+            .map_err(AgentError::Runtime)?
+    };
+
+    wait_for_signal().await;
+    log::info!("shutting down");
+    ready.store(false, Ordering::Relaxed);
+    shutdown.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || capture.join()).await;
+    drop(ebpf); // detaches the programs
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Receives what the connection table finds: metrics, spans, the summary, and the
+/// connections the kernel should stop shipping.
+struct Sink<'a> {
+    metrics: &'a Metrics,
+    spans_out: Option<BufWriter<Stdout>>,
+    summary: Option<Summary>,
+    clock: Clock,
+    ignore: Vec<ConnKey>,
+}
+
+impl CallSink for Sink<'_> {
+    fn http_call(&mut self, call: HttpCall) {
+        self.metrics.observe_http(&call);
+        self.metrics.spans.inc();
+        if let Some(summary) = &mut self.summary {
+            let role = if call.role == Role::Server {
+                "server"
+            } else {
+                "client"
+            };
+            let error = http_error_type(&call).is_some();
+            summary.observe(
+                &call.process.service_name,
+                "http",
+                role,
+                call.end_ts.saturating_sub(call.start_ts),
+                error,
+            );
+        }
+        if let Some(out) = &mut self.spans_out {
+            let _ = Span::from_http_call(&call, self.clock).write_json(out);
+        }
+    }
+
+    fn parse_error(&mut self, protocol: &'static str, kind: &'static str) {
+        self.metrics.parse_error(protocol, kind);
+    }
+
+    fn ignore_connection(&mut self, tgid: u32, fd: i32) {
+        self.ignore.push(ConnKey { tgid, fd });
+    }
+}
+
+fn capture_loop(
+    mut ring: RingBuf<MapData>,
+    drops: PerCpuArray<MapData, u64>,
+    mut conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
+    metrics: &Metrics,
+    config: &Config,
+    shutdown: &AtomicBool,
+) {
+    let mut table = ConnTable::default();
+    let show_summary = !config.quiet && config.print_spans.is_none();
+    let mut sink = Sink {
+        metrics,
+        spans_out: config
+            .print_spans
+            .map(|_| BufWriter::with_capacity(1 << 16, std::io::stdout())),
+        summary: show_summary.then(Summary::default),
+        clock: Clock::now(),
+        ignore: Vec::new(),
+    };
+    let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
+    let mut last_housekeeping = Instant::now();
+    let mut last_summary = Instant::now();
+    let summary_every = Duration::from_secs(config.summary_interval);
+    let idle_ns = config.conn_idle_timeout * 1_000_000_000;
+    let mut pollfd = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    while !shutdown.load(Ordering::Relaxed) {
+        // SAFETY: one valid pollfd; a 100 ms timeout keeps shutdown and housekeeping timely.
+        unsafe { libc::poll(&mut pollfd, 1, 100) };
+        let mut received = 0u64;
+        while let Some(item) = ring.next() {
+            received += 1;
+            match Event::decode(&item) {
+                Ok(ev) => table.handle(&ev, &mut sink),
+                Err(_) => metrics.dropped("decode_error", 1),
+            }
+        }
+        metrics.events_received.inc_by(received);
+        if let Some(out) = &mut sink.spans_out {
+            let _ = out.flush();
+        }
+        for key in sink.ignore.drain(..) {
+            // Tell the kernel to stop shipping this connection; it may be gone already.
+            if let Ok(mut info) = conns.get(&key, 0) {
+                info.proto = proto::NONE;
+                let _ = conns.insert(key, info, 0);
+            }
+        }
+        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+            last_housekeeping = Instant::now();
+            for (i, (reason, total)) in read_drops(&drops).into_iter().enumerate() {
+                if total > kernel_drops_seen[i] {
+                    metrics.dropped(reason, total - kernel_drops_seen[i]);
+                    kernel_drops_seen[i] = total;
+                }
+            }
+            table.evict_idle(clock_ns(libc::CLOCK_MONOTONIC), idle_ns, &mut sink);
+            metrics.connections_tracked.set(table.len() as i64);
+        }
+        if let Some(summary) = &mut sink.summary {
+            if last_summary.elapsed() >= summary_every {
+                let secs = last_summary.elapsed().as_secs_f64();
+                last_summary = Instant::now();
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{}", summary.take_table(secs));
+                let _ = out.flush();
+            }
+        }
+    }
+    if let Some(out) = &mut sink.spans_out {
+        let _ = out.flush();
+    }
+}

@@ -1,0 +1,206 @@
+//! Decoding ring-buffer events and reading the kernel's drop counters.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use aya::maps::{MapData, PerCpuArray};
+use sonde_ebpf::{
+    conn_flags, direction, drop_reason, event_kind, ConnInfo, EventHeader, EVENT_HEADER_LEN,
+};
+use thiserror::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Data,
+    Close,
+    Error,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = DecodeError;
+    fn try_from(v: u32) -> Result<Self, DecodeError> {
+        match v {
+            event_kind::DATA => Ok(EventKind::Data),
+            event_kind::CLOSE => Ok(EventKind::Close),
+            event_kind::ERROR => Ok(EventKind::Error),
+            other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event shorter than its header ({0} bytes)")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("payload length {captured} does not match the {available} bytes present")]
+    BadLength { captured: usize, available: usize },
+}
+
+impl DecodeError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DecodeError::Short(_) => "short_event",
+            DecodeError::UnknownKind(_) => "unknown_kind",
+            DecodeError::BadLength { .. } => "bad_length",
+        }
+    }
+}
+
+/// One decoded kernel event, borrowing its payload from the ring buffer.
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub kind: EventKind,
+    pub header: EventHeader,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Event<'a> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+        if bytes.len() < EVENT_HEADER_LEN {
+            return Err(DecodeError::Short(bytes.len()));
+        }
+        // SAFETY: EventHeader is repr(C) plain data valid for any bit pattern, and the slice
+        // holds at least size_of::<EventHeader>() bytes; read_unaligned copes with alignment.
+        let header: EventHeader =
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const EventHeader) };
+        let kind = EventKind::try_from(header.kind)?;
+        let available = bytes.len() - EVENT_HEADER_LEN;
+        let captured = header.captured_len as usize;
+        if captured > available {
+            return Err(DecodeError::BadLength {
+                captured,
+                available,
+            });
+        }
+        Ok(Event {
+            kind,
+            header,
+            payload: &bytes[EVENT_HEADER_LEN..EVENT_HEADER_LEN + captured],
+        })
+    }
+
+    pub fn is_ingress(&self) -> bool {
+        self.header.direction == direction::INGRESS
+    }
+
+    /// Bytes the syscall moved that were not copied.
+    pub fn gap(&self) -> u64 {
+        (self.header.total_len as u64).saturating_sub(self.payload.len() as u64)
+    }
+
+    pub fn comm(&self) -> String {
+        let c = &self.header.comm;
+        let end = c.iter().position(|b| *b == 0).unwrap_or(c.len());
+        String::from_utf8_lossy(&c[..end]).into_owned()
+    }
+}
+
+/// The peer address the kernel saw at connect/accept, if any.
+pub fn peer_addr(conn: &ConnInfo) -> Option<SocketAddr> {
+    let ip = match conn.family {
+        2 => IpAddr::V4(Ipv4Addr::new(
+            conn.peer_addr[0],
+            conn.peer_addr[1],
+            conn.peer_addr[2],
+            conn.peer_addr[3],
+        )),
+        10 => normalize_ip(IpAddr::V6(Ipv6Addr::from(conn.peer_addr))),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, conn.peer_port))
+}
+
+/// IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) are reported as the IPv4 address.
+pub fn normalize_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+pub fn needs_resolve(conn: &ConnInfo) -> bool {
+    conn.flags & conn_flags::RESOLVE != 0
+}
+
+/// Reads the kernel's per-CPU drop counters, summed: (reason label, count).
+pub fn read_drops(map: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)> {
+    (0..drop_reason::COUNT)
+        .map(|i| {
+            let total = map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            (drop_reason::NAMES[i as usize], total)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(h: &EventHeader, payload: &[u8]) -> Vec<u8> {
+        // SAFETY: EventHeader is repr(C) plain data without padding.
+        let raw = unsafe {
+            std::slice::from_raw_parts(h as *const EventHeader as *const u8, EVENT_HEADER_LEN)
+        };
+        let mut v = raw.to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn decodes_header_and_payload() {
+        let h = EventHeader {
+            kind: event_kind::DATA,
+            total_len: 10,
+            captured_len: 3,
+            ..Default::default()
+        };
+        let b = bytes_of(&h, b"abc");
+        let e = Event::decode(&b).unwrap();
+        assert_eq!(e.kind, EventKind::Data);
+        assert_eq!(e.payload, b"abc");
+        assert_eq!(e.gap(), 7);
+    }
+
+    #[test]
+    fn rejects_bad_events() {
+        assert_eq!(
+            Event::decode(&[0u8; 10]).unwrap_err(),
+            DecodeError::Short(10)
+        );
+        let h = EventHeader {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            Event::decode(&bytes_of(&h, b"")).unwrap_err(),
+            DecodeError::UnknownKind(99)
+        );
+        let h = EventHeader {
+            kind: event_kind::DATA,
+            captured_len: 50,
+            ..Default::default()
+        };
+        assert!(matches!(
+            Event::decode(&bytes_of(&h, b"x")).unwrap_err(),
+            DecodeError::BadLength { .. }
+        ));
+    }
+
+    #[test]
+    fn v4_mapped_peer_is_ipv4() {
+        let mut c = ConnInfo {
+            family: 10,
+            peer_port: 80,
+            ..Default::default()
+        };
+        c.peer_addr[10] = 0xff;
+        c.peer_addr[11] = 0xff;
+        c.peer_addr[12..].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(peer_addr(&c), Some("127.0.0.1:80".parse().unwrap()));
+        c.peer_addr = Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(peer_addr(&c), Some("[::1]:80".parse().unwrap()));
+    }
+}

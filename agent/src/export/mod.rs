@@ -1,0 +1,2 @@
+//! Where telemetry leaves sonde.
+pub mod prometheus;

@@ -1,0 +1,14 @@
+//! sonde: a host-level observability agent. eBPF programs capture socket traffic of every
+//! process; this library turns it into spans and RED metrics. See README.md and docs/.
+pub mod agent;
+pub mod capture;
+pub mod config;
+pub mod conn;
+pub mod export;
+pub mod metrics;
+pub mod probes;
+pub mod process;
+pub mod protocols;
+pub mod sockets;
+pub mod span;
+pub mod summary;

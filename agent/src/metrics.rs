@@ -1,0 +1,196 @@
+//! RED metrics (OpenTelemetry semantic-convention names) and sonde's own health counters,
+//! in one prometheus-client registry.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::conn::{HttpCall, Role};
+use crate::span::{http_error_type, normalize_method, server_endpoint};
+
+/// `http.server.request.duration` / `http.client.request.duration` buckets (seconds).
+pub const HTTP_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpServerLabels {
+    pub service_name: String,
+    pub http_request_method: String,
+    pub http_response_status_code: String,
+    pub url_scheme: String,
+    pub error_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpClientLabels {
+    pub service_name: String,
+    pub http_request_method: String,
+    pub http_response_status_code: String,
+    pub url_scheme: String,
+    pub error_type: String,
+    pub server_address: String,
+    pub server_port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ParseErrorLabels {
+    pub protocol: String,
+    pub kind: String,
+}
+
+fn http_histogram() -> Histogram {
+    Histogram::new(HTTP_BUCKETS)
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_server: HistogramFamily<HttpServerLabels>,
+    pub http_client: HistogramFamily<HttpClientLabels>,
+    pub events_received: Counter,
+    pub events_dropped: Family<ReasonLabels, Counter>,
+    pub parse_errors: Family<ParseErrorLabels, Counter>,
+    pub connections_tracked: Gauge,
+    pub spans: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let http_server: HistogramFamily<HttpServerLabels> =
+            Family::new_with_constructor(http_histogram);
+        let http_client: HistogramFamily<HttpClientLabels> =
+            Family::new_with_constructor(http_histogram);
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests (http.server.request.duration)",
+            Unit::Seconds,
+            http_server.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client requests (http.client.request.duration)",
+            Unit::Seconds,
+            http_client.clone(),
+        );
+        let events_received = Counter::default();
+        let events_dropped = Family::<ReasonLabels, Counter>::default();
+        let parse_errors = Family::<ParseErrorLabels, Counter>::default();
+        let connections_tracked = Gauge::default();
+        let spans = Counter::default();
+        registry.register(
+            "sonde_events_received",
+            "Events read from the kernel ring buffer",
+            events_received.clone(),
+        );
+        registry.register(
+            "sonde_events_dropped",
+            "Events lost before they could be processed, by reason",
+            events_dropped.clone(),
+        );
+        registry.register(
+            "sonde_parse_errors",
+            "Bytes a protocol parser could not frame, by protocol and kind",
+            parse_errors.clone(),
+        );
+        registry.register(
+            "sonde_connections_tracked",
+            "Connections currently tracked in userspace",
+            connections_tracked.clone(),
+        );
+        registry.register("sonde_spans", "Spans produced", spans.clone());
+        // Every drop reason is exported from the start, at zero.
+        for reason in sonde_ebpf::drop_reason::NAMES
+            .iter()
+            .chain(["decode_error"].iter())
+        {
+            drop(events_dropped.get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            }));
+        }
+        Metrics {
+            registry,
+            http_server,
+            http_client,
+            events_received,
+            events_dropped,
+            parse_errors,
+            connections_tracked,
+            spans,
+        }
+    }
+
+    pub fn observe_http(&self, call: &HttpCall) {
+        let seconds = call.end_ts.saturating_sub(call.start_ts) as f64 / 1e9;
+        let method = normalize_method(&call.request.method).to_string();
+        let status = call.status.map(|s| s.to_string()).unwrap_or_default();
+        let error_type = http_error_type(call).unwrap_or_default();
+        let service_name = call.process.service_name.clone();
+        match call.role {
+            Role::Server => self
+                .http_server
+                .get_or_create(&HttpServerLabels {
+                    service_name,
+                    http_request_method: method,
+                    http_response_status_code: status,
+                    url_scheme: "http".into(),
+                    error_type,
+                })
+                .observe(seconds),
+            Role::Client => {
+                let (addr, port) = server_endpoint(call.request.host.as_deref(), call.peer);
+                self.http_client
+                    .get_or_create(&HttpClientLabels {
+                        service_name,
+                        http_request_method: method,
+                        http_response_status_code: status,
+                        url_scheme: "http".into(),
+                        error_type,
+                        server_address: addr.unwrap_or_default(),
+                        server_port: port.map(|p| p.to_string()).unwrap_or_default(),
+                    })
+                    .observe(seconds)
+            }
+        }
+    }
+
+    pub fn parse_error(&self, protocol: &str, kind: &str) {
+        self.parse_errors
+            .get_or_create(&ParseErrorLabels {
+                protocol: protocol.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn dropped(&self, reason: &str, n: u64) {
+        self.events_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// The registry in OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,174 @@
+//! Who a process is: executable, container, and the service name spans and metrics carry.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub exe_name: String,
+    pub exe_path: String,
+    pub service_name: String,
+    pub container_id: Option<String>,
+    /// Start time in clock ticks since boot (/proc/PID/stat field 22): tells a reused pid.
+    pub start_time: u64,
+}
+
+/// Caches identities by pid; an entry is re-checked against the start time whenever the
+/// process opens a new connection, so a reused pid is never given a dead process's name.
+#[derive(Default)]
+pub struct ProcessTable {
+    by_pid: HashMap<u32, Arc<ProcessInfo>>,
+}
+
+impl ProcessTable {
+    /// Identity of `pid`. `comm` (the kernel's command name) stands in for the executable
+    /// name when /proc no longer has the process.
+    pub fn get(&mut self, pid: u32, comm: &str, recheck: bool) -> Arc<ProcessInfo> {
+        if let Some(p) = self.by_pid.get(&pid) {
+            if !recheck || read_start_time(pid).is_none_or(|t| t == p.start_time) {
+                return p.clone();
+            }
+        }
+        let info = Arc::new(read_process(pid, comm));
+        if self.by_pid.len() > 100_000 {
+            self.by_pid.clear();
+        }
+        self.by_pid.insert(pid, info.clone());
+        info
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+}
+
+fn read_process(pid: u32, comm: &str) -> ProcessInfo {
+    let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let exe_name = exe_path
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(comm)
+        .to_string();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let service_name = service_name_from_environ(&environ).unwrap_or_else(|| exe_name.clone());
+    let container_id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|c| container_id(&c));
+    ProcessInfo {
+        pid,
+        exe_name,
+        exe_path,
+        service_name,
+        container_id,
+        start_time: read_start_time(pid).unwrap_or(0),
+    }
+}
+
+fn read_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `OTEL_SERVICE_NAME`, else `service.name` from `OTEL_RESOURCE_ATTRIBUTES`, from a
+/// NUL-separated environment block.
+pub fn service_name_from_environ(environ: &[u8]) -> Option<String> {
+    let mut from_attrs = None;
+    for var in environ.split(|b| *b == 0) {
+        let var = String::from_utf8_lossy(var);
+        if let Some(v) = var.strip_prefix("OTEL_SERVICE_NAME=") {
+            if !v.trim().is_empty() {
+                return Some(v.trim().to_string());
+            }
+        } else if let Some(attrs) = var.strip_prefix("OTEL_RESOURCE_ATTRIBUTES=") {
+            from_attrs = attrs
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k.trim() == "service.name")
+                .map(|(_, v)| percent_decode(v.trim()))
+                .filter(|v| !v.is_empty());
+        }
+    }
+    from_attrs
+}
+
+/// OTEL_RESOURCE_ATTRIBUTES values are percent-encoded (W3C Baggage octets).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The container id in a /proc/PID/cgroup file: the last 64-hex-digit run on any line
+/// (docker-<id>.scope, cri-containerd-<id>.scope, /docker/<id>, /kubepods/.../<id>).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    for line in cgroup.lines() {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        for part in path.rsplit(['/', '-', '.', ':']) {
+            if part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some(part.to_string());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_name_precedence() {
+        let env = b"PATH=/bin\0OTEL_RESOURCE_ATTRIBUTES=team=a,service.name=from%20attrs\0";
+        assert_eq!(
+            service_name_from_environ(env).as_deref(),
+            Some("from attrs")
+        );
+        let env = b"OTEL_RESOURCE_ATTRIBUTES=service.name=attrs\0OTEL_SERVICE_NAME=checkout\0";
+        assert_eq!(service_name_from_environ(env).as_deref(), Some("checkout"));
+        assert_eq!(service_name_from_environ(b"HOME=/root\0"), None);
+        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=\0"), None);
+    }
+
+    #[test]
+    fn container_ids_from_cgroup_layouts() {
+        let id = "3f4a0c7b9d2e4f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
+        for cg in [
+            format!("0::/system.slice/docker-{id}.scope\n"),
+            format!("12:pids:/docker/{id}\n"),
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{id}.scope\n"),
+        ] {
+            assert_eq!(container_id(&cg).as_deref(), Some(id), "{cg}");
+        }
+        assert_eq!(container_id("0::/user.slice/session-1.scope\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_read() {
+        let mut t = ProcessTable::default();
+        let me = t.get(std::process::id(), "x", true);
+        assert!(!me.exe_name.is_empty());
+        assert!(me.start_time > 0);
+        assert_eq!(t.get(u32::MAX - 1, "gone", true).exe_name, "gone");
+    }
+}

@@ -1,0 +1,2 @@
+//! Wire-protocol parsers. Each is fed a connection's bytes in arbitrary splits and never panics.
+pub mod http1;

@@ -1,0 +1,313 @@
+//! Finished spans: built from paired HTTP calls, printed as JSON lines.
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::conn::{HttpCall, Role};
+use crate::process::ProcessInfo;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+impl SpanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Server => "SERVER",
+            SpanKind::Client => "CLIENT",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Span {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_span_id: Option<u64>,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub process: Arc<ProcessInfo>,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+}
+
+/// Converts the kernel's monotonic timestamps to Unix time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: real as i128 - mono as i128,
+        }
+    }
+
+    pub fn to_unix(self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Parses a W3C traceparent (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
+pub fn parse_traceparent(v: &str) -> Option<(u128, u64)> {
+    let mut parts = v.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2
+        || version == "ff"
+        || trace.len() != 32
+        || parent.len() != 16
+        || flags.len() != 2
+    {
+        return None;
+    }
+    u8::from_str_radix(version, 16).ok()?;
+    u8::from_str_radix(flags, 16).ok()?;
+    let trace = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
+    let parent = u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?;
+    Some((trace, parent))
+}
+
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The semantic-convention method: a known method, or `_OTHER`.
+pub fn normalize_method(m: &str) -> &str {
+    if KNOWN_METHODS.contains(&m) {
+        m
+    } else {
+        "_OTHER"
+    }
+}
+
+/// `server.address` and `server.port`: the Host header when present, else `fallback`.
+pub fn server_endpoint(
+    host: Option<&str>,
+    fallback: Option<SocketAddr>,
+) -> (Option<String>, Option<u16>) {
+    if let Some(h) = host.filter(|h| !h.is_empty()) {
+        let (name, port) = match h.rsplit_once(':') {
+            Some((n, _)) if !n.ends_with(']') && n.contains(':') => (h, None), // bare IPv6
+            Some((n, p)) => (n, p.parse().ok()),
+            None => (h, None),
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        return (Some(name.to_string()), port.or(Some(80)));
+    }
+    match fallback {
+        Some(a) => (Some(a.ip().to_string()), Some(a.port())),
+        None => (None, None),
+    }
+}
+
+/// `error.type` for a call: 5xx on the server; 4xx, 5xx and connection failures on the client.
+pub fn http_error_type(call: &HttpCall) -> Option<String> {
+    if let Some(e) = &call.failure {
+        return Some(e.clone());
+    }
+    let status = call.status?;
+    let limit = if call.role == Role::Server { 500 } else { 400 };
+    (status >= limit).then(|| status.to_string())
+}
+
+impl Span {
+    pub fn from_http_call(call: &HttpCall, clock: Clock) -> Span {
+        let req = &call.request;
+        let method = normalize_method(&req.method);
+        let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
+        let s = |v: &str| AttrValue::Str(v.to_string());
+        a.push(("http.request.method", s(method)));
+        if method == "_OTHER" {
+            a.push(("http.request.method_original", s(&req.method)));
+        }
+        a.push(("url.path", s(&req.path)));
+        a.push(("url.scheme", s("http")));
+        if let Some(status) = call.status {
+            a.push(("http.response.status_code", AttrValue::Int(status as i64)));
+        }
+        let fallback = if call.role == Role::Server {
+            call.local
+        } else {
+            call.peer
+        };
+        let (addr, port) = server_endpoint(req.host.as_deref(), fallback);
+        if let Some(addr) = addr {
+            a.push(("server.address", AttrValue::Str(addr)));
+        }
+        if let Some(port) = port {
+            a.push(("server.port", AttrValue::Int(port as i64)));
+        }
+        if let Some(peer) = call.peer {
+            if call.role == Role::Server {
+                a.push(("client.address", s(&peer.ip().to_string())));
+            }
+            a.push(("network.peer.address", s(&peer.ip().to_string())));
+            a.push(("network.peer.port", AttrValue::Int(peer.port() as i64)));
+        }
+        a.push((
+            "network.protocol.version",
+            s(if req.minor_version == 0 { "1.0" } else { "1.1" }),
+        ));
+        a.push((
+            "http.request.body.size",
+            AttrValue::Int(call.request_body_size as i64),
+        ));
+        if call.status.is_some() {
+            a.push((
+                "http.response.body.size",
+                AttrValue::Int(call.response_body_size as i64),
+            ));
+        }
+        if let Some(e) = http_error_type(call) {
+            a.push(("error.type", AttrValue::Str(e)));
+        }
+        let (trace_id, parent_span_id) =
+            match req.traceparent.as_deref().and_then(parse_traceparent) {
+                Some((t, p)) => (t, Some(p)),
+                None => (random_nonzero_u128(), None),
+            };
+        Span {
+            trace_id,
+            span_id: random_nonzero_u64(),
+            parent_span_id,
+            name: if method == "_OTHER" {
+                "HTTP".to_string()
+            } else {
+                method.to_string()
+            },
+            kind: if call.role == Role::Server {
+                SpanKind::Server
+            } else {
+                SpanKind::Client
+            },
+            start_unix_nano: clock.to_unix(call.start_ts),
+            end_unix_nano: clock.to_unix(call.end_ts.max(call.start_ts)),
+            process: call.process.clone(),
+            attributes: a,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut attrs = Map::new();
+        for (k, v) in &self.attributes {
+            let v = match v {
+                AttrValue::Str(s) => Value::String(s.clone()),
+                AttrValue::Int(i) => Value::from(*i),
+            };
+            attrs.insert((*k).to_string(), v);
+        }
+        json!({
+            "trace_id": format!("{:032x}", self.trace_id),
+            "span_id": format!("{:016x}", self.span_id),
+            "parent_span_id": self.parent_span_id.map(|p| format!("{p:016x}")).unwrap_or_default(),
+            "name": self.name,
+            "kind": self.kind.as_str(),
+            "start_time_unix_nano": self.start_unix_nano,
+            "end_time_unix_nano": self.end_unix_nano,
+            "service.name": self.process.service_name,
+            "process.pid": self.process.pid,
+            "process.executable.name": self.process.exe_name,
+            "container.id": self.process.container_id,
+            "attributes": attrs,
+        })
+    }
+
+    pub fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        serde_json::to_writer(&mut *out, &self.to_json())?;
+        out.write_all(b"\n")
+    }
+}
+
+fn random_nonzero_u64() -> u64 {
+    loop {
+        let v = fastrand::u64(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+fn random_nonzero_u128() -> u128 {
+    loop {
+        let v = fastrand::u128(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parsing() {
+        let (t, p) =
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        assert_eq!(t, 0x0af7651916cd43dd8448eb211c80319c);
+        assert_eq!(p, 0xb7ad6b7169203331);
+        assert_eq!(
+            parse_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01"),
+            None
+        );
+        assert_eq!(
+            parse_traceparent("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            None
+        );
+        assert_eq!(parse_traceparent("00-xyz-b7ad6b7169203331-01"), None);
+    }
+
+    #[test]
+    fn server_endpoint_from_host_header() {
+        assert_eq!(
+            server_endpoint(Some("api:8080"), None),
+            (Some("api".into()), Some(8080))
+        );
+        assert_eq!(
+            server_endpoint(Some("api"), None),
+            (Some("api".into()), Some(80))
+        );
+        assert_eq!(
+            server_endpoint(Some("[::1]:81"), None),
+            (Some("::1".into()), Some(81))
+        );
+        let fb: SocketAddr = "10.0.0.1:9000".parse().unwrap();
+        assert_eq!(
+            server_endpoint(None, Some(fb)),
+            (Some("10.0.0.1".into()), Some(9000))
+        );
+    }
+
+    #[test]
+    fn unknown_methods_are_other() {
+        assert_eq!(normalize_method("GET"), "GET");
+        assert_eq!(normalize_method("PROPFIND"), "_OTHER");
+    }
+}

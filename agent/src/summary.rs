@@ -1,0 +1,132 @@
+//! The periodic table printed when no exporter is configured: what sonde saw, per service.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Log-scale latency buckets: four per power of two of nanoseconds (about 19 % wide).
+const BUCKETS: usize = 4 * 40;
+
+struct Row {
+    count: u64,
+    errors: u64,
+    buckets: Box<[u32; BUCKETS]>,
+}
+
+impl Row {
+    fn new() -> Row {
+        Row {
+            count: 0,
+            errors: 0,
+            buckets: Box::new([0; BUCKETS]),
+        }
+    }
+
+    /// Upper bound of the bucket holding quantile `q`, in seconds.
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += *n as u64;
+            if seen >= rank {
+                return 2f64.powf((i + 1) as f64 / 4.0) / 1e9;
+            }
+        }
+        0.0
+    }
+}
+
+/// Keyed by (service, protocol, role).
+#[derive(Default)]
+pub struct Summary {
+    rows: BTreeMap<(String, &'static str, &'static str), Row>,
+}
+
+impl Summary {
+    pub fn observe(
+        &mut self,
+        service: &str,
+        protocol: &'static str,
+        role: &'static str,
+        duration_ns: u64,
+        error: bool,
+    ) {
+        let key = (service.to_string(), protocol, role);
+        let row = self.rows.entry(key).or_insert_with(Row::new);
+        row.count += 1;
+        row.errors += error as u64;
+        let idx = ((duration_ns.max(1) as f64).log2() * 4.0) as usize;
+        row.buckets[idx.min(BUCKETS - 1)] += 1;
+    }
+
+    /// Renders the table for the last `secs` seconds and starts a new window.
+    pub fn take_table(&mut self, secs: f64) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {:<7} {:>10} {:>7} {:>10} {:>10}",
+            "SERVICE", "PROTO", "ROLE", "REQ/S", "ERR%", "P50", "P95"
+        );
+        if self.rows.is_empty() {
+            let _ = writeln!(out, "(no requests seen in the last {secs:.0}s)");
+        }
+        for ((service, proto, role), row) in &self.rows {
+            let _ = writeln!(
+                out,
+                "{:<24} {:<8} {:<7} {:>10.1} {:>6.1}% {:>10} {:>10}",
+                truncate(service, 24),
+                proto,
+                role,
+                row.count as f64 / secs,
+                100.0 * row.errors as f64 / row.count.max(1) as f64,
+                format_seconds(row.quantile(0.5)),
+                format_seconds(row.quantile(0.95)),
+            );
+        }
+        self.rows.clear();
+        out
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn format_seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2}s")
+    } else if s >= 1e-3 {
+        format!("{:.2}ms", s * 1e3)
+    } else {
+        format!("{:.0}us", s * 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_rates_errors_and_quantiles() {
+        let mut s = Summary::default();
+        for i in 0..100u64 {
+            s.observe("web", "http", "server", 1_000_000 * (i + 1), i % 10 == 0);
+        }
+        let t = s.take_table(10.0);
+        let line = t.lines().nth(1).unwrap();
+        assert!(line.starts_with("web"), "{t}");
+        assert!(line.contains("10.0"), "{t}");
+        assert!(line.contains("10.0%"), "{t}");
+        // p50 of 1..100 ms lands in the bucket holding 50 ms (bucket bounds are ~19 % wide).
+        let p50: f64 = line
+            .split_whitespace()
+            .nth(5)
+            .unwrap()
+            .trim_end_matches("ms")
+            .parse()
+            .unwrap();
+        assert!((50.0..=60.0).contains(&p50), "{t}");
+        assert!(s.take_table(10.0).contains("no requests"));
+    }
+}
