@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use sonde_ebpf::{
     conn_flags, direction, drop_reason, event_kind, proto, role, ConnInfo, ConnKey, EventHeader,
-    EVENT_HEADER_LEN, MAX_CONNS, MAX_IOVECS, MAX_PAYLOAD, RING_BYTES,
+    EVENT_HEADER_LEN, MAX_CONNS, MAX_IOVECS, MAX_PAYLOAD, PROBATION_EVENTS, RING_BYTES,
 };
 
 /// sonde's own process id, set by the loader: sonde never observes its own traffic.
@@ -197,7 +197,8 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
                 conn_id: unsafe { bpf_ktime_get_ns() },
                 role: if client { role::CLIENT } else { role::SERVER },
                 proto: proto::HTTP1,
-                flags: conn_flags::RESOLVE | first_flag(is_request),
+                flags: conn_flags::RESOLVE | conn_flags::PROBATION | first_flag(is_request),
+                probation_left: PROBATION_EVENTS - 1,
                 listen_fd: -1,
                 ..ConnInfo::default()
             };
@@ -213,11 +214,17 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
     if conn.proto == proto::NONE {
         return Ok(());
     }
+    if conn.flags & conn_flags::PROBATION != 0 {
+        if conn.probation_left == 0 {
+            return Ok(());
+        }
+        unsafe { (*info).probation_left = conn.probation_left - 1 };
+    }
     if conn.proto == proto::UNKNOWN {
         let class = classify(src, len);
         if class == 0 {
-            // Decide "not ours" only on a full-sized first message; a tiny first write may
-            // just be a split request.
+            // Decide "not ours" only on a full-sized first message; a shorter first write
+            // may be part of a split request line.
             if len >= 8 {
                 unsafe { (*info).proto = proto::NONE };
             }
@@ -327,10 +334,12 @@ fn on_new_conn(key: ConnKey, sockaddr: u64, conn_role: u8, listen_fd: i32) -> Re
 const CLASS_REQUEST: u8 = 1;
 const CLASS_RESPONSE: u8 = 2;
 
-/// Looks at the first 8 payload bytes: an HTTP/1 request line or status line, or nothing.
+/// Looks at the first payload bytes: an HTTP/1 request line or status line, or nothing.
+/// Eight bytes decide; a write of 4 to 7 bytes (a request line split over writes) is judged
+/// on its first four.
 #[inline(always)]
 fn classify(src: Source, len: u64) -> u8 {
-    if len < 8 {
+    if len < 4 {
         return 0;
     }
     let ptr = match src {
@@ -342,16 +351,36 @@ fn classify(src: Source, len: u64) -> u8 {
             let Ok(first) = read_user::<[u64; 2]>(iov) else {
                 return 0;
             };
-            if first[1] < 8 {
+            if first[1] < 4 {
                 return 0;
+            }
+            if first[1] < 8 {
+                return classify_short(first[0]);
             }
             first[0]
         }
     };
+    if len < 8 {
+        return classify_short(ptr);
+    }
     let Ok(b) = read_user::<[u8; 8]>(ptr) else {
         return 0;
     };
     classify_http(&b)
+}
+
+#[inline(always)]
+fn classify_short(ptr: u64) -> u8 {
+    let Ok(b) = read_user::<[u8; 4]>(ptr) else {
+        return 0;
+    };
+    match &b {
+        b"HTTP" => CLASS_RESPONSE,
+        b"GET " | b"PUT " | b"POST" | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC" => {
+            CLASS_REQUEST
+        }
+        _ => 0,
+    }
 }
 
 #[inline(always)]

@@ -59,7 +59,14 @@ pub mod conn_flags {
     pub const RESOLVE: u8 = 1;
     /// The payload that classified the connection was a request (else a response).
     pub const FIRST_WAS_REQUEST: u8 = 2;
+    /// Not yet confirmed by userspace to be a TCP socket (set with RESOLVE): at most
+    /// `PROBATION_EVENTS` events are shipped until userspace clears it (or marks the fd NONE),
+    /// so a pipe or file that happens to carry HTTP-looking bytes costs next to nothing.
+    pub const PROBATION: u8 = 4;
 }
+
+/// Events a connection on probation may ship before userspace confirms it.
+pub const PROBATION_EVENTS: u8 = 8;
 
 /// Kernel drop counters (index into the per-CPU `DROPS` array).
 pub mod drop_reason {
@@ -97,7 +104,8 @@ pub struct ConnInfo {
     pub role: u8,
     pub proto: u8,
     pub flags: u8,
-    pub _pad: u8,
+    /// Events still allowed while on probation (see `conn_flags::PROBATION`).
+    pub probation_left: u8,
     /// For an accepted connection, the listening fd it came from (its local address is the
     /// server's); -1 otherwise.
     pub listen_fd: i32,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use sonde_ebpf::{proto, ConnInfo, ConnKey};
+use sonde_ebpf::{conn_flags, proto, ConnInfo, ConnKey};
 use thiserror::Error;
 
 use crate::capture::{read_drops, Event};
@@ -135,7 +135,8 @@ struct Sink<'a> {
     spans_out: Option<BufWriter<Stdout>>,
     summary: Option<Summary>,
     clock: Clock,
-    ignore: Vec<ConnKey>,
+    /// Kernel connection-table updates to apply after the batch: (key, ignore?).
+    updates: Vec<(ConnKey, bool)>,
 }
 
 impl CallSink for Sink<'_> {
@@ -167,7 +168,11 @@ impl CallSink for Sink<'_> {
     }
 
     fn ignore_connection(&mut self, tgid: u32, fd: i32) {
-        self.ignore.push(ConnKey { tgid, fd });
+        self.updates.push((ConnKey { tgid, fd }, true));
+    }
+
+    fn confirm_connection(&mut self, tgid: u32, fd: i32) {
+        self.updates.push((ConnKey { tgid, fd }, false));
     }
 }
 
@@ -188,7 +193,7 @@ fn capture_loop(
             .map(|_| BufWriter::with_capacity(1 << 16, std::io::stdout())),
         summary: show_summary.then(Summary::default),
         clock: Clock::now(),
-        ignore: Vec::new(),
+        updates: Vec::new(),
     };
     let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();
@@ -215,10 +220,14 @@ fn capture_loop(
         if let Some(out) = &mut sink.spans_out {
             let _ = out.flush();
         }
-        for key in sink.ignore.drain(..) {
-            // Tell the kernel to stop shipping this connection; it may be gone already.
+        for (key, ignore) in sink.updates.drain(..) {
+            // The kernel entry may be gone already (closed): then there is nothing to do.
             if let Ok(mut info) = conns.get(&key, 0) {
-                info.proto = proto::NONE;
+                if ignore {
+                    info.proto = proto::NONE;
+                } else {
+                    info.flags &= !conn_flags::PROBATION;
+                }
                 let _ = conns.insert(key, info, 0);
             }
         }

@@ -46,6 +46,8 @@ pub trait CallSink {
     fn parse_error(&mut self, protocol: &'static str, kind: &'static str);
     /// The kernel should stop shipping this connection (not a TCP socket, or upgraded).
     fn ignore_connection(&mut self, tgid: u32, fd: i32);
+    /// A connection the kernel holds on probation is a TCP socket: ship all of it.
+    fn confirm_connection(&mut self, tgid: u32, fd: i32);
 }
 
 struct Pending {
@@ -110,6 +112,8 @@ impl ConnTable {
             let c = self.open(ev);
             if c.ignored {
                 sink.ignore_connection(h.tgid, h.fd);
+            } else if needs_resolve(&h.conn) {
+                sink.confirm_connection(h.tgid, h.fd);
             }
             self.conns.insert(key, c);
         }

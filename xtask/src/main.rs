@@ -1,1 +1,247 @@
-fn main() {}
+//! Developer commands: `cargo xtask setup | build | run | test | bench http`.
+//!
+//! Every command sets up what it needs first (idempotently, saying what it does), so a fresh
+//! machine needs nothing but cargo.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+mod bench;
+
+/// Debian packages the build, the tests and the benchmarks use.
+const DEB_PACKAGES: &[&str] = &[
+    "nginx",
+    "wrk",
+    "curl",
+    "python3",
+    "bpftool",
+    "util-linux",
+    "procps",
+];
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup          install what building and testing need (Debian packages, nightly rust-src,
+                 bpf-linker built against the nightly toolchain's LLVM); safe to repeat
+  build          setup, then cargo build --release (target/release/sonde)
+  run [ARGS..]   build, then run target/release/sonde with ARGS (as root)
+  test           build, then run every test: unit tests and the integration tests that load
+                 the real probes and drive real servers (needs root)
+  bench http     build, then wrk against nginx with sonde off and on, interleaved
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("build") => {
+            setup()?;
+            build()
+        }
+        Some("run") => {
+            setup()?;
+            build()?;
+            let status = Command::new(root.join("target/release/sonde"))
+                .args(&args[1..])
+                .status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Some("test") => {
+            setup()?;
+            build()?;
+            test()
+        }
+        Some("bench") => {
+            let what = args.get(1).map(String::as_str);
+            setup()?;
+            build()?;
+            match what {
+                Some("http") => bench::http(&root, &args[2..]),
+                _ => bail!("usage: cargo xtask bench http [--pairs N] [--seconds S]"),
+            }
+        }
+        _ => {
+            eprint!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn setup() -> Result<()> {
+    setup_debian_packages()?;
+    setup_nightly()?;
+    setup_bpf_linker()
+}
+
+fn setup_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEB_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        step("Debian packages: all present");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("Debian packages {missing:?} are missing and installing them needs root");
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn setup_nightly() -> Result<()> {
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        step("installing the nightly toolchain (minimal profile)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("rustup component list")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        step("nightly rust-src: present");
+        return Ok(());
+    }
+    step("adding the nightly rust-src component (the eBPF crate builds core from source)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker links the eBPF object. No prebuilt binary can be fetched, and Debian's LLVM is
+/// too old, so it is built against the LLVM shared library inside the nightly toolchain. The
+/// symlink lives under CARGO_HOME because the binary keeps an rpath to it.
+fn setup_bpf_linker() -> Result<()> {
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        step("bpf-linker: present");
+        return Ok(());
+    }
+    let sysroot = String::from_utf8(
+        Command::new("rustc")
+            .args(["+nightly", "--print", "sysroot"])
+            .output()?
+            .stdout,
+    )?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&libdir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", libdir.display()))?;
+    let major = llvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|v| v.split(['.', '-']).next())
+        .context("cannot read the LLVM version")?
+        .to_string();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let prefix = cargo_home.join("sonde-llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    step(&format!(
+        "building bpf-linker against LLVM {major} from the nightly toolchain (a few minutes, once)"
+    ));
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn build() -> Result<()> {
+    step("cargo build --release (sonde with its eBPF programs embedded)");
+    run(Command::new("cargo").args(["build", "--release", "--package", "sonde"]))
+}
+
+fn test() -> Result<()> {
+    if !is_root() {
+        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root");
+    }
+    step("cargo fmt --check and clippy");
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("cargo test --release --workspace (unit tests, then integration tests with real servers)");
+    run(Command::new("cargo")
+        .args(["test", "--release", "--workspace"])
+        .env("SONDE_BIN", "target/release/sonde"))
+}

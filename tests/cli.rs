@@ -1,0 +1,101 @@
+//! The command-line contract: help, privileges, signals.
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sonde_tests::*;
+
+#[test]
+fn help_documents_every_flag_and_variable() {
+    let out = run(Command::new(sonde_bin()).arg("--help"));
+    for needle in [
+        "--metrics-addr",
+        "SONDE_METRICS_ADDR",
+        "127.0.0.1:9464",
+        "--print-spans",
+        "SONDE_PRINT_SPANS",
+        "--quiet",
+        "SONDE_QUIET",
+        "--summary-interval",
+        "--conn-idle-timeout",
+    ] {
+        assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
+    }
+}
+
+#[test]
+fn without_privileges_it_exits_non_zero_naming_what_is_missing() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(sonde_bin())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_PERFMON") && err.contains("root"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flag_values_are_rejected_with_the_flag_name() {
+    let out = Command::new(sonde_bin())
+        .args(["--metrics-addr", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-addr"));
+}
+
+#[test]
+fn sigterm_detaches_and_exits_zero_within_two_seconds() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(sonde_bin());
+    cmd.args(["--quiet", "--metrics-addr", &addr])
+        .stdout(Stdio::null());
+    let mut child = spawn_owned(cmd);
+    wait_http_ok(&addr, "/readyz", 60);
+    assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
+    let links_before = bpf_prog_count();
+    assert!(
+        links_before >= 1,
+        "no sonde program loaded while sonde runs"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "sonde did not exit within 2 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    // The kernel frees a released program asynchronously (after an RCU grace period).
+    let start = Instant::now();
+    while bpf_prog_count() >= links_before && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        bpf_prog_count(),
+        links_before - 1,
+        "the program was not detached and unloaded"
+    );
+}
+
+/// sonde programs currently loaded in the kernel (bpftool); one goes away on detach.
+fn bpf_prog_count() -> usize {
+    let out = run(Command::new("bpftool").args(["prog", "show"]));
+    out.lines()
+        .filter(|l| l.contains("name sonde_sys_exit"))
+        .count()
+}
