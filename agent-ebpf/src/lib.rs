@@ -139,7 +139,7 @@ pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 40);
 const _: () = assert!(EVENT_HEADER_LEN == 96);
-const _: () = assert!(EVENT_HEADER_LEN % 8 == 0);
+const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
 
 #[cfg(feature = "user")]
 mod pod {

@@ -241,8 +241,7 @@ impl Connection {
         for e in errors.into_iter().flatten() {
             sink.parse_error("http", e.as_str());
         }
-        for i in 0..scratch.len() {
-            let event = scratch[i].clone();
+        for event in scratch.drain(..) {
             if carries_requests {
                 self.on_request_event(event, ev.header.tid);
             } else {
@@ -359,8 +358,7 @@ fn finish_connection(
     }
     scratch.clear();
     c.responses.close(ts, scratch);
-    for i in 0..scratch.len() {
-        let event = scratch[i].clone();
+    for event in scratch.drain(..) {
         c.on_response_event(event, sink);
     }
     if c.role == Role::Client {

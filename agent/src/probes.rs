@@ -53,7 +53,8 @@ pub fn check_privileges() -> Result<(), ProbeError> {
     let has = |bit: u32| have & (1u64 << bit) != 0;
     let missing: Vec<&str> = NEEDED_CAPS
         .iter()
-        .filter(|(bit, _)| !has(*bit) && !(*bit >= 38 && has(CAP_SYS_ADMIN)))
+        // Before Linux 5.8 CAP_SYS_ADMIN covered what CAP_BPF and CAP_PERFMON grant now.
+        .filter(|(bit, _)| !(has(*bit) || (*bit >= 38 && has(CAP_SYS_ADMIN))))
         .map(|(_, name)| *name)
         .collect();
     if missing.is_empty() {
