@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+        generated::bpf_probe_read_user,
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -66,6 +66,12 @@ const ECONNRESET: i64 = 104;
 const ETIMEDOUT: i64 = 110;
 const EINPROGRESS: i64 = 115;
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Unread bytes in the ring above which the reader is woken at once.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
 /// Masks that bound offsets and lengths for the verifier (values are already <= MAX_PAYLOAD).
 const LEN_MASK: usize = 2 * MAX_PAYLOAD - 1;
 const OFF_MASK: usize = MAX_PAYLOAD - 1;
@@ -89,9 +95,10 @@ pub fn sonde_sys_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
-    // SAFETY (all reg reads): `regs` is the tracepoint's pt_regs pointer; reads go through
-    // bpf_probe_read_kernel, which fails cleanly instead of faulting.
-    let nr = unsafe { read_kernel(&(*regs).orig_rax)? };
+    // SAFETY (all reg reads): `regs` is the tp_btf argument, a BTF-typed pointer the
+    // verifier trusts, so plain loads are checked against struct pt_regs and cannot fault.
+    // This saves a helper call on every syscall of the host.
+    let nr = unsafe { (*regs).orig_rax };
     match nr {
         SYS_READ | SYS_WRITE | SYS_RECVFROM | SYS_SENDTO | SYS_READV | SYS_WRITEV | SYS_RECVMSG
         | SYS_SENDMSG | SYS_RECVMMSG | SYS_SENDMMSG | SYS_SENDFILE | SYS_CLOSE | SYS_CONNECT
@@ -103,13 +110,13 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
     if tgid == SONDE_TGID.load() {
         return Ok(());
     }
-    let fd = unsafe { read_kernel(&(*regs).rdi)? } as i32;
+    let fd = unsafe { (*regs).rdi } as i32;
     let key = ConnKey { tgid, fd };
     match nr {
         SYS_CLOSE => on_close(&key, pid_tgid),
         SYS_CONNECT => {
             if ret == 0 || ret == -EINPROGRESS {
-                let addr = unsafe { read_kernel(&(*regs).rsi)? };
+                let addr = unsafe { (*regs).rsi };
                 on_new_conn(ConnKey { tgid, fd }, addr, role::CLIENT, -1)
             } else {
                 Ok(())
@@ -117,7 +124,7 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
         }
         SYS_ACCEPT | SYS_ACCEPT4 => {
             if ret >= 0 {
-                let addr = unsafe { read_kernel(&(*regs).rsi)? };
+                let addr = unsafe { (*regs).rsi };
                 on_new_conn(
                     ConnKey {
                         tgid,
@@ -135,12 +142,12 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
             if ret <= 0 {
                 return on_error(&key, pid_tgid, ret, nr);
             }
-            let arg1 = unsafe { read_kernel(&(*regs).rsi)? };
+            let arg1 = unsafe { (*regs).rsi };
             let (dir, src, len) = match nr {
                 SYS_READ | SYS_RECVFROM => (direction::INGRESS, Source::Buf(arg1), ret as u64),
                 SYS_WRITE | SYS_SENDTO => (direction::EGRESS, Source::Buf(arg1), ret as u64),
                 SYS_READV | SYS_WRITEV => {
-                    let cnt = unsafe { read_kernel(&(*regs).rdx)? };
+                    let cnt = unsafe { (*regs).rdx };
                     let dir = if nr == SYS_READV {
                         direction::INGRESS
                     } else {
@@ -206,7 +213,17 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
                 count_drop(drop_reason::CONN_TABLE_FULL);
                 return Ok(());
             }
-            return emit(key, pid_tgid, event_kind::DATA, dir, src, len, &info, 0);
+            return emit(
+                key,
+                pid_tgid,
+                event_kind::DATA,
+                dir,
+                src,
+                len,
+                &info,
+                0,
+                true,
+            );
         }
     };
     // SAFETY: `info` points into the map value, valid for this program run.
@@ -220,7 +237,8 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
         }
         unsafe { (*info).probation_left = conn.probation_left - 1 };
     }
-    if conn.proto == proto::UNKNOWN {
+    let first = conn.proto == proto::UNKNOWN;
+    if first {
         let class = classify(src, len);
         if class == 0 {
             // Decide "not ours" only on a full-sized first message; a shorter first write
@@ -237,7 +255,17 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
             (*info).flags = conn.flags;
         }
     }
-    emit(key, pid_tgid, event_kind::DATA, dir, src, len, &conn, 0)
+    emit(
+        key,
+        pid_tgid,
+        event_kind::DATA,
+        dir,
+        src,
+        len,
+        &conn,
+        0,
+        first,
+    )
 }
 
 #[inline(always)]
@@ -271,6 +299,7 @@ fn on_error(key: &ConnKey, pid_tgid: u64, ret: i64, nr: u64) -> Result<(), i64> 
                 0,
                 &conn,
                 (-ret) as u32,
+                false,
             );
         }
     }
@@ -294,6 +323,7 @@ fn on_close(key: &ConnKey, pid_tgid: u64) -> Result<(), i64> {
             0,
             &conn,
             0,
+            false,
         );
     }
     Ok(())
@@ -412,6 +442,7 @@ fn emit(
     len: u64,
     conn: &ConnInfo,
     errno: u32,
+    with_comm: bool,
 ) -> Result<(), i64> {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Ok(());
@@ -427,7 +458,12 @@ fn emit(
     s.hdr.errno = errno;
     s.hdr.direction = dir;
     s.hdr.conn = *conn;
-    s.hdr.comm = bpf_get_current_comm().unwrap_or_default();
+    // The command name matters only when userspace first meets a connection.
+    s.hdr.comm = if with_comm {
+        bpf_get_current_comm().unwrap_or_default()
+    } else {
+        [0; 16]
+    };
     let want = if len > MAX_PAYLOAD as u64 {
         MAX_PAYLOAD
     } else {
@@ -477,7 +513,14 @@ fn emit(
     let total = EVENT_HEADER_LEN + copied;
     // SAFETY: `total` <= size_of::<Scratch>() (header + masked length < 3 * MAX_PAYLOAD).
     let bytes = unsafe { core::slice::from_raw_parts(s as *const Scratch as *const u8, total) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    // Waking the reader per event costs more than the event: userspace drains on a short
+    // timer, and is woken only when the ring starts to fill.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count_drop(drop_reason::RINGBUF_FULL);
     }
     Ok(())
@@ -512,21 +555,6 @@ fn read_user<T>(addr: u64) -> Result<T, i64> {
     };
     if r == 0 {
         Ok(unsafe { v.assume_init() })
-    } else {
-        Err(r)
-    }
-}
-
-#[inline(always)]
-unsafe fn read_kernel<T>(src: *const T) -> Result<T, i64> {
-    let mut v = core::mem::MaybeUninit::<T>::uninit();
-    let r = bpf_probe_read_kernel(
-        v.as_mut_ptr() as *mut c_void,
-        core::mem::size_of::<T>() as u32,
-        src as *const c_void,
-    );
-    if r == 0 {
-        Ok(v.assume_init())
     } else {
         Err(r)
     }

@@ -14,7 +14,7 @@ pub const MAX_IOVECS: usize = 8;
 /// exit without close() are evicted).
 pub const MAX_CONNS: u32 = 65536;
 /// Ring buffer size in bytes (a power-of-two multiple of the page size).
-pub const RING_BYTES: u32 = 16 * 1024 * 1024;
+pub const RING_BYTES: u32 = 8 * 1024 * 1024;
 
 /// Event kinds (`EventHeader::kind`). Read with `EventKind::try_from`, never transmuted.
 pub mod event_kind {
@@ -130,7 +130,8 @@ pub struct EventHeader {
     pub _pad: [u8; 3],
     pub conn: ConnInfo,
     /// The thread's command name (the executable name, up to 15 bytes), so identity survives
-    /// a process that exits before userspace reads /proc.
+    /// a process that exits before userspace reads /proc. Set on a connection's first event
+    /// only; zero otherwise.
     pub comm: [u8; 16],
 }
 

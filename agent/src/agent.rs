@@ -176,6 +176,9 @@ impl CallSink for Sink<'_> {
     }
 }
 
+/// How often the ring buffer is drained when the kernel has not woken us.
+const DRAIN_INTERVAL_MS: i32 = 10;
+
 fn capture_loop(
     mut ring: RingBuf<MapData>,
     drops: PerCpuArray<MapData, u64>,
@@ -206,8 +209,9 @@ fn capture_loop(
         revents: 0,
     };
     while !shutdown.load(Ordering::Relaxed) {
-        // SAFETY: one valid pollfd; a 100 ms timeout keeps shutdown and housekeeping timely.
-        unsafe { libc::poll(&mut pollfd, 1, 100) };
+        // SAFETY: one valid pollfd. The kernel wakes us only when the ring fills up, so the
+        // 10 ms timeout is what drains it normally (and keeps shutdown timely).
+        unsafe { libc::poll(&mut pollfd, 1, DRAIN_INTERVAL_MS) };
         let mut received = 0u64;
         while let Some(item) = ring.next() {
             received += 1;
