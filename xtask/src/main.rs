@@ -211,7 +211,6 @@ fn setup_bpf_linker() -> Result<()> {
     run(Command::new("cargo")
         .args([
             "install",
-            "--locked",
             "bpf-linker",
             "--no-default-features",
             "--features",
@@ -241,7 +240,43 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     step("cargo test --release --workspace (unit tests, then integration tests with real servers)");
-    run(Command::new("cargo")
+    let mut child = Command::new("cargo")
         .args(["test", "--release", "--workspace"])
-        .env("SONDE_BIN", "target/release/sonde"))
+        .env("SONDE_BIN", "target/release/sonde")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawning cargo test")?;
+    // Echo the output and add up every binary's "test result:" line into one total.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_in(rest, "passed");
+            failed += count_in(rest, "failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}
+
+/// The number before `word` in a cargo "test result:" line ("ok. 28 passed; 0 failed; ...").
+fn count_in(result: &str, word: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .strip_suffix(word)?
+                .trim()
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
