@@ -189,8 +189,39 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
 /// A read/write-family syscall moved `len` bytes on `key`'s fd.
 #[inline(always)]
 fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Result<(), i64> {
-    let info = match CONNS.get_ptr_mut(key) {
-        Some(p) => p,
+    let (conn, first) = match CONNS.get_ptr_mut(key) {
+        Some(info) => {
+            // SAFETY: `info` points into the map value, valid for this program run.
+            let mut conn = unsafe { *info };
+            if conn.proto == proto::NONE {
+                return Ok(());
+            }
+            if conn.flags & conn_flags::PROBATION != 0 {
+                if conn.probation_left == 0 {
+                    return Ok(());
+                }
+                unsafe { (*info).probation_left = conn.probation_left - 1 };
+            }
+            let first = conn.proto == proto::UNKNOWN;
+            if first {
+                let class = classify(src, len);
+                if class == 0 {
+                    // Decide "not ours" only on a full-sized first message; a shorter first
+                    // write may be part of a split request line.
+                    if len >= 8 {
+                        unsafe { (*info).proto = proto::NONE };
+                    }
+                    return Ok(());
+                }
+                conn.proto = proto::HTTP1;
+                conn.flags |= first_flag(class == CLASS_REQUEST);
+                unsafe {
+                    (*info).proto = conn.proto;
+                    (*info).flags = conn.flags;
+                }
+            }
+            (conn, first)
+        }
         None => {
             // Not seen connecting or accepting: a connection older than sonde, inherited
             // across fork, or not a socket at all. Track it only if it carries a protocol.
@@ -213,48 +244,9 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
                 count_drop(drop_reason::CONN_TABLE_FULL);
                 return Ok(());
             }
-            return emit(
-                key,
-                pid_tgid,
-                event_kind::DATA,
-                dir,
-                src,
-                len,
-                &info,
-                0,
-                true,
-            );
+            (info, true)
         }
     };
-    // SAFETY: `info` points into the map value, valid for this program run.
-    let mut conn = unsafe { *info };
-    if conn.proto == proto::NONE {
-        return Ok(());
-    }
-    if conn.flags & conn_flags::PROBATION != 0 {
-        if conn.probation_left == 0 {
-            return Ok(());
-        }
-        unsafe { (*info).probation_left = conn.probation_left - 1 };
-    }
-    let first = conn.proto == proto::UNKNOWN;
-    if first {
-        let class = classify(src, len);
-        if class == 0 {
-            // Decide "not ours" only on a full-sized first message; a shorter first write
-            // may be part of a split request line.
-            if len >= 8 {
-                unsafe { (*info).proto = proto::NONE };
-            }
-            return Ok(());
-        }
-        conn.proto = proto::HTTP1;
-        conn.flags |= first_flag(class == CLASS_REQUEST);
-        unsafe {
-            (*info).proto = conn.proto;
-            (*info).flags = conn.flags;
-        }
-    }
     emit(
         key,
         pid_tgid,
