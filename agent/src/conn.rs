@@ -1,6 +1,7 @@
 //! The connection table: one entry per observed socket of a process, holding its two HTTP
 //! streams and the requests still waiting for their responses. Responses are paired with
 //! requests strictly in order (FIFO), which is what HTTP/1 pipelining requires.
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,16 +109,18 @@ impl ConnTable {
             }
             return;
         }
-        if !self.conns.contains_key(&key) {
-            let c = self.open(ev);
-            if c.ignored {
-                sink.ignore_connection(h.tgid, h.fd);
-            } else if needs_resolve(&h.conn) {
-                sink.confirm_connection(h.tgid, h.fd);
+        let c = match self.conns.entry(key) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let c = open_connection(&mut self.processes, &mut self.listeners, ev);
+                if c.ignored {
+                    sink.ignore_connection(h.tgid, h.fd);
+                } else if needs_resolve(&h.conn) {
+                    sink.confirm_connection(h.tgid, h.fd);
+                }
+                v.insert(c)
             }
-            self.conns.insert(key, c);
-        }
-        let c = self.conns.get_mut(&key).expect("inserted above");
+        };
         if c.ignored {
             return;
         }
@@ -140,58 +143,64 @@ impl ConnTable {
             EventKind::Close => {}
         }
     }
+}
 
-    /// A first event for (tgid, fd): learn who and where.
-    fn open(&mut self, ev: &Event<'_>) -> Connection {
-        let h = &ev.header;
-        let info = &h.conn;
-        let process = self.processes.get(h.tgid, &ev.comm(), true);
-        let mut role = match info.role {
-            role::CLIENT => Role::Client,
-            role::SERVER => Role::Server,
-            // Unknown: infer from the first message and its direction.
-            _ => {
-                let first_request = info.flags & conn_flags::FIRST_WAS_REQUEST != 0;
-                if first_request != ev.is_ingress() {
-                    Role::Client
-                } else {
-                    Role::Server
-                }
+/// A first event for (tgid, fd): learn who and where.
+fn open_connection(
+    processes: &mut ProcessTable,
+    listeners: &mut ListenerCache,
+    ev: &Event<'_>,
+) -> Connection {
+    let h = &ev.header;
+    let info = &h.conn;
+    let process = processes.get(h.tgid, &ev.comm(), true);
+    let mut role = match info.role {
+        role::CLIENT => Role::Client,
+        role::SERVER => Role::Server,
+        // Unknown: infer from the first message and its direction.
+        _ => {
+            let first_request = info.flags & conn_flags::FIRST_WAS_REQUEST != 0;
+            if first_request != ev.is_ingress() {
+                Role::Client
+            } else {
+                Role::Server
             }
-        };
-        let mut peer = peer_addr(info);
-        let mut local = None;
-        let mut ignored = false;
-        if needs_resolve(info) {
-            match resolve_fd(h.tgid, h.fd) {
-                Some(t) => {
-                    local = Some(t.local);
-                    peer = Some(t.peer);
-                }
-                None => ignored = std::fs::metadata(format!("/proc/{}", h.tgid)).is_ok(),
+        }
+    };
+    let mut peer = peer_addr(info);
+    let mut local = None;
+    let mut ignored = false;
+    if needs_resolve(info) {
+        match resolve_fd(h.tgid, h.fd) {
+            Some(t) => {
+                local = Some(t.local);
+                peer = Some(t.peer);
             }
-        } else if info.role == role::SERVER && info.listen_fd >= 0 {
-            local = self.listeners.local_addr(h.tgid, info.listen_fd);
+            None => ignored = std::fs::metadata(format!("/proc/{}", h.tgid)).is_ok(),
         }
-        if info.role == role::UNKNOWN && ignored {
-            role = Role::Client;
-        }
-        Connection {
-            conn_id: info.conn_id,
-            role,
-            process,
-            local,
-            peer,
-            requests: HttpStream::new(StreamKind::Requests),
-            responses: HttpStream::new(StreamKind::Responses),
-            pending: VecDeque::new(),
-            open_request: None,
-            response_status: None,
-            last_ts: h.ts_ns,
-            ignored,
-        }
+    } else if info.role == role::SERVER && info.listen_fd >= 0 {
+        local = listeners.local_addr(h.tgid, info.listen_fd);
     }
+    if info.role == role::UNKNOWN && ignored {
+        role = Role::Client;
+    }
+    Connection {
+        conn_id: info.conn_id,
+        role,
+        process,
+        local,
+        peer,
+        requests: HttpStream::new(StreamKind::Requests),
+        responses: HttpStream::new(StreamKind::Responses),
+        pending: VecDeque::new(),
+        open_request: None,
+        response_status: None,
+        last_ts: h.ts_ns,
+        ignored,
+    }
+}
 
+impl ConnTable {
     /// Drops connections idle for longer than `idle_ns` (their process may have exited
     /// without closing them). Returns how many were dropped.
     pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl CallSink) -> usize {
