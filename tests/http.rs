@@ -464,10 +464,13 @@ fn wrk_load_is_counted() {
     let env = env();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let port = env.nginx.port;
+    // Two connections for one second: enough load to interleave, while staying under what
+    // sonde can print as JSON on this shared 2-core machine next to wrk, nginx and this
+    // test's own JSON reader (beyond that the ring fills, which is counted, not exact).
     let out = run(Command::new("wrk").args([
         "-t1",
-        "-c4",
-        "-d2s",
+        "-c2",
+        "-d1s",
         &format!("http://127.0.0.1:{port}/wrk"),
     ]));
     let n: usize = out
@@ -483,10 +486,10 @@ fn wrk_load_is_counted() {
     let client = env.sonde.wait_spans(n, |s| {
         kind(s) == "CLIENT" && s["service.name"] == "wrk" && path_starts(s, "/wrk")
     });
-    // wrk stops with up to one request in flight per connection (4): those may be answered
+    // wrk stops with up to one request in flight per connection (2): those may be answered
     // by nginx but not counted by wrk.
     assert!(
-        server.len() >= n && server.len() <= n + 4,
+        server.len() >= n && server.len() <= n + 2,
         "server spans {} vs wrk {n}",
         server.len()
     );
@@ -495,7 +498,7 @@ fn wrk_load_is_counted() {
         .filter(|s| attr(s, "http.response.status_code").is_some())
         .count();
     assert!(
-        answered >= n && answered <= n + 4,
+        answered >= n && answered <= n + 2,
         "wrk client spans {answered} vs wrk {n}"
     );
     let dropped = env.sonde.metrics().sum("sonde_events_dropped_total", &[]);

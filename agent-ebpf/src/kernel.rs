@@ -35,6 +35,11 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUN
 /// `MAX_PAYLOAD` so that every masked offset + masked length the verifier sees stays inside.
 #[repr(C)]
 pub struct Scratch {
+    /// Bytes this CPU has put in the ring so far (drives the batched wakeups).
+    shipped_bytes: u64,
+    /// The iovec array of the current readv/writev/*msg, as (base, len) pairs. Twice
+    /// MAX_IOVECS so that the masked read length stays inside.
+    iov: [[u64; 2]; 2 * MAX_IOVECS],
     hdr: EventHeader,
     data: [u8; 3 * MAX_PAYLOAD],
 }
@@ -68,8 +73,7 @@ const EINPROGRESS: i64 = 115;
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-/// Unread bytes in the ring above which the reader is woken at once.
+/// Each CPU wakes the reader once per this many bytes shipped.
 const WAKEUP_BYTES: u64 = 256 * 1024;
 
 /// Masks that bound offsets and lengths for the verifier (values are already <= MAX_PAYLOAD).
@@ -475,39 +479,62 @@ fn emit(
             }
         }
         Source::Iov(iov, cnt) => {
-            for i in 0..MAX_IOVECS {
-                if i as u64 >= cnt || copied >= want {
-                    break;
-                }
-                let Ok(v) = read_user::<[u64; 2]>(iov + (i as u64) * 16) else {
+            // The whole iovec array (up to MAX_IOVECS entries) in one read, not one per entry.
+            let entries = if cnt > MAX_IOVECS as u64 {
+                MAX_IOVECS
+            } else {
+                cnt as usize
+            };
+            let iov_bytes = (entries * 16) & (MAX_IOVECS * 16 * 2 - 1);
+            let vecs = s.iov.as_mut_ptr();
+            if iov_bytes == 0
+                || unsafe {
+                    bpf_probe_read_user(vecs as *mut c_void, iov_bytes as u32, iov as *const c_void)
+                } != 0
+            {
+                if iov_bytes != 0 {
                     count_drop(drop_reason::READ_FAILED);
-                    break;
-                };
-                let room = want - copied;
-                let chunk = if v[1] < room as u64 {
-                    v[1] as usize
-                } else {
-                    room
-                };
-                let off = copied & OFF_MASK;
-                let n = chunk & LEN_MASK;
-                let dst = unsafe { data.add(off) } as *mut c_void;
-                if unsafe { bpf_probe_read_user(dst, n as u32, v[0] as *const c_void) } != 0 {
-                    count_drop(drop_reason::READ_FAILED);
-                    break;
                 }
-                copied += n;
+            } else {
+                for i in 0..MAX_IOVECS {
+                    if i >= entries || copied >= want {
+                        break;
+                    }
+                    let (base, vlen) = (s.iov[i][0], s.iov[i][1]);
+                    let room = want - copied;
+                    let chunk = if vlen < room as u64 {
+                        vlen as usize
+                    } else {
+                        room
+                    };
+                    let off = copied & OFF_MASK;
+                    // black_box keeps LLVM from dropping the mask it can prove redundant;
+                    // the verifier cannot prove it and needs the bound.
+                    let n = core::hint::black_box(chunk) & LEN_MASK;
+                    let dst = unsafe { data.add(off) } as *mut c_void;
+                    if unsafe { bpf_probe_read_user(dst, n as u32, base as *const c_void) } != 0 {
+                        count_drop(drop_reason::READ_FAILED);
+                        break;
+                    }
+                    copied += n;
+                }
             }
         }
     }
     let copied = copied & LEN_MASK;
     s.hdr.captured_len = copied as u32;
     let total = EVENT_HEADER_LEN + copied;
-    // SAFETY: `total` <= size_of::<Scratch>() (header + masked length < 3 * MAX_PAYLOAD).
-    let bytes = unsafe { core::slice::from_raw_parts(s as *const Scratch as *const u8, total) };
-    // Waking the reader per event costs more than the event: userspace drains on a short
-    // timer, and is woken only when the ring starts to fill.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > WAKEUP_BYTES {
+    // SAFETY: `hdr` and `data` are adjacent in the repr(C) Scratch (the header is 8-aligned in
+    // size), and header + masked length < size of hdr + data.
+    let bytes =
+        unsafe { core::slice::from_raw_parts(&s.hdr as *const EventHeader as *const u8, total) };
+    // Waking the reader per event costs more than the event (a self-IPI, a VM exit under a
+    // hypervisor): userspace drains on a short timer and is woken only each time this CPU
+    // has shipped another WAKEUP_BYTES. A per-CPU count avoids reading the ring's shared
+    // producer and consumer positions on every event.
+    let before = s.shipped_bytes;
+    s.shipped_bytes = before.wrapping_add(total as u64);
+    let flags = if before / WAKEUP_BYTES != s.shipped_bytes / WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::capture::{read_drops, Event};
 use crate::config::Config;
 use crate::conn::{CallSink, ConnTable, HttpCall, Role};
-use crate::metrics::Metrics;
+use crate::metrics::{HttpHistogramCache, Metrics};
 use crate::probes::{self, ProbeError};
 use crate::span::{clock_ns, http_error_type, Clock, Span};
 use crate::summary::Summary;
@@ -137,11 +137,12 @@ struct Sink<'a> {
     clock: Clock,
     /// Kernel connection-table updates to apply after the batch: (key, ignore?).
     updates: Vec<(ConnKey, bool)>,
+    http_histograms: HttpHistogramCache,
 }
 
 impl CallSink for Sink<'_> {
     fn http_call(&mut self, call: HttpCall) {
-        self.metrics.observe_http(&call);
+        self.metrics.observe_http(&call, &mut self.http_histograms);
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
             let role = if call.role == Role::Server {
@@ -197,6 +198,7 @@ fn capture_loop(
         summary: show_summary.then(Summary::default),
         clock: Clock::now(),
         updates: Vec::new(),
+        http_histograms: HttpHistogramCache::default(),
     };
     let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();

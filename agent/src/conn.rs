@@ -2,10 +2,11 @@
 //! streams and the requests still waiting for their responses. Responses are paired with
 //! requests strictly in order (FIFO), which is what HTTP/1 pipelining requires.
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use sonde_ebpf::{conn_flags, role};
 
 use crate::capture::{needs_resolve, peer_addr, Event, EventKind};
@@ -15,7 +16,7 @@ use crate::protocols::http1::{
 };
 use crate::sockets::{resolve_fd, ListenerCache};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     Client,
     Server,
@@ -78,7 +79,8 @@ const MAX_PENDING: usize = 1024;
 
 #[derive(Default)]
 pub struct ConnTable {
-    conns: HashMap<(u32, i32), Connection>,
+    /// Keyed by (tgid, fd); FxHash because SipHash showed in profiles of this hot lookup.
+    conns: FxHashMap<(u32, i32), Connection>,
     processes: ProcessTable,
     listeners: ListenerCache,
     scratch: Vec<HttpEvent>,

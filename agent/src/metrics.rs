@@ -1,11 +1,15 @@
 //! RED metrics (OpenTelemetry semantic-convention names) and sonde's own health counters,
 //! in one prometheus-client registry.
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::conn::{HttpCall, Role};
 use crate::span::{http_error_type, normalize_method, server_endpoint};
@@ -44,6 +48,87 @@ pub struct ReasonLabels {
 pub struct ParseErrorLabels {
     pub protocol: String,
     pub kind: String,
+}
+
+/// What decides the labels of one HTTP observation, borrowed from the call: error.type
+/// follows from role, status and failure; server address and port (client side only) from
+/// the Host header and the peer.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct HttpKey<'a> {
+    role: Role,
+    service: &'a str,
+    method: &'a str,
+    status: Option<u16>,
+    failure: Option<&'a str>,
+    host: Option<&'a str>,
+    peer: Option<SocketAddr>,
+}
+
+impl<'a> HttpKey<'a> {
+    fn of(call: &'a HttpCall) -> HttpKey<'a> {
+        let client = call.role == Role::Client;
+        HttpKey {
+            role: call.role,
+            service: &call.process.service_name,
+            method: &call.request.method,
+            status: call.status,
+            failure: call.failure.as_deref(),
+            host: call.request.host.as_deref().filter(|_| client),
+            peer: call.peer.filter(|_| client),
+        }
+    }
+}
+
+/// An `HttpKey` kept in the cache.
+struct OwnedHttpKey {
+    role: Role,
+    service: String,
+    method: String,
+    status: Option<u16>,
+    failure: Option<String>,
+    host: Option<String>,
+    peer: Option<SocketAddr>,
+}
+
+impl OwnedHttpKey {
+    fn borrow(&self) -> HttpKey<'_> {
+        HttpKey {
+            role: self.role,
+            service: &self.service,
+            method: &self.method,
+            status: self.status,
+            failure: self.failure.as_deref(),
+            host: self.host.as_deref(),
+            peer: self.peer,
+        }
+    }
+}
+
+impl From<HttpKey<'_>> for OwnedHttpKey {
+    fn from(k: HttpKey<'_>) -> Self {
+        OwnedHttpKey {
+            role: k.role,
+            service: k.service.to_string(),
+            method: k.method.to_string(),
+            status: k.status,
+            failure: k.failure.map(str::to_string),
+            host: k.host.map(str::to_string),
+            peer: k.peer,
+        }
+    }
+}
+
+/// Histograms by label set, owned by the capture thread (see `Metrics::observe_http`).
+/// Bounded: past `MAX_ENTRIES` it starts over; the histograms themselves stay registered.
+#[derive(Default)]
+pub struct HttpHistogramCache {
+    hasher: FxBuildHasher,
+    by_hash: FxHashMap<u64, Vec<(OwnedHttpKey, Histogram)>>,
+    len: usize,
+}
+
+impl HttpHistogramCache {
+    const MAX_ENTRIES: usize = 4096;
 }
 
 fn http_histogram() -> Histogram {
@@ -135,8 +220,34 @@ impl Metrics {
         }
     }
 
-    pub fn observe_http(&self, call: &HttpCall) {
+    /// Records one HTTP call. `cache` remembers the histogram of each label set already
+    /// seen, so the common case builds no label strings and takes no family lock.
+    pub fn observe_http(&self, call: &HttpCall, cache: &mut HttpHistogramCache) {
         let seconds = call.end_ts.saturating_sub(call.start_ts) as f64 / 1e9;
+        let key = HttpKey::of(call);
+        let hash = cache.hasher.hash_one(key);
+        if let Some(entries) = cache.by_hash.get(&hash) {
+            if let Some((_, h)) = entries.iter().find(|(owned, _)| owned.borrow() == key) {
+                h.observe(seconds);
+                return;
+            }
+        }
+        let histogram = self.http_histogram(call);
+        histogram.observe(seconds);
+        if cache.len >= HttpHistogramCache::MAX_ENTRIES {
+            cache.by_hash.clear();
+            cache.len = 0;
+        }
+        cache.len += 1;
+        cache
+            .by_hash
+            .entry(hash)
+            .or_default()
+            .push((OwnedHttpKey::from(key), histogram));
+    }
+
+    /// The histogram of `call`'s label set, created on first use.
+    fn http_histogram(&self, call: &HttpCall) -> Histogram {
         let method = normalize_method(&call.request.method).to_string();
         let status = call.status.map(|s| s.to_string()).unwrap_or_default();
         let error_type = http_error_type(call).unwrap_or_default();
@@ -151,7 +262,7 @@ impl Metrics {
                     url_scheme: "http".into(),
                     error_type,
                 })
-                .observe(seconds),
+                .clone(),
             Role::Client => {
                 let (addr, port) = server_endpoint(call.request.host.as_deref(), call.peer);
                 self.http_client
@@ -164,7 +275,7 @@ impl Metrics {
                         server_address: addr.unwrap_or_default(),
                         server_port: port.map(|p| p.to_string()).unwrap_or_default(),
                     })
-                    .observe(seconds)
+                    .clone()
             }
         }
     }

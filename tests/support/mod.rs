@@ -167,11 +167,23 @@ impl Sonde {
             .collect()
     }
 
+    /// How many spans `pred` holds for, right now.
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| pred(s))
+            .count()
+    }
+
     /// Waits until at least `n` spans match (or 20 s pass), then a little longer so that any
     /// extra span would show up too, and returns all matches.
     pub fn wait_spans(&self, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) && self.spans(&pred).len() < n {
+        // Counting (not cloning) under the lock keeps the reader thread, and so sonde's
+        // stdout, flowing while tens of thousands of spans pile up.
+        while start.elapsed() < Duration::from_secs(20) && self.count(&pred) < n {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(500));

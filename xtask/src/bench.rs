@@ -74,7 +74,9 @@ pub fn http(root: &Path, args: &[String]) -> Result<()> {
             }
         }
     }
-    let _ = nginx.kill();
+    // SIGTERM lets the master stop its workers; SIGKILL would orphan them on the port.
+    // SAFETY: plain kill(2) on a child we spawned and have not yet reaped.
+    unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
 
     let med = |v: Vec<f64>| median(v);

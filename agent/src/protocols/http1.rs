@@ -10,6 +10,7 @@
 //! what it cannot frame and picks up again at the next syscall that starts a message.
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 
 /// Largest message head buffered while waiting for its end.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -348,15 +349,18 @@ impl HttpStream {
         buf: &[u8],
         out: &mut Vec<HttpEvent>,
     ) -> Result<Option<usize>, ParseError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Left uninitialised: zeroing 96 headers on every attempt cost more than the parse.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let config = httparse::ParserConfig::default();
         match self.kind {
             StreamKind::Requests => {
-                let mut req = httparse::Request::new(&mut headers);
-                let used = match req.parse(buf) {
-                    Ok(httparse::Status::Complete(n)) => n,
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(e) => return Err(ParseError::InvalidHead(httparse_kind(e))),
-                };
+                let mut req = httparse::Request::new(&mut []);
+                let used =
+                    match config.parse_request_with_uninit_headers(&mut req, buf, &mut headers) {
+                        Ok(httparse::Status::Complete(n)) => n,
+                        Ok(httparse::Status::Partial) => return Ok(None),
+                        Err(e) => return Err(ParseError::InvalidHead(httparse_kind(e))),
+                    };
                 let framing = Framing::from_headers(req.headers)?;
                 let target = req.path.unwrap_or("/");
                 let path = target.split(['?', '#']).next().unwrap_or("");
@@ -391,12 +395,13 @@ impl HttpStream {
                 Ok(Some(used))
             }
             StreamKind::Responses => {
-                let mut resp = httparse::Response::new(&mut headers);
-                let used = match resp.parse(buf) {
-                    Ok(httparse::Status::Complete(n)) => n,
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(e) => return Err(ParseError::InvalidHead(httparse_kind(e))),
-                };
+                let mut resp = httparse::Response::new(&mut []);
+                let used =
+                    match config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
+                        Ok(httparse::Status::Complete(n)) => n,
+                        Ok(httparse::Status::Partial) => return Ok(None),
+                        Err(e) => return Err(ParseError::InvalidHead(httparse_kind(e))),
+                    };
                 let status = resp.code.unwrap_or(0);
                 let framing = Framing::from_headers(resp.headers)?;
                 if (100..200).contains(&status) {
