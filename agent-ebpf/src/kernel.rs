@@ -209,7 +209,7 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
             let first = conn.proto == proto::UNKNOWN;
             if first {
                 let class = classify(src, len);
-                if class == 0 {
+                if class.proto == proto::UNKNOWN {
                     // Decide "not ours" only on a full-sized first message; a shorter first
                     // write may be part of a split request line.
                     if len >= 8 {
@@ -217,8 +217,8 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
                     }
                     return Ok(());
                 }
-                conn.proto = proto::HTTP1;
-                conn.flags |= first_flag(class == CLASS_REQUEST);
+                conn.proto = class.proto;
+                conn.flags |= first_flag(class.is_request);
                 unsafe {
                     (*info).proto = conn.proto;
                     (*info).flags = conn.flags;
@@ -230,15 +230,15 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
             // Not seen connecting or accepting: a connection older than sonde, inherited
             // across fork, or not a socket at all. Track it only if it carries a protocol.
             let class = classify(src, len);
-            if class == 0 {
+            if class.proto == proto::UNKNOWN {
                 return Ok(());
             }
-            let is_request = class == CLASS_REQUEST;
+            let is_request = class.is_request;
             let client = is_request == (dir == direction::EGRESS);
             let info = ConnInfo {
                 conn_id: unsafe { bpf_ktime_get_ns() },
                 role: if client { role::CLIENT } else { role::SERVER },
-                proto: proto::HTTP1,
+                proto: class.proto,
                 flags: conn_flags::RESOLVE | conn_flags::PROBATION | first_flag(is_request),
                 probation_left: PROBATION_EVENTS - 1,
                 listen_fd: -1,
@@ -285,7 +285,7 @@ fn on_error(key: &ConnKey, pid_tgid: u64, ret: i64, nr: u64) -> Result<(), i64> 
     }
     if let Some(p) = CONNS.get_ptr(key) {
         let conn = unsafe { *p };
-        if conn.proto == proto::HTTP1 {
+        if is_tracked(conn.proto) {
             return emit(
                 key,
                 pid_tgid,
@@ -309,7 +309,7 @@ fn on_close(key: &ConnKey, pid_tgid: u64) -> Result<(), i64> {
     };
     let conn = unsafe { *p };
     let _ = CONNS.remove(key);
-    if conn.proto == proto::HTTP1 {
+    if is_tracked(conn.proto) {
         return emit(
             key,
             pid_tgid,
@@ -357,28 +357,43 @@ fn on_new_conn(key: ConnKey, sockaddr: u64, conn_role: u8, listen_fd: i32) -> Re
     Ok(())
 }
 
-const CLASS_REQUEST: u8 = 1;
-const CLASS_RESPONSE: u8 = 2;
+/// What the first payload bytes of a connection say: its protocol (UNKNOWN: none we
+/// know) and whether they are a request (the side that sent them is the client).
+#[derive(Clone, Copy)]
+struct Class {
+    proto: u8,
+    is_request: bool,
+}
 
-/// Looks at the first payload bytes: an HTTP/1 request line or status line, or nothing.
-/// Eight bytes decide; a write of 4 to 7 bytes (a request line split over writes) is judged
-/// on its first four.
+const NOT_OURS: Class = Class {
+    proto: proto::UNKNOWN,
+    is_request: false,
+};
+
 #[inline(always)]
-fn classify(src: Source, len: u64) -> u8 {
+fn is_tracked(p: u8) -> bool {
+    p == proto::HTTP1 || p == proto::REDIS || p == proto::POSTGRES
+}
+
+/// Looks at the first payload bytes: an HTTP/1 request or status line, a RESP command array,
+/// or a PostgreSQL startup packet or frontend message. Eight bytes decide; a write of 4 to 7
+/// bytes (a request line split over writes) is judged on its first four.
+#[inline(always)]
+fn classify(src: Source, len: u64) -> Class {
     if len < 4 {
-        return 0;
+        return NOT_OURS;
     }
     let ptr = match src {
         Source::Buf(p) => p,
         Source::Iov(iov, cnt) => {
             if cnt == 0 || iov == 0 {
-                return 0;
+                return NOT_OURS;
             }
             let Ok(first) = read_user::<[u64; 2]>(iov) else {
-                return 0;
+                return NOT_OURS;
             };
             if first[1] < 4 {
-                return 0;
+                return NOT_OURS;
             }
             if first[1] < 8 {
                 return classify_short(first[0]);
@@ -390,22 +405,51 @@ fn classify(src: Source, len: u64) -> u8 {
         return classify_short(ptr);
     }
     let Ok(b) = read_user::<[u8; 8]>(ptr) else {
-        return 0;
+        return NOT_OURS;
     };
-    classify_http(&b)
+    let http = classify_http(&b);
+    if http != 0 {
+        return Class {
+            proto: proto::HTTP1,
+            is_request: http == CLASS_REQUEST,
+        };
+    }
+    if is_resp_command(&b) {
+        return Class {
+            proto: proto::REDIS,
+            is_request: true,
+        };
+    }
+    if is_postgres_frontend(&b, len) {
+        return Class {
+            proto: proto::POSTGRES,
+            is_request: true,
+        };
+    }
+    NOT_OURS
 }
 
+const CLASS_REQUEST: u8 = 1;
+const CLASS_RESPONSE: u8 = 2;
+
 #[inline(always)]
-fn classify_short(ptr: u64) -> u8 {
+fn classify_short(ptr: u64) -> Class {
     let Ok(b) = read_user::<[u8; 4]>(ptr) else {
-        return 0;
+        return NOT_OURS;
     };
-    match &b {
+    let class = match &b {
         b"HTTP" => CLASS_RESPONSE,
         b"GET " | b"PUT " | b"POST" | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC" => {
             CLASS_REQUEST
         }
         _ => 0,
+    };
+    if class == 0 {
+        return NOT_OURS;
+    }
+    Class {
+        proto: proto::HTTP1,
+        is_request: class == CLASS_REQUEST,
     }
 }
 
@@ -424,6 +468,38 @@ fn classify_http(b: &[u8; 8]) -> u8 {
         | [b'C', b'O', b'N', b'N', b'E', b'C', b'T', b' '] => CLASS_REQUEST,
         _ => 0,
     }
+}
+
+/// A RESP command: an array of bulk strings, `*<n>\r\n$` with n of one or two digits.
+/// (Replies are never used to classify: the client always speaks first.)
+#[inline(always)]
+fn is_resp_command(b: &[u8; 8]) -> bool {
+    if b[0] != b'*' || !b[1].is_ascii_digit() {
+        return false;
+    }
+    (b[2] == b'\r' && b[3] == b'\n' && b[4] == b'$')
+        || (b[2].is_ascii_digit() && b[3] == b'\r' && b[4] == b'\n' && b[5] == b'$')
+}
+
+/// PostgreSQL v3, frontend side. A new connection starts with a length-prefixed packet:
+/// StartupMessage (protocol 3.0), SSLRequest or GSSENCRequest. A connection first seen
+/// mid-stream is judged by message shape: Query, Parse or Bind with a sane big-endian length
+/// that fits in this write.
+#[inline(always)]
+fn is_postgres_frontend(b: &[u8; 8], len: u64) -> bool {
+    let first = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64;
+    let code = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+    if first >= 8 && first <= 10_000 && first <= len {
+        // 196608 = protocol 3.0; 80877103 SSLRequest; 80877104 GSSENCRequest.
+        if code == 196_608 || (first == 8 && (code == 80_877_103 || code == 80_877_104)) {
+            return true;
+        }
+    }
+    if !matches!(b[0], b'Q' | b'P' | b'B') {
+        return false;
+    }
+    let msg_len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as u64;
+    msg_len >= 5 && msg_len < (1 << 24) && msg_len < len
 }
 
 /// Copies the header and up to MAX_PAYLOAD bytes of payload into the ring buffer.

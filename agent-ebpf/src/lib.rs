@@ -33,6 +33,10 @@ pub mod proto {
     /// Not a supported protocol: nothing more is shipped for this connection.
     pub const NONE: u8 = 1;
     pub const HTTP1: u8 = 2;
+    /// RESP2/RESP3 (Redis and compatible servers).
+    pub const REDIS: u8 = 3;
+    /// PostgreSQL frontend/backend protocol 3.0.
+    pub const POSTGRES: u8 = 4;
 }
 
 /// Which side of the connection the observed process is (`ConnInfo::role`).

@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::capture::{read_drops, Event};
 use crate::config::Config;
 use crate::conn::{CallSink, ConnTable, HttpCall, Role};
+use crate::db::DbCall;
 use crate::metrics::{HttpHistogramCache, Metrics};
 use crate::probes::{self, ProbeError};
 use crate::span::{clock_ns, http_error_type, Clock, Span};
@@ -71,7 +72,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         ready.clone(),
     ));
 
-    let mut ebpf = probes::load_and_attach()?;
+    let mut ebpf = probes::load_and_attach(config.ring_buffer_mib << 20)?;
     let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
         ebpf.take_map(name).ok_or(AgentError::MissingMap(name))
     };
@@ -161,6 +162,28 @@ impl CallSink for Sink<'_> {
         }
         if let Some(out) = &mut self.spans_out {
             let _ = Span::from_http_call(&call, self.clock).write_json(out);
+        }
+    }
+
+    fn db_call(&mut self, call: DbCall) {
+        self.metrics.observe_db(&call);
+        self.metrics.spans.inc();
+        if let Some(summary) = &mut self.summary {
+            let role = if call.role == Role::Server {
+                "server"
+            } else {
+                "client"
+            };
+            summary.observe(
+                &call.process.service_name,
+                call.op.system,
+                role,
+                call.op.end_ts.saturating_sub(call.op.start_ts),
+                call.error_type().is_some(),
+            );
+        }
+        if let Some(out) = &mut self.spans_out {
+            let _ = Span::from_db_call(&call, self.clock).write_json(out);
         }
     }
 

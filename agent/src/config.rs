@@ -34,4 +34,18 @@ pub struct Config {
     /// Seconds without traffic after which a connection's state is dropped.
     #[arg(long, env = "SONDE_CONN_IDLE_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub conn_idle_timeout: u64,
+
+    /// Size of the kernel-to-sonde ring buffer in MiB (a power of two). A larger ring absorbs
+    /// longer bursts before events are dropped (drops are counted in
+    /// sonde_events_dropped_total{reason="ringbuf_full"}); it is locked kernel memory.
+    #[arg(long, env = "SONDE_RING_BUFFER_MIB", default_value_t = 8, value_parser = parse_ring_mib)]
+    pub ring_buffer_mib: u32,
+}
+
+fn parse_ring_mib(v: &str) -> Result<u32, String> {
+    let n: u32 = v.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=1024).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two between 1 and 1024"));
+    }
+    Ok(n)
 }

@@ -7,13 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use sonde_ebpf::{conn_flags, role};
+use sonde_ebpf::{conn_flags, proto, role};
 
 use crate::capture::{needs_resolve, peer_addr, Event, EventKind};
+use crate::db::{DbCall, DbOperation};
 use crate::process::{ProcessInfo, ProcessTable};
 use crate::protocols::http1::{
     request_kind, Head, HttpEvent, HttpStream, ParseError, RequestHead, StreamKind,
 };
+use crate::redis::RedisSession;
 use crate::sockets::{resolve_fd, ListenerCache};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,6 +47,7 @@ pub struct HttpCall {
 /// Where the connection table reports what it finds.
 pub trait CallSink {
     fn http_call(&mut self, call: HttpCall);
+    fn db_call(&mut self, call: DbCall);
     fn parse_error(&mut self, protocol: &'static str, kind: &'static str);
     /// The kernel should stop shipping this connection (not a TCP socket, or upgraded).
     fn ignore_connection(&mut self, tgid: u32, fd: i32);
@@ -73,6 +76,8 @@ struct Connection {
     response_status: Option<u16>,
     last_ts: u64,
     ignored: bool,
+    /// Set on Redis connections; the HTTP streams above stay unused there.
+    redis: Option<Box<RedisSession>>,
 }
 
 const MAX_PENDING: usize = 1024;
@@ -84,6 +89,7 @@ pub struct ConnTable {
     processes: ProcessTable,
     listeners: ListenerCache,
     scratch: Vec<HttpEvent>,
+    db_done: Vec<DbOperation>,
 }
 
 impl ConnTable {
@@ -128,6 +134,10 @@ impl ConnTable {
         }
         c.last_ts = h.ts_ns;
         match ev.kind {
+            EventKind::Data if c.redis.is_some() => {
+                let from_client = (c.role == Role::Server) == ev.is_ingress();
+                c.feed_redis(from_client, ev, sink, &mut self.db_done);
+            }
             EventKind::Data => {
                 let carries_requests = (c.role == Role::Server) == ev.is_ingress();
                 c.feed(carries_requests, ev, sink, &mut self.scratch);
@@ -186,6 +196,11 @@ fn open_connection(
     if info.role == role::UNKNOWN && ignored {
         role = Role::Client;
     }
+    let redis = (info.proto == proto::REDIS).then(|| Box::new(RedisSession::new()));
+    if info.proto != proto::HTTP1 && info.proto != proto::REDIS {
+        // A protocol the kernel classifies but this build does not parse yet.
+        ignored = true;
+    }
     Connection {
         conn_id: info.conn_id,
         role,
@@ -199,6 +214,7 @@ fn open_connection(
         response_status: None,
         last_ts: h.ts_ns,
         ignored,
+        redis,
     }
 }
 
@@ -227,6 +243,33 @@ impl ConnTable {
 }
 
 impl Connection {
+    fn feed_redis(
+        &mut self,
+        from_client: bool,
+        ev: &Event<'_>,
+        sink: &mut impl CallSink,
+        done: &mut Vec<DbOperation>,
+    ) {
+        let Some(session) = self.redis.as_mut() else {
+            return;
+        };
+        done.clear();
+        let h = &ev.header;
+        if let Some(e) = session.feed(from_client, ev.payload, ev.gap(), h.ts_ns, h.tid, done) {
+            sink.parse_error("redis", e.as_str());
+        }
+        for op in done.drain(..) {
+            sink.db_call(DbCall {
+                role: self.role,
+                process: self.process.clone(),
+                tid: op.tid,
+                local: self.local,
+                peer: self.peer,
+                op,
+            });
+        }
+    }
+
     fn feed(
         &mut self,
         carries_requests: bool,

@@ -12,6 +12,7 @@ use prometheus_client::registry::{Registry, Unit};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::conn::{HttpCall, Role};
+use crate::db::DbCall;
 use crate::span::{http_error_type, normalize_method, server_endpoint};
 
 /// `http.server.request.duration` / `http.client.request.duration` buckets (seconds).
@@ -34,6 +35,22 @@ pub struct HttpClientLabels {
     pub http_request_method: String,
     pub http_response_status_code: String,
     pub url_scheme: String,
+    pub error_type: String,
+    pub server_address: String,
+    pub server_port: String,
+}
+
+/// `db.client.operation.duration` buckets (seconds).
+pub const DB_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+/// Labels of both database histograms. On the server side `server_*` is the socket the
+/// database listens on.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    pub service_name: String,
+    pub db_system_name: String,
+    pub db_operation_name: String,
+    pub db_namespace: String,
     pub error_type: String,
     pub server_address: String,
     pub server_port: String,
@@ -135,12 +152,18 @@ fn http_histogram() -> Histogram {
     Histogram::new(HTTP_BUCKETS)
 }
 
+fn db_histogram() -> Histogram {
+    Histogram::new(DB_BUCKETS)
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     pub registry: Registry,
     pub http_server: HistogramFamily<HttpServerLabels>,
     pub http_client: HistogramFamily<HttpClientLabels>,
+    pub db_client: HistogramFamily<DbLabels>,
+    pub db_server: HistogramFamily<DbLabels>,
     pub events_received: Counter,
     pub events_dropped: Family<ReasonLabels, Counter>,
     pub parse_errors: Family<ParseErrorLabels, Counter>,
@@ -172,6 +195,20 @@ impl Metrics {
             "Duration of HTTP client requests (http.client.request.duration)",
             Unit::Seconds,
             http_client.clone(),
+        );
+        let db_client: HistogramFamily<DbLabels> = Family::new_with_constructor(db_histogram);
+        let db_server: HistogramFamily<DbLabels> = Family::new_with_constructor(db_histogram);
+        registry.register_with_unit(
+            "db_client_operation_duration",
+            "Duration of database operations seen by their clients (db.client.operation.duration)",
+            Unit::Seconds,
+            db_client.clone(),
+        );
+        registry.register_with_unit(
+            "db_server_operation_duration",
+            "Duration of database operations seen by the database process itself",
+            Unit::Seconds,
+            db_server.clone(),
         );
         let events_received = Counter::default();
         let events_dropped = Family::<ReasonLabels, Counter>::default();
@@ -212,6 +249,8 @@ impl Metrics {
             registry,
             http_server,
             http_client,
+            db_client,
+            db_server,
             events_received,
             events_dropped,
             parse_errors,
@@ -278,6 +317,27 @@ impl Metrics {
                     .clone()
             }
         }
+    }
+
+    /// Records one database operation in the client or server histogram.
+    pub fn observe_db(&self, call: &DbCall) {
+        let op = &call.op;
+        let seconds = op.end_ts.saturating_sub(op.start_ts) as f64 / 1e9;
+        let server = call.server();
+        let labels = DbLabels {
+            service_name: call.process.service_name.clone(),
+            db_system_name: op.system.to_string(),
+            db_operation_name: op.operation.clone(),
+            db_namespace: op.namespace.clone(),
+            error_type: call.error_type().unwrap_or_default().to_string(),
+            server_address: server.map(|s| s.ip().to_string()).unwrap_or_default(),
+            server_port: server.map(|s| s.port().to_string()).unwrap_or_default(),
+        };
+        let family = match call.role {
+            Role::Client => &self.db_client,
+            Role::Server => &self.db_server,
+        };
+        family.get_or_create(&labels).observe(seconds);
     }
 
     pub fn parse_error(&self, protocol: &str, kind: &str) {

@@ -57,7 +57,9 @@ fn read_process(pid: u32, comm: &str) -> ProcessInfo {
         .unwrap_or(comm)
         .to_string();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let service_name = service_name_from_environ(&environ).unwrap_or_else(|| exe_name.clone());
+    let main_comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let service_name = service_name_from_environ(&environ)
+        .unwrap_or_else(|| program_name(&exe_name, main_comm.trim_end()));
     let container_id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
         .and_then(|c| container_id(&c));
@@ -68,6 +70,18 @@ fn read_process(pid: u32, comm: &str) -> ProcessInfo {
         service_name,
         container_id,
         start_time: read_start_time(pid).unwrap_or(0),
+    }
+}
+
+/// The service name a process without OTEL variables gets: its executable's name, except
+/// where it was started through a link to a multi-call binary (Debian's `redis-server` is a
+/// link to `redis-check-rdb`). The kernel's command name comes from the name it was started
+/// as; it wins unless it is only the executable's name cut to 15 bytes.
+pub fn program_name(exe_name: &str, comm: &str) -> String {
+    if comm.is_empty() || exe_name.starts_with(comm) {
+        exe_name.to_string()
+    } else {
+        comm.to_string()
     }
 }
 
@@ -136,6 +150,21 @@ pub fn container_id(cgroup: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_name_prefers_the_started_name_over_a_multi_call_binary() {
+        assert_eq!(
+            program_name("redis-check-rdb", "redis-server"),
+            "redis-server"
+        );
+        assert_eq!(program_name("nginx", "nginx"), "nginx");
+        assert_eq!(program_name("python3.11", "python3"), "python3.11");
+        assert_eq!(
+            program_name("a-very-long-program-name", "a-very-long-pro"),
+            "a-very-long-program-name"
+        );
+        assert_eq!(program_name("curl", ""), "curl");
+    }
 
     #[test]
     fn service_name_precedence() {

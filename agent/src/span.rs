@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::conn::{HttpCall, Role};
+use crate::db::DbCall;
 use crate::process::ProcessInfo;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +210,57 @@ impl Span {
             },
             start_unix_nano: clock.to_unix(call.start_ts),
             end_unix_nano: clock.to_unix(call.end_ts.max(call.start_ts)),
+            process: call.process.clone(),
+            attributes: a,
+        }
+    }
+
+    /// A database operation: `db.*` attributes, named `{operation}` or
+    /// `{operation} {collection}`.
+    pub fn from_db_call(call: &DbCall, clock: Clock) -> Span {
+        let op = &call.op;
+        let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
+        let s = |v: &str| AttrValue::Str(v.to_string());
+        a.push(("db.system.name", s(op.system)));
+        a.push(("db.operation.name", s(&op.operation)));
+        a.push(("db.namespace", s(&op.namespace)));
+        if let Some(c) = &op.collection {
+            a.push(("db.collection.name", s(c)));
+        }
+        if let Some(q) = &op.query_text {
+            a.push(("db.query.text", s(q)));
+        }
+        if let Some(code) = &op.status_code {
+            a.push(("db.response.status_code", s(code)));
+            a.push(("error.type", s(code)));
+        }
+        if let Some(rows) = op.returned_rows {
+            a.push(("db.response.returned_rows", AttrValue::Int(rows as i64)));
+        }
+        if let Some(server) = call.server() {
+            a.push(("server.address", s(&server.ip().to_string())));
+            a.push(("server.port", AttrValue::Int(server.port() as i64)));
+        }
+        if let Some(peer) = call.peer {
+            a.push(("network.peer.address", s(&peer.ip().to_string())));
+            a.push(("network.peer.port", AttrValue::Int(peer.port() as i64)));
+        }
+        let name = match &op.collection {
+            Some(c) => format!("{} {c}", op.operation),
+            None => op.operation.clone(),
+        };
+        Span {
+            trace_id: random_nonzero_u128(),
+            span_id: random_nonzero_u64(),
+            parent_span_id: None,
+            name,
+            kind: if call.role == Role::Server {
+                SpanKind::Server
+            } else {
+                SpanKind::Client
+            },
+            start_unix_nano: clock.to_unix(op.start_ts),
+            end_unix_nano: clock.to_unix(op.end_ts.max(op.start_ts)),
             process: call.process.clone(),
             attributes: a,
         }

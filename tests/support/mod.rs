@@ -129,9 +129,15 @@ pub struct Sonde {
 
 impl Sonde {
     pub fn start() -> Sonde {
+        Sonde::start_with(&[])
+    }
+
+    /// sonde with extra flags (for example a larger ring for burst tests).
+    pub fn start_with(extra: &[&str]) -> Sonde {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(sonde_bin());
         cmd.args(["--print-spans", "json", "--metrics-addr", &metrics_addr])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = spawn_owned(cmd);
@@ -181,9 +187,19 @@ impl Sonde {
     /// extra span would show up too, and returns all matches.
     pub fn wait_spans(&self, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let start = Instant::now();
-        // Counting (not cloning) under the lock keeps the reader thread, and so sonde's
-        // stdout, flowing while tens of thousands of spans pile up.
-        while start.elapsed() < Duration::from_secs(20) && self.count(&pred) < n {
+        // Only spans that arrived since the last look are tested: a scan of hundreds of
+        // thousands of spans under the lock would starve the reader thread, and with it
+        // sonde's stdout.
+        let (mut checked, mut matched) = (0, 0);
+        while start.elapsed() < Duration::from_secs(20) {
+            {
+                let spans = self.spans.lock().unwrap();
+                matched += spans[checked..].iter().filter(|s| pred(s)).count();
+                checked = spans.len();
+            }
+            if matched >= n {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -321,4 +337,54 @@ pub fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// redis-server on loopback, without persistence, in a temporary directory.
+pub struct Redis {
+    pub port: u16,
+    _child: Child,
+}
+
+impl Redis {
+    pub fn start(name: &str) -> Redis {
+        let dir = tempdir(name);
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::null());
+        let mut child = spawn_owned(cmd);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            let ok = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"));
+            if ok {
+                return Redis {
+                    port,
+                    _child: child,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-server did not answer PING on port {port}");
+    }
+
+    /// redis-cli against this server with `args`.
+    pub fn cli(&self, args: &[&str]) -> String {
+        run(Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args))
+    }
 }

@@ -18,6 +18,8 @@ const DEB_PACKAGES: &[&str] = &[
     "bpftool",
     "util-linux",
     "procps",
+    "redis-server",
+    "redis-tools",
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

@@ -1,2 +1,3 @@
 //! Wire-protocol parsers. Each is fed a connection's bytes in arbitrary splits and never panics.
 pub mod http1;
+pub mod resp;

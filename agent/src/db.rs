@@ -1,0 +1,58 @@
+//! Database operations (Redis commands, PostgreSQL queries) as one process saw them.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::conn::Role;
+use crate::process::ProcessInfo;
+
+/// `db.system.name` values.
+pub const REDIS: &str = "redis";
+
+/// One database operation and its outcome, as seen by one process (the client that sent it
+/// or the server that answered it).
+#[derive(Clone, Debug)]
+pub struct DbCall {
+    pub role: Role,
+    pub process: Arc<ProcessInfo>,
+    pub tid: u32,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub op: DbOperation,
+}
+
+/// What a protocol session reports for one operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DbOperation {
+    pub system: &'static str,
+    /// `db.operation.name`: `GET`, `CONFIG GET`, `SELECT`, ...
+    pub operation: String,
+    /// `db.namespace`: the Redis database index, the PostgreSQL database.
+    pub namespace: String,
+    /// `db.collection.name`, where one is known.
+    pub collection: Option<String>,
+    /// `db.query.text`, with every value masked.
+    pub query_text: Option<String>,
+    /// `db.response.status_code`: the Redis error prefix or the SQLSTATE.
+    pub status_code: Option<String>,
+    /// `db.response.returned_rows`.
+    pub returned_rows: Option<u64>,
+    /// Monotonic ns: the command's first byte, the end of its reply.
+    pub start_ts: u64,
+    pub end_ts: u64,
+    pub tid: u32,
+}
+
+impl DbCall {
+    /// `server.address` / `server.port`: the peer for a client, this socket for a server.
+    pub fn server(&self) -> Option<SocketAddr> {
+        match self.role {
+            Role::Client => self.peer,
+            Role::Server => self.local,
+        }
+    }
+
+    /// `error.type`: the response status code of a failed operation.
+    pub fn error_type(&self) -> Option<&str> {
+        self.op.status_code.as_deref()
+    }
+}

@@ -1,0 +1,557 @@
+//! One Redis connection: commands paired with their replies strictly in order (pipelines,
+//! MULTI/EXEC, blocking commands), with pub/sub pushes kept out of the pairing.
+use std::collections::VecDeque;
+
+use crate::db::{DbOperation, REDIS};
+use crate::protocols::resp::{FrameType, RespError, RespFrame, RespStream};
+
+/// Commands waiting for replies on one connection, at most.
+const MAX_PENDING: usize = 4096;
+
+/// Commands whose first argument is a subcommand: named `CONFIG GET`, `CLIENT SETNAME`, ...
+const TWO_WORD: &[&str] = &[
+    "ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "DEBUG", "FUNCTION", "LATENCY", "MEMORY",
+    "MODULE", "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO",
+];
+
+/// Commands whose arguments are never shown, not even masked (credentials).
+const SECRET_ARGS: &[&str] = &["AUTH", "HELLO", "MIGRATE"];
+
+/// Commands whose first argument is not a key: every argument is masked.
+const KEYLESS: &[&str] = &[
+    "PING",
+    "ECHO",
+    "SELECT",
+    "INFO",
+    "DBSIZE",
+    "FLUSHDB",
+    "FLUSHALL",
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "QUIT",
+    "TIME",
+    "SAVE",
+    "BGSAVE",
+    "BGREWRITEAOF",
+    "EVAL",
+    "EVALSHA",
+    "FCALL",
+    "SWAPDB",
+    "WAIT",
+    "SHUTDOWN",
+    "RESET",
+    "READONLY",
+    "READWRITE",
+    "LASTSAVE",
+    "ROLE",
+    "MONITOR",
+    "SCAN",
+    "RANDOMKEY",
+    "KEYS",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subscription {
+    /// Not a (un)subscribe command.
+    No,
+    /// Expects this many confirmations (one per channel named).
+    Channels(usize),
+    /// UNSUBSCRIBE with no channel: confirmations until the subscription count reaches 0.
+    All,
+}
+
+struct Pending {
+    op: DbOperation,
+    subscription: Subscription,
+    /// For (un)subscribe commands: the span was already reported at the first confirmation.
+    reported: bool,
+}
+
+/// Pairs commands and replies of one Redis connection.
+pub struct RedisSession {
+    commands: RespStream,
+    replies: RespStream,
+    pending: VecDeque<Pending>,
+    /// The database index commands run against (tracks SELECT).
+    db: String,
+    /// In RESP2 subscribed mode, arrays starting with `message` are pushes, not replies.
+    subscribed: bool,
+    /// After reply bytes were lost, replies resume only once a new command was sent: the
+    /// next reply event then starts at that command's reply, not inside the lost one.
+    command_since_reply_loss: bool,
+    frames: Vec<RespFrame>,
+}
+
+impl Default for RedisSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RedisSession {
+    pub fn new() -> RedisSession {
+        RedisSession {
+            commands: RespStream::new(),
+            replies: RespStream::new(),
+            pending: VecDeque::new(),
+            db: "0".into(),
+            subscribed: false,
+            command_since_reply_loss: true,
+            frames: Vec::new(),
+        }
+    }
+
+    /// Feeds one event's bytes (`gap` more were not copied) in the given direction. Finished
+    /// operations are appended to `done`; framing errors are returned for counting.
+    pub fn feed(
+        &mut self,
+        from_client: bool,
+        payload: &[u8],
+        gap: u64,
+        ts: u64,
+        tid: u32,
+        done: &mut Vec<DbOperation>,
+    ) -> Option<RespError> {
+        let stream = if from_client {
+            &mut self.commands
+        } else {
+            &mut self.replies
+        };
+        let may_resync = from_client || self.command_since_reply_loss;
+        // What was pending when bytes were lost was dropped then (see below).
+        if may_resync {
+            stream.resync(payload.first().copied());
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        frames.clear();
+        let mut error = stream.feed(payload, ts, &mut frames).err();
+        if gap > 0 && error.is_none() {
+            error = stream.gap(gap, &mut frames).err();
+        }
+        for frame in frames.drain(..) {
+            if from_client {
+                self.on_command(frame, tid);
+            } else {
+                self.on_reply(frame, ts, done);
+            }
+        }
+        self.frames = frames;
+        if error.is_some() {
+            self.pending.clear();
+            if !from_client {
+                self.command_since_reply_loss = false;
+            }
+        }
+        error
+    }
+
+    /// The connection ended: commands still waiting get no reply and no span.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn on_command(&mut self, frame: RespFrame, tid: u32) {
+        self.command_since_reply_loss = true;
+        let words: Vec<String> = (0..frame.kept.len())
+            .filter_map(|i| frame.text(i))
+            .collect();
+        let Some(first) = words.first() else {
+            return;
+        };
+        let name = first.to_ascii_uppercase();
+        let two_word = TWO_WORD.contains(&name.as_str()) && words.len() > 1;
+        let operation = if two_word {
+            format!("{name} {}", words[1].to_ascii_uppercase())
+        } else {
+            name.clone()
+        };
+        let args_used = if two_word { 2 } else { 1 };
+        let query_text = query_text(&name, &operation, &words, frame.len, args_used);
+        let subscription = match name.as_str() {
+            "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => {
+                Subscription::Channels(frame.len.saturating_sub(1).max(1))
+            }
+            "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => {
+                if frame.len > 1 {
+                    Subscription::Channels(frame.len - 1)
+                } else {
+                    Subscription::All
+                }
+            }
+            _ => Subscription::No,
+        };
+        if name == "SELECT" {
+            if let Some(index) = words.get(1).filter(|w| w.parse::<u32>().is_ok()) {
+                // Commands pipelined after SELECT run in the new database.
+                self.db = index.clone();
+            }
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back(Pending {
+            op: DbOperation {
+                system: REDIS,
+                operation,
+                namespace: self.db.clone(),
+                query_text: Some(query_text),
+                start_ts: frame.ts,
+                tid,
+                ..DbOperation::default()
+            },
+            subscription,
+            reported: false,
+        });
+    }
+
+    fn on_reply(&mut self, frame: RespFrame, ts: u64, done: &mut Vec<DbOperation>) {
+        let kind = frame
+            .text(0)
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        let is_aggregate = matches!(frame.ty, FrameType::Array | FrameType::Push);
+        let confirmation = is_aggregate
+            && matches!(
+                kind.as_str(),
+                "subscribe"
+                    | "psubscribe"
+                    | "ssubscribe"
+                    | "unsubscribe"
+                    | "punsubscribe"
+                    | "sunsubscribe"
+            );
+        if confirmation {
+            let count: i64 = frame.text(2).and_then(|c| c.parse().ok()).unwrap_or(0);
+            self.subscribed = count > 0;
+            self.confirm(count, ts, done);
+            return;
+        }
+        let pushed_message = matches!(kind.as_str(), "message" | "pmessage" | "smessage");
+        if frame.ty == FrameType::Push || (self.subscribed && is_aggregate && pushed_message) {
+            // Out-of-band data (a published message, a RESP3 invalidation): no command's reply.
+            return;
+        }
+        let Some(mut p) = self.pending.pop_front() else {
+            return;
+        };
+        p.op.end_ts = ts;
+        if let Some(code) = frame.error_code() {
+            p.op.status_code = Some(code);
+        }
+        done.push(p.op);
+    }
+
+    /// A (un)subscribe confirmation: the first one ends the command's span, the last one
+    /// retires the command.
+    fn confirm(&mut self, count: i64, ts: u64, done: &mut Vec<DbOperation>) {
+        let Some(front) = self.pending.front_mut() else {
+            return;
+        };
+        if front.subscription == Subscription::No {
+            return;
+        }
+        if !front.reported {
+            front.reported = true;
+            let mut op = front.op.clone();
+            op.end_ts = ts;
+            done.push(op);
+        }
+        let finished = match &mut front.subscription {
+            Subscription::Channels(left) => {
+                *left -= 1;
+                *left == 0
+            }
+            Subscription::All => count == 0,
+            Subscription::No => true,
+        };
+        if finished {
+            self.pending.pop_front();
+        }
+    }
+}
+
+/// `db.query.text`: the command, its key, and `?` for every other argument. Credentials
+/// (AUTH, HELLO) keep no argument at all.
+fn query_text(
+    name: &str,
+    operation: &str,
+    words: &[String],
+    arg_count: usize,
+    args_used: usize,
+) -> String {
+    let mut text = operation.to_string();
+    if SECRET_ARGS.contains(&name) {
+        return text;
+    }
+    let mut rest = arg_count.saturating_sub(args_used);
+    if rest > 0 && !KEYLESS.contains(&name) && args_used == 1 {
+        if let Some(key) = words.get(1) {
+            text.push(' ');
+            text.push_str(key);
+            rest -= 1;
+        }
+    }
+    for _ in 0..rest.min(16) {
+        text.push_str(" ?");
+    }
+    if rest > 16 {
+        text.push_str(" ...");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(args: &[&str]) -> Vec<u8> {
+        let mut v = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            v.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        v
+    }
+
+    struct Run {
+        s: RedisSession,
+        done: Vec<DbOperation>,
+        ts: u64,
+    }
+
+    impl Run {
+        fn new() -> Run {
+            Run {
+                s: RedisSession::new(),
+                done: Vec::new(),
+                ts: 0,
+            }
+        }
+        fn client(&mut self, bytes: &[u8]) {
+            self.ts += 1;
+            assert_eq!(
+                self.s.feed(true, bytes, 0, self.ts, 1, &mut self.done),
+                None
+            );
+        }
+        fn server(&mut self, bytes: &[u8]) {
+            self.ts += 1;
+            assert_eq!(
+                self.s.feed(false, bytes, 0, self.ts, 1, &mut self.done),
+                None
+            );
+        }
+        fn ops(&self) -> Vec<(String, Option<String>, Option<String>)> {
+            self.done
+                .iter()
+                .map(|o| {
+                    (
+                        o.operation.clone(),
+                        o.query_text.clone(),
+                        o.status_code.clone(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn pipelined_commands_pair_in_order_with_masked_values() {
+        let mut r = Run::new();
+        let mut batch = cmd(&["SET", "user:1", "secret-value"]);
+        batch.extend(cmd(&["GET", "user:1"]));
+        batch.extend(cmd(&["LPUSH", "q", "a", "b"]));
+        batch.extend(cmd(&["HGET", "h"]));
+        r.client(&batch);
+        r.server(b"+OK\r\n$12\r\nsecret-value\r\n:2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+        assert_eq!(
+            r.ops(),
+            [
+                ("SET".into(), Some("SET user:1 ?".into()), None),
+                ("GET".into(), Some("GET user:1".into()), None),
+                ("LPUSH".into(), Some("LPUSH q ? ?".into()), None),
+                (
+                    "HGET".into(),
+                    Some("HGET h".into()),
+                    Some("WRONGTYPE".into())
+                ),
+            ]
+        );
+        assert!(r.done.iter().all(|o| o.start_ts == 1 && o.end_ts == 2));
+    }
+
+    #[test]
+    fn credentials_and_two_word_commands() {
+        let mut r = Run::new();
+        r.client(&cmd(&["AUTH", "admin", "hunter2"]));
+        r.client(&cmd(&["HELLO", "3", "AUTH", "admin", "hunter2"]));
+        r.client(&cmd(&["config", "get", "maxmemory"]));
+        r.server(b"-NOAUTH Authentication required.\r\n%1\r\n+server\r\n+redis\r\n*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n");
+        assert_eq!(
+            r.ops(),
+            [
+                ("AUTH".into(), Some("AUTH".into()), Some("NOAUTH".into())),
+                ("HELLO".into(), Some("HELLO".into()), None),
+                ("CONFIG GET".into(), Some("CONFIG GET ?".into()), None),
+            ]
+        );
+        let text = format!("{:?}", r.done);
+        assert!(!text.contains("hunter2") && !text.contains("admin"));
+    }
+
+    #[test]
+    fn select_sets_the_namespace_of_later_commands() {
+        let mut r = Run::new();
+        r.client(&cmd(&["GET", "a"]));
+        r.client(&cmd(&["SELECT", "3"]));
+        r.client(&cmd(&["GET", "b"]));
+        r.server(b"$-1\r\n+OK\r\n$-1\r\n");
+        let ns: Vec<&str> = r.done.iter().map(|o| o.namespace.as_str()).collect();
+        assert_eq!(ns, ["0", "3", "3"]);
+    }
+
+    #[test]
+    fn multi_exec_pairs_queued_replies() {
+        let mut r = Run::new();
+        let mut batch = cmd(&["MULTI"]);
+        batch.extend(cmd(&["INCR", "c"]));
+        batch.extend(cmd(&["INCR", "c"]));
+        batch.extend(cmd(&["EXEC"]));
+        r.client(&batch);
+        r.server(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:2\r\n");
+        let names: Vec<String> = r.ops().into_iter().map(|o| o.0).collect();
+        assert_eq!(names, ["MULTI", "INCR", "INCR", "EXEC"]);
+    }
+
+    #[test]
+    fn blocking_command_lasts_until_its_reply() {
+        let mut r = Run::new();
+        r.client(&cmd(&["BLPOP", "jobs", "5"]));
+        r.ts = 1_000_000_000;
+        r.server(b"*2\r\n$4\r\njobs\r\n$1\r\nx\r\n");
+        assert_eq!(r.done.len(), 1);
+        assert_eq!(r.done[0].end_ts - r.done[0].start_ts, 1_000_000_000 - 1 + 1);
+        assert_eq!(r.done[0].query_text.as_deref(), Some("BLPOP jobs ?"));
+    }
+
+    #[test]
+    fn resp2_pubsub_messages_are_not_replies() {
+        let mut r = Run::new();
+        r.client(&cmd(&["SUBSCRIBE", "a", "b"]));
+        r.server(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        r.server(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n");
+        r.server(b"*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$5\r\nhello\r\n");
+        r.client(&cmd(&["PING"]));
+        r.server(b"*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$5\r\nworld\r\n");
+        r.server(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+        r.client(&cmd(&["UNSUBSCRIBE"]));
+        r.server(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n");
+        r.client(&cmd(&["GET", "k"]));
+        r.server(b"$1\r\nv\r\n");
+        let names: Vec<String> = r.ops().into_iter().map(|o| o.0).collect();
+        assert_eq!(names, ["SUBSCRIBE", "PING", "UNSUBSCRIBE", "GET"]);
+        assert_eq!(r.s.pending(), 0);
+    }
+
+    #[test]
+    fn resp3_push_frames_are_not_replies() {
+        let mut r = Run::new();
+        r.client(&cmd(&["SUBSCRIBE", "a"]));
+        r.server(b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        r.client(&cmd(&["GET", "k"]));
+        r.server(b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nm\r\n$1\r\nv\r\n");
+        let names: Vec<String> = r.ops().into_iter().map(|o| o.0).collect();
+        assert_eq!(names, ["SUBSCRIBE", "GET"]);
+    }
+
+    #[test]
+    fn every_split_of_a_pipeline_gives_the_same_operations() {
+        let mut commands = cmd(&["SET", "k", "v"]);
+        commands.extend(cmd(&["GET", "k"]));
+        commands.extend(cmd(&["DEL", "k"]));
+        let replies = b"+OK\r\n$1\r\nv\r\n:1\r\n";
+        let mut whole = Run::new();
+        whole.client(&commands);
+        whole.server(replies);
+        for cut in 1..commands.len() {
+            for rcut in [1, 5, 9, replies.len() - 1] {
+                let mut r = Run::new();
+                r.client(&commands[..cut]);
+                r.client(&commands[cut..]);
+                r.server(&replies[..rcut]);
+                r.server(&replies[rcut..]);
+                assert_eq!(r.ops(), whole.ops(), "cut {cut}/{rcut}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_value_beyond_the_prefix_keeps_pairing() {
+        let mut s = RedisSession::new();
+        let mut done = Vec::new();
+        let big = "x".repeat(20_000);
+        let write = cmd(&["SET", "big", &big]);
+        let gap = (write.len() - 4096) as u64;
+        assert_eq!(s.feed(true, &write[..4096], gap, 1, 1, &mut done), None);
+        assert_eq!(
+            s.feed(true, &cmd(&["GET", "big"]), 0, 2, 1, &mut done),
+            None
+        );
+        let mut reply = b"+OK\r\n$20000\r\n".to_vec();
+        reply.extend(big.as_bytes());
+        reply.extend(b"\r\n");
+        let gap = (reply.len() - 4096) as u64;
+        assert_eq!(s.feed(false, &reply[..4096], gap, 3, 1, &mut done), None);
+        let names: Vec<&str> = done.iter().map(|o| o.operation.as_str()).collect();
+        assert_eq!(names, ["SET", "GET"]);
+    }
+
+    #[test]
+    fn a_huge_nested_reply_resumes_pairing_at_the_next_command() {
+        let mut s = RedisSession::new();
+        let mut done = Vec::new();
+        s.feed(true, &cmd(&["COMMAND", "DOCS"]), 0, 1, 1, &mut done);
+        // A reply of many small elements, larger than the copied prefix: the gap falls
+        // between elements and cannot be skipped by length.
+        let mut reply = b"*2000\r\n".to_vec();
+        for i in 0..2000 {
+            reply.extend(format!("+doc-{i}\r\n").as_bytes());
+        }
+        let gap = (reply.len() - 4096) as u64;
+        assert_eq!(
+            s.feed(false, &reply[..4096], gap, 2, 1, &mut done),
+            Some(RespError::LostSync)
+        );
+        // A later read of the same reply that happens to start with a type byte is not
+        // taken for a reply.
+        s.feed(false, b"+doc-x\r\n", 0, 3, 1, &mut done);
+        assert!(done.is_empty());
+        s.feed(true, &cmd(&["GET", "k"]), 0, 4, 1, &mut done);
+        s.feed(false, b"$1\r\nv\r\n", 0, 5, 1, &mut done);
+        let names: Vec<&str> = done.iter().map(|o| o.operation.as_str()).collect();
+        assert_eq!(names, ["GET"]);
+    }
+
+    #[test]
+    fn lost_bytes_in_the_framing_never_pair_wrongly() {
+        let mut s = RedisSession::new();
+        let mut done = Vec::new();
+        let big = "x".repeat(20_000);
+        // SET and GET in one write: the GET is inside the uncopied tail.
+        let mut write = cmd(&["SET", "big", &big]);
+        write.extend(cmd(&["GET", "small"]));
+        let gap = (write.len() - 4096) as u64;
+        assert_eq!(
+            s.feed(true, &write[..4096], gap, 1, 1, &mut done),
+            Some(RespError::LostSync)
+        );
+        assert_eq!(s.pending(), 0);
+        s.feed(false, b"+OK\r\n$-1\r\n", 0, 2, 1, &mut done);
+        assert!(done.is_empty());
+        // The next write starts a command: pairing resumes.
+        s.feed(true, &cmd(&["PING"]), 0, 3, 1, &mut done);
+        s.feed(false, b"+PONG\r\n", 0, 4, 1, &mut done);
+        let names: Vec<&str> = done.iter().map(|o| o.operation.as_str()).collect();
+        assert_eq!(names, ["PING"]);
+    }
+}
