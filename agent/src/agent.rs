@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::capture::{read_drops, Event};
 use crate::config::Config;
-use crate::conn::{CallSink, ConnTable, HttpCall, Role};
+use crate::conn::{CallSink, ConnTable, HttpCall};
 use crate::db::DbCall;
 use crate::metrics::{HttpHistogramCache, Metrics};
 use crate::probes::{self, ProbeError};
@@ -146,16 +146,11 @@ impl CallSink for Sink<'_> {
         self.metrics.observe_http(&call, &mut self.http_histograms);
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
-            let role = if call.role == Role::Server {
-                "server"
-            } else {
-                "client"
-            };
             let error = http_error_type(&call).is_some();
             summary.observe(
                 &call.process.service_name,
                 "http",
-                role,
+                call.role.as_str(),
                 call.end_ts.saturating_sub(call.start_ts),
                 error,
             );
@@ -169,15 +164,10 @@ impl CallSink for Sink<'_> {
         self.metrics.observe_db(&call);
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
-            let role = if call.role == Role::Server {
-                "server"
-            } else {
-                "client"
-            };
             summary.observe(
                 &call.process.service_name,
                 call.op.system,
-                role,
+                call.role.as_str(),
                 call.op.end_ts.saturating_sub(call.op.start_ts),
                 call.error_type().is_some(),
             );

@@ -24,6 +24,16 @@ pub enum Role {
     Server,
 }
 
+impl Role {
+    /// `client` or `server`, as the summary table shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
 /// One request and its outcome, as seen by one process.
 #[derive(Clone, Debug)]
 pub struct HttpCall {

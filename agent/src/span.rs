@@ -16,6 +16,14 @@ pub enum SpanKind {
 }
 
 impl SpanKind {
+    /// SERVER in the accepting process, CLIENT in the connecting one.
+    pub fn of(role: Role) -> SpanKind {
+        match role {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SpanKind::Server => "SERVER",
@@ -203,11 +211,7 @@ impl Span {
             } else {
                 method.to_string()
             },
-            kind: if call.role == Role::Server {
-                SpanKind::Server
-            } else {
-                SpanKind::Client
-            },
+            kind: SpanKind::of(call.role),
             start_unix_nano: clock.to_unix(call.start_ts),
             end_unix_nano: clock.to_unix(call.end_ts.max(call.start_ts)),
             process: call.process.clone(),
@@ -254,11 +258,7 @@ impl Span {
             span_id: random_nonzero_u64(),
             parent_span_id: None,
             name,
-            kind: if call.role == Role::Server {
-                SpanKind::Server
-            } else {
-                SpanKind::Client
-            },
+            kind: SpanKind::of(call.role),
             start_unix_nano: clock.to_unix(op.start_ts),
             end_unix_nano: clock.to_unix(op.end_ts.max(op.start_ts)),
             process: call.process.clone(),

@@ -173,16 +173,6 @@ impl Sonde {
             .collect()
     }
 
-    /// How many spans `pred` holds for, right now.
-    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
-        self.spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| pred(s))
-            .count()
-    }
-
     /// Waits until at least `n` spans match (or 20 s pass), then a little longer so that any
     /// extra span would show up too, and returns all matches.
     pub fn wait_spans(&self, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
