@@ -1,9 +1,18 @@
-//! A keep-alive connection opened before sonde started is picked up when it next carries data.
+//! Connections opened before sonde started are picked up when they next carry data: an
+//! HTTP keep-alive connection, and a PostgreSQL session whose statements were prepared
+//! before sonde could see their text.
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sonde_tests::*;
+
+/// Each test starts its own sonde after its client: one at a time, so that no sonde sees
+/// the other test's traffic start.
+static ONE_SONDE: Mutex<()> = Mutex::new(());
 
 fn get(s: &mut TcpStream, port: u16, path: &str) {
     // write! on an unbuffered socket sends the request line in pieces ("GET ", path, ...):
@@ -21,6 +30,7 @@ fn get(s: &mut TcpStream, port: u16, path: &str) {
 
 #[test]
 fn connection_opened_before_sonde_started() {
+    let _one = ONE_SONDE.lock().unwrap_or_else(|e| e.into_inner());
     let port = free_port();
     let nginx = Nginx::start(
         "pre-nginx",
@@ -82,4 +92,55 @@ fn assert_is_worker_of(pid: &serde_json::Value, master: u32) {
         ppid, master,
         "span pid {worker} is not an nginx worker of {master}"
     );
+}
+
+#[test]
+fn postgres_statements_prepared_before_sonde_started() {
+    let _one = ONE_SONDE.lock().unwrap_or_else(|e| e.into_inner());
+    let pg = Postgres::start("pre-postgres", &[]);
+    pg.pgbench_db("pre");
+    // pgbench -M prepared sends Parse once per statement when its connection starts, then
+    // only Bind/Execute: once sonde starts, it never sees the SQL text of these statements.
+    let mut bench = pg
+        .client("pgbench")
+        .args([
+            "-n", "-M", "prepared", "-c", "1", "-T", "6", "-R", "200", "pre",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let sonde = Sonde::start();
+    let bench_pid = bench.id();
+    assert!(bench.wait().unwrap().success());
+
+    let is_pg = |s: &serde_json::Value| attr(s, "db.system.name").as_deref() == Some("postgresql");
+    let client = sonde.wait_spans(70, |s| {
+        is_pg(s) && kind(s) == "CLIENT" && s["process.pid"] == bench_pid
+    });
+    let server = sonde.wait_spans(70, |s| {
+        is_pg(s) && kind(s) == "SERVER" && s["service.name"] == "postgres"
+    });
+    for (side, spans) in [("client", &client), ("server", &server)] {
+        assert!(spans.len() >= 70, "{side}: {} spans", spans.len());
+        // Every span names its statement; each statement is always the same operation.
+        let mut operation_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for s in spans.iter() {
+            assert_eq!(attr(s, "db.query.text"), None, "{s}");
+            let name = attr(s, "sonde.db.statement.name").unwrap_or_else(|| panic!("{s}"));
+            let op = attr(s, "db.operation.name").unwrap();
+            operation_of.entry(name).or_default().insert(op);
+        }
+        assert!(
+            operation_of.values().all(|ops| ops.len() == 1),
+            "{side}: {operation_of:?}"
+        );
+        let ops: BTreeSet<String> = operation_of.into_values().flatten().collect();
+        let expected: BTreeSet<String> = ["BEGIN", "UPDATE", "SELECT", "INSERT", "COMMIT"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(ops, expected, "{side}");
+    }
 }

@@ -105,8 +105,13 @@ fn benchmark_counts(pipeline: &str, n: usize) {
             "{operation} server histogram count, -P {pipeline}"
         );
     }
-    let dropped = env.sonde.metrics().sum("sonde_events_dropped_total", &[]);
-    assert_eq!(dropped, 0.0, "events dropped");
+    let m = env.sonde.metrics();
+    let dropped = m.sum("sonde_events_dropped_total", &[]);
+    let reasons: Vec<&str> =
+        m.0.lines()
+            .filter(|l| l.starts_with("sonde_events_dropped_total") && !l.ends_with(" 0"))
+            .collect();
+    assert_eq!(dropped, 0.0, "events dropped: {reasons:?}");
 }
 
 /// Spans counted before a run, read from the histogram counts (one per span).

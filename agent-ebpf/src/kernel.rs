@@ -185,14 +185,27 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
             if len == 0 {
                 return Ok(());
             }
-            on_data(&key, pid_tgid, dir, src, len)
+            // These calls fail on anything but a socket: no need to wait for userspace to
+            // check what the fd is.
+            let socket_call = matches!(
+                nr,
+                SYS_RECVFROM | SYS_SENDTO | SYS_RECVMSG | SYS_SENDMSG | SYS_RECVMMSG | SYS_SENDMMSG
+            );
+            on_data(&key, pid_tgid, dir, src, len, socket_call)
         }
     }
 }
 
 /// A read/write-family syscall moved `len` bytes on `key`'s fd.
 #[inline(always)]
-fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Result<(), i64> {
+fn on_data(
+    key: &ConnKey,
+    pid_tgid: u64,
+    dir: u8,
+    src: Source,
+    len: u64,
+    socket_call: bool,
+) -> Result<(), i64> {
     let (conn, first) = match CONNS.get_ptr_mut(key) {
         Some(info) => {
             // SAFETY: `info` points into the map value, valid for this program run.
@@ -200,11 +213,26 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
             if conn.proto == proto::NONE {
                 return Ok(());
             }
+            if conn.flags & conn_flags::PROBATION != 0 && socket_call {
+                conn.flags &= !conn_flags::PROBATION;
+                unsafe { (*info).flags = conn.flags };
+            }
             if conn.flags & conn_flags::PROBATION != 0 {
                 if conn.probation_left == 0 {
+                    unsafe {
+                        (*info).flags = conn.flags | conn_flags::LOST;
+                        (*info).lost_events = conn.lost_events.saturating_add(1);
+                    }
                     return Ok(());
                 }
                 unsafe { (*info).probation_left = conn.probation_left - 1 };
+            }
+            if conn.flags & conn_flags::LOST != 0 {
+                // This event carries the flag and count (in `conn`) to userspace.
+                unsafe {
+                    (*info).flags = conn.flags & !conn_flags::LOST;
+                    (*info).lost_events = 0;
+                }
             }
             let first = conn.proto == proto::UNKNOWN;
             if first {
@@ -234,12 +262,17 @@ fn on_data(key: &ConnKey, pid_tgid: u64, dir: u8, src: Source, len: u64) -> Resu
                 return Ok(());
             }
             let is_request = class.is_request;
+            let probation = if socket_call {
+                0
+            } else {
+                conn_flags::PROBATION
+            };
             let client = is_request == (dir == direction::EGRESS);
             let info = ConnInfo {
                 conn_id: unsafe { bpf_ktime_get_ns() },
                 role: if client { role::CLIENT } else { role::SERVER },
                 proto: class.proto,
-                flags: conn_flags::RESOLVE | conn_flags::PROBATION | first_flag(is_request),
+                flags: conn_flags::RESOLVE | probation | first_flag(is_request),
                 probation_left: PROBATION_EVENTS - 1,
                 listen_fd: -1,
                 ..ConnInfo::default()
@@ -610,7 +643,9 @@ fn emit(
     // producer and consumer positions on every event.
     let before = s.shipped_bytes;
     s.shipped_bytes = before.wrapping_add(total as u64);
-    let flags = if before / WAKEUP_BYTES != s.shipped_bytes / WAKEUP_BYTES {
+    // A connection on probation is shipped only until userspace confirms it: wake it now.
+    let confirm_soon = with_comm && conn.flags & conn_flags::PROBATION != 0;
+    let flags = if confirm_soon || before / WAKEUP_BYTES != s.shipped_bytes / WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

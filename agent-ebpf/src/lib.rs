@@ -65,12 +65,19 @@ pub mod conn_flags {
     pub const FIRST_WAS_REQUEST: u8 = 2;
     /// Not yet confirmed by userspace to be a TCP socket (set with RESOLVE): at most
     /// `PROBATION_EVENTS` events are shipped until userspace clears it (or marks the fd NONE),
-    /// so a pipe or file that happens to carry HTTP-looking bytes costs next to nothing.
+    /// so a pipe or file that happens to carry HTTP-looking bytes costs next to nothing. A
+    /// socket-only call (recvfrom, sendto, *msg) on the fd ends probation in the kernel.
     pub const PROBATION: u8 = 4;
+    /// Events of this connection were not shipped (probation budget used up). The next
+    /// shipped event carries the flag and their number in `lost_events`: userspace counts
+    /// them (`probation_limit`) and restarts the connection's parsers there. A pipe or file
+    /// that userspace rules out never ships again, and its refused events are not counted.
+    pub const LOST: u8 = 8;
 }
 
-/// Events a connection on probation may ship before userspace confirms it.
-pub const PROBATION_EVENTS: u8 = 8;
+/// Events a connection on probation may ship before userspace confirms it. Its first event
+/// wakes userspace at once, which confirms it well within this budget.
+pub const PROBATION_EVENTS: u8 = 64;
 
 /// Kernel drop counters (index into the per-CPU `DROPS` array).
 pub mod drop_reason {
@@ -113,6 +120,8 @@ pub struct ConnInfo {
     /// For an accepted connection, the listening fd it came from (its local address is the
     /// server's); -1 otherwise.
     pub listen_fd: i32,
+    /// Events refused on probation since the last shipped one (sent with `LOST`).
+    pub lost_events: u32,
 }
 
 /// Fixed header in front of every ring-buffer event; `captured_len` payload bytes follow.

@@ -14,7 +14,7 @@ use crate::capture::{read_drops, Event};
 use crate::config::Config;
 use crate::conn::{CallSink, ConnTable, HttpCall};
 use crate::db::DbCall;
-use crate::metrics::{HttpHistogramCache, Metrics};
+use crate::metrics::{HistogramCaches, Metrics};
 use crate::probes::{self, ProbeError};
 use crate::span::{clock_ns, http_error_type, Clock, Span};
 use crate::summary::Summary;
@@ -138,12 +138,12 @@ struct Sink<'a> {
     clock: Clock,
     /// Kernel connection-table updates to apply after the batch: (key, ignore?).
     updates: Vec<(ConnKey, bool)>,
-    http_histograms: HttpHistogramCache,
+    histograms: HistogramCaches,
 }
 
 impl CallSink for Sink<'_> {
     fn http_call(&mut self, call: HttpCall) {
-        self.metrics.observe_http(&call, &mut self.http_histograms);
+        self.metrics.observe_http(&call, &mut self.histograms);
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
             let error = http_error_type(&call).is_some();
@@ -161,7 +161,7 @@ impl CallSink for Sink<'_> {
     }
 
     fn db_call(&mut self, call: DbCall) {
-        self.metrics.observe_db(&call);
+        self.metrics.observe_db(&call, &mut self.histograms);
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
             summary.observe(
@@ -188,6 +188,14 @@ impl CallSink for Sink<'_> {
     fn confirm_connection(&mut self, tgid: u32, fd: i32) {
         self.updates.push((ConnKey { tgid, fd }, false));
     }
+
+    fn dropped(&mut self, reason: &'static str, n: u64) {
+        self.metrics.dropped(reason, n);
+    }
+
+    fn encrypted_connection(&mut self, protocol: &'static str) {
+        self.metrics.encrypted_connection(protocol);
+    }
 }
 
 /// How often the ring buffer is drained when the kernel has not woken us.
@@ -211,7 +219,7 @@ fn capture_loop(
         summary: show_summary.then(Summary::default),
         clock: Clock::now(),
         updates: Vec::new(),
-        http_histograms: HttpHistogramCache::default(),
+        histograms: HistogramCaches::default(),
     };
     let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();

@@ -9,8 +9,8 @@ pub enum SpanFormat {
     Json,
 }
 
-/// sonde watches the HTTP/1.x traffic of every process on this host through eBPF and turns it
-/// into spans and RED metrics. Run it as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
+/// sonde watches the HTTP/1.x, Redis and PostgreSQL traffic of every process on this host
+/// through eBPF and turns it into spans and RED metrics. Run it as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
 /// CAP_DAC_READ_SEARCH); Linux 5.8 or newer with BTF (/sys/kernel/btf/vmlinux).
 #[derive(Clone, Debug, Parser)]
 #[command(name = "sonde", version, about, long_about)]

@@ -11,6 +11,7 @@ use sonde_ebpf::{conn_flags, proto, role};
 
 use crate::capture::{needs_resolve, peer_addr, Event, EventKind};
 use crate::db::{DbCall, DbOperation};
+use crate::postgres::PostgresSession;
 use crate::process::{ProcessInfo, ProcessTable};
 use crate::protocols::http1::{
     request_kind, Head, HttpEvent, HttpStream, ParseError, RequestHead, StreamKind,
@@ -63,6 +64,16 @@ pub trait CallSink {
     fn ignore_connection(&mut self, tgid: u32, fd: i32);
     /// A connection the kernel holds on probation is a TCP socket: ship all of it.
     fn confirm_connection(&mut self, tgid: u32, fd: i32);
+    /// `n` events of a connection were lost before they reached userspace.
+    fn dropped(&mut self, reason: &'static str, n: u64);
+    /// A connection switched to TLS (or GSS) encryption: its protocol can no longer be read.
+    fn encrypted_connection(&mut self, protocol: &'static str);
+}
+
+/// The protocol session of a database connection.
+enum DbSession {
+    Redis(RedisSession),
+    Postgres(PostgresSession),
 }
 
 struct Pending {
@@ -86,8 +97,8 @@ struct Connection {
     response_status: Option<u16>,
     last_ts: u64,
     ignored: bool,
-    /// Set on Redis connections; the HTTP streams above stay unused there.
-    redis: Option<Box<RedisSession>>,
+    /// Set on Redis and PostgreSQL connections; the HTTP streams above stay unused there.
+    db: Option<Box<DbSession>>,
 }
 
 const MAX_PENDING: usize = 1024;
@@ -128,7 +139,15 @@ impl ConnTable {
             return;
         }
         let c = match self.conns.entry(key) {
-            Entry::Occupied(o) => o.into_mut(),
+            Entry::Occupied(o) => {
+                let c = o.into_mut();
+                if h.conn.flags & conn_flags::LOST != 0 {
+                    // The kernel could not ship some events before this one (probation).
+                    sink.dropped("probation_limit", h.conn.lost_events.into());
+                    c.restart_parsers();
+                }
+                c
+            }
             Entry::Vacant(v) => {
                 let c = open_connection(&mut self.processes, &mut self.listeners, ev);
                 if c.ignored {
@@ -144,9 +163,12 @@ impl ConnTable {
         }
         c.last_ts = h.ts_ns;
         match ev.kind {
-            EventKind::Data if c.redis.is_some() => {
+            EventKind::Data if c.db.is_some() => {
                 let from_client = (c.role == Role::Server) == ev.is_ingress();
-                c.feed_redis(from_client, ev, sink, &mut self.db_done);
+                c.feed_db(from_client, ev, sink, &mut self.db_done);
+                if c.ignored {
+                    sink.ignore_connection(h.tgid, h.fd);
+                }
             }
             EventKind::Data => {
                 let carries_requests = (c.role == Role::Server) == ev.is_ingress();
@@ -206,11 +228,16 @@ fn open_connection(
     if info.role == role::UNKNOWN && ignored {
         role = Role::Client;
     }
-    let redis = (info.proto == proto::REDIS).then(|| Box::new(RedisSession::new()));
-    if info.proto != proto::HTTP1 && info.proto != proto::REDIS {
-        // A protocol the kernel classifies but this build does not parse yet.
-        ignored = true;
-    }
+    let db = match info.proto {
+        proto::REDIS => Some(Box::new(DbSession::Redis(RedisSession::new()))),
+        proto::POSTGRES => Some(Box::new(DbSession::Postgres(PostgresSession::new()))),
+        proto::HTTP1 => None,
+        _ => {
+            // A protocol the kernel classifies but this build does not parse.
+            ignored = true;
+            None
+        }
+    };
     Connection {
         conn_id: info.conn_id,
         role,
@@ -224,7 +251,7 @@ fn open_connection(
         response_status: None,
         last_ts: h.ts_ns,
         ignored,
-        redis,
+        db,
     }
 }
 
@@ -253,20 +280,51 @@ impl ConnTable {
 }
 
 impl Connection {
-    fn feed_redis(
+    /// Bytes were lost: what was pending gets no span, and parsing starts over at this
+    /// event (the parsers find their way back to a message boundary from there).
+    fn restart_parsers(&mut self) {
+        self.requests = HttpStream::new(StreamKind::Requests);
+        self.responses = HttpStream::new(StreamKind::Responses);
+        self.pending.clear();
+        self.open_request = None;
+        self.response_status = None;
+        if let Some(db) = self.db.as_deref_mut() {
+            match db {
+                DbSession::Redis(s) => s.restart(),
+                DbSession::Postgres(s) => s.restart(),
+            }
+        }
+    }
+
+    /// Feeds a Redis or PostgreSQL connection; sets `ignored` once it turns encrypted.
+    fn feed_db(
         &mut self,
         from_client: bool,
         ev: &Event<'_>,
         sink: &mut impl CallSink,
         done: &mut Vec<DbOperation>,
     ) {
-        let Some(session) = self.redis.as_mut() else {
+        let Some(session) = self.db.as_deref_mut() else {
             return;
         };
         done.clear();
         let h = &ev.header;
-        if let Some(e) = session.feed(from_client, ev.payload, ev.gap(), h.ts_ns, h.tid, done) {
-            sink.parse_error("redis", e.as_str());
+        let (payload, gap) = (ev.payload, ev.gap());
+        match session {
+            DbSession::Redis(s) => {
+                if let Some(e) = s.feed(from_client, payload, gap, h.ts_ns, h.tid, done) {
+                    sink.parse_error("redis", e.as_str());
+                }
+            }
+            DbSession::Postgres(s) => {
+                if let Some(e) = s.feed(from_client, payload, gap, h.ts_ns, h.tid, done) {
+                    sink.parse_error("postgresql", e.as_str());
+                }
+                if s.is_encrypted() {
+                    sink.encrypted_connection("postgresql");
+                    self.ignored = true;
+                }
+            }
         }
         for op in done.drain(..) {
             sink.db_call(DbCall {

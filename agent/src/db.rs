@@ -7,6 +7,7 @@ use crate::process::ProcessInfo;
 
 /// `db.system.name` values.
 pub const REDIS: &str = "redis";
+pub const POSTGRESQL: &str = "postgresql";
 
 /// One database operation and its outcome, as seen by one process (the client that sent it
 /// or the server that answered it).
@@ -32,10 +33,14 @@ pub struct DbOperation {
     pub collection: Option<String>,
     /// `db.query.text`, with every value masked.
     pub query_text: Option<String>,
+    /// `sonde.db.statement.name`: the prepared statement run, when its text is unknown.
+    pub statement_name: Option<String>,
     /// `db.response.status_code`: the Redis error prefix or the SQLSTATE.
     pub status_code: Option<String>,
     /// `db.response.returned_rows`.
     pub returned_rows: Option<u64>,
+    /// `db.operation.batch.size`: statements in one simple query, when more than one.
+    pub batch_size: Option<u64>,
     /// Monotonic ns: the command's first byte, the end of its reply.
     pub start_ts: u64,
     pub end_ts: u64,

@@ -7,10 +7,14 @@ pub mod conn;
 pub mod db;
 pub mod export;
 pub mod metrics;
+pub mod postgres;
 pub mod probes;
 pub mod process;
 pub mod protocols;
 pub mod redis;
 pub mod sockets;
 pub mod span;
+pub mod sql;
 pub mod summary;
+#[cfg(test)]
+mod testing;

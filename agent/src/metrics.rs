@@ -67,6 +67,11 @@ pub struct ParseErrorLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: String,
+}
+
 /// What decides the labels of one HTTP observation, borrowed from the call: error.type
 /// follows from role, status and failure; server address and port (client side only) from
 /// the Host header and the peer.
@@ -135,17 +140,121 @@ impl From<HttpKey<'_>> for OwnedHttpKey {
     }
 }
 
-/// Histograms by label set, owned by the capture thread (see `Metrics::observe_http`).
-/// Bounded: past `MAX_ENTRIES` it starts over; the histograms themselves stay registered.
-#[derive(Default)]
-pub struct HttpHistogramCache {
-    hasher: FxBuildHasher,
-    by_hash: FxHashMap<u64, Vec<(OwnedHttpKey, Histogram)>>,
+/// What decides the labels of one database observation, borrowed from the call.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct DbKey<'a> {
+    role: Role,
+    service: &'a str,
+    system: &'static str,
+    operation: &'a str,
+    namespace: &'a str,
+    error: Option<&'a str>,
+    server: Option<SocketAddr>,
+}
+
+impl<'a> DbKey<'a> {
+    fn of(call: &'a DbCall) -> DbKey<'a> {
+        DbKey {
+            role: call.role,
+            service: &call.process.service_name,
+            system: call.op.system,
+            operation: &call.op.operation,
+            namespace: &call.op.namespace,
+            error: call.error_type(),
+            server: call.server(),
+        }
+    }
+}
+
+/// A `DbKey` kept in the cache.
+struct OwnedDbKey {
+    role: Role,
+    service: String,
+    system: &'static str,
+    operation: String,
+    namespace: String,
+    error: Option<String>,
+    server: Option<SocketAddr>,
+}
+
+impl OwnedDbKey {
+    fn borrow(&self) -> DbKey<'_> {
+        DbKey {
+            role: self.role,
+            service: &self.service,
+            system: self.system,
+            operation: &self.operation,
+            namespace: &self.namespace,
+            error: self.error.as_deref(),
+            server: self.server,
+        }
+    }
+}
+
+impl From<DbKey<'_>> for OwnedDbKey {
+    fn from(k: DbKey<'_>) -> Self {
+        OwnedDbKey {
+            role: k.role,
+            service: k.service.to_string(),
+            system: k.system,
+            operation: k.operation.to_string(),
+            namespace: k.namespace.to_string(),
+            error: k.error.map(str::to_string),
+            server: k.server,
+        }
+    }
+}
+
+/// Histograms by label set (owned key `O`). Looked up by the hash of a borrowed key, so the
+/// common case builds no label strings and takes no family lock. Bounded: past
+/// `MAX_ENTRIES` it starts over; the histograms themselves stay registered.
+struct HistogramCache<O> {
+    by_hash: FxHashMap<u64, Vec<(O, Histogram)>>,
     len: usize,
 }
 
-impl HttpHistogramCache {
+impl<O> Default for HistogramCache<O> {
+    fn default() -> Self {
+        HistogramCache {
+            by_hash: FxHashMap::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<O> HistogramCache<O> {
     const MAX_ENTRIES: usize = 4096;
+
+    /// The histogram cached under `hash` for which `same` holds, or the one `create` makes.
+    fn get_or_create(
+        &mut self,
+        hash: u64,
+        same: impl Fn(&O) -> bool,
+        create: impl FnOnce() -> (O, Histogram),
+    ) -> &Histogram {
+        if self.len >= Self::MAX_ENTRIES {
+            self.by_hash.clear();
+            self.len = 0;
+        }
+        let entries = self.by_hash.entry(hash).or_default();
+        let i = match entries.iter().position(|(owned, _)| same(owned)) {
+            Some(i) => i,
+            None => {
+                entries.push(create());
+                self.len += 1;
+                entries.len() - 1
+            }
+        };
+        &entries[i].1
+    }
+}
+
+/// The histogram caches of the capture thread (see `Metrics::observe_http`).
+#[derive(Default)]
+pub struct HistogramCaches {
+    hasher: FxBuildHasher,
+    http: HistogramCache<OwnedHttpKey>,
+    db: HistogramCache<OwnedDbKey>,
 }
 
 fn http_histogram() -> Histogram {
@@ -167,6 +276,7 @@ pub struct Metrics {
     pub events_received: Counter,
     pub events_dropped: Family<ReasonLabels, Counter>,
     pub parse_errors: Family<ParseErrorLabels, Counter>,
+    pub encrypted_connections: Family<ProtocolLabels, Counter>,
     pub connections_tracked: Gauge,
     pub spans: Counter,
 }
@@ -213,6 +323,7 @@ impl Metrics {
         let events_received = Counter::default();
         let events_dropped = Family::<ReasonLabels, Counter>::default();
         let parse_errors = Family::<ParseErrorLabels, Counter>::default();
+        let encrypted_connections = Family::<ProtocolLabels, Counter>::default();
         let connections_tracked = Gauge::default();
         let spans = Counter::default();
         registry.register(
@@ -231,6 +342,11 @@ impl Metrics {
             parse_errors.clone(),
         );
         registry.register(
+            "sonde_encrypted_connections",
+            "Connections that switched to TLS or GSS encryption, whose traffic sonde cannot read",
+            encrypted_connections.clone(),
+        );
+        registry.register(
             "sonde_connections_tracked",
             "Connections currently tracked in userspace",
             connections_tracked.clone(),
@@ -239,7 +355,7 @@ impl Metrics {
         // Every drop reason is exported from the start, at zero.
         for reason in sonde_ebpf::drop_reason::NAMES
             .iter()
-            .chain(["decode_error"].iter())
+            .chain(["decode_error", "probation_limit"].iter())
         {
             drop(events_dropped.get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
@@ -254,35 +370,25 @@ impl Metrics {
             events_received,
             events_dropped,
             parse_errors,
+            encrypted_connections,
             connections_tracked,
             spans,
         }
     }
 
-    /// Records one HTTP call. `cache` remembers the histogram of each label set already
-    /// seen, so the common case builds no label strings and takes no family lock.
-    pub fn observe_http(&self, call: &HttpCall, cache: &mut HttpHistogramCache) {
+    /// Records one HTTP call in the histogram of its label set.
+    pub fn observe_http(&self, call: &HttpCall, caches: &mut HistogramCaches) {
         let seconds = call.end_ts.saturating_sub(call.start_ts) as f64 / 1e9;
         let key = HttpKey::of(call);
-        let hash = cache.hasher.hash_one(key);
-        if let Some(entries) = cache.by_hash.get(&hash) {
-            if let Some((_, h)) = entries.iter().find(|(owned, _)| owned.borrow() == key) {
-                h.observe(seconds);
-                return;
-            }
-        }
-        let histogram = self.http_histogram(call);
-        histogram.observe(seconds);
-        if cache.len >= HttpHistogramCache::MAX_ENTRIES {
-            cache.by_hash.clear();
-            cache.len = 0;
-        }
-        cache.len += 1;
-        cache
-            .by_hash
-            .entry(hash)
-            .or_default()
-            .push((OwnedHttpKey::from(key), histogram));
+        let hash = caches.hasher.hash_one(key);
+        caches
+            .http
+            .get_or_create(
+                hash,
+                |owned| owned.borrow() == key,
+                || (OwnedHttpKey::from(key), self.http_histogram(call)),
+            )
+            .observe(seconds);
     }
 
     /// The histogram of `call`'s label set, created on first use.
@@ -319,10 +425,24 @@ impl Metrics {
         }
     }
 
-    /// Records one database operation in the client or server histogram.
-    pub fn observe_db(&self, call: &DbCall) {
+    /// Records one database operation in the client or server histogram of its label set.
+    pub fn observe_db(&self, call: &DbCall, caches: &mut HistogramCaches) {
         let op = &call.op;
         let seconds = op.end_ts.saturating_sub(op.start_ts) as f64 / 1e9;
+        let key = DbKey::of(call);
+        let hash = caches.hasher.hash_one(key);
+        caches
+            .db
+            .get_or_create(
+                hash,
+                |owned| owned.borrow() == key,
+                || (OwnedDbKey::from(key), self.db_histogram(call)),
+            )
+            .observe(seconds);
+    }
+
+    fn db_histogram(&self, call: &DbCall) -> Histogram {
+        let op = &call.op;
         let server = call.server();
         let labels = DbLabels {
             service_name: call.process.service_name.clone(),
@@ -337,7 +457,7 @@ impl Metrics {
             Role::Client => &self.db_client,
             Role::Server => &self.db_server,
         };
-        family.get_or_create(&labels).observe(seconds);
+        family.get_or_create(&labels).clone()
     }
 
     pub fn parse_error(&self, protocol: &str, kind: &str) {
@@ -345,6 +465,14 @@ impl Metrics {
             .get_or_create(&ParseErrorLabels {
                 protocol: protocol.into(),
                 kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn encrypted_connection(&self, protocol: &str) {
+        self.encrypted_connections
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.into(),
             })
             .inc();
     }

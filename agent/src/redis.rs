@@ -146,6 +146,14 @@ impl RedisSession {
         error
     }
 
+    /// Bytes were lost: pending commands are dropped and both streams start over at the
+    /// next event; the database index is kept.
+    pub fn restart(&mut self) {
+        let db = std::mem::take(&mut self.db);
+        *self = RedisSession::new();
+        self.db = db;
+    }
+
     /// The connection ended: commands still waiting get no reply and no span.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -153,21 +161,19 @@ impl RedisSession {
 
     fn on_command(&mut self, frame: RespFrame, tid: u32) {
         self.command_since_reply_loss = true;
-        let words: Vec<String> = (0..frame.kept.len())
-            .filter_map(|i| frame.text(i))
-            .collect();
-        let Some(first) = words.first() else {
+        let Some(first) = frame.kept.first() else {
             return;
         };
-        let name = first.to_ascii_uppercase();
-        let two_word = TWO_WORD.contains(&name.as_str()) && words.len() > 1;
-        let operation = if two_word {
-            format!("{name} {}", words[1].to_ascii_uppercase())
-        } else {
-            name.clone()
+        let name = String::from_utf8_lossy(first).to_ascii_uppercase();
+        let second = frame.kept.get(1).map(|w| String::from_utf8_lossy(w));
+        let two_word = TWO_WORD.contains(&name.as_str()) && second.is_some();
+        let operation = match &second {
+            Some(sub) if two_word => format!("{name} {}", sub.to_ascii_uppercase()),
+            _ => name.clone(),
         };
         let args_used = if two_word { 2 } else { 1 };
-        let query_text = query_text(&name, &operation, &words, frame.len, args_used);
+        let key = second.as_deref().filter(|_| !two_word);
+        let query_text = query_text(&name, &operation, key, frame.len, args_used);
         let subscription = match name.as_str() {
             "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => {
                 Subscription::Channels(frame.len.saturating_sub(1).max(1))
@@ -182,9 +188,9 @@ impl RedisSession {
             _ => Subscription::No,
         };
         if name == "SELECT" {
-            if let Some(index) = words.get(1).filter(|w| w.parse::<u32>().is_ok()) {
+            if let Some(index) = second.filter(|w| w.parse::<u32>().is_ok()) {
                 // Commands pipelined after SELECT run in the new database.
-                self.db = index.clone();
+                self.db = index.into_owned();
             }
         }
         if self.pending.len() >= MAX_PENDING {
@@ -206,29 +212,28 @@ impl RedisSession {
     }
 
     fn on_reply(&mut self, frame: RespFrame, ts: u64, done: &mut Vec<DbOperation>) {
-        let kind = frame
-            .text(0)
-            .map(|s| s.to_ascii_lowercase())
-            .unwrap_or_default();
         let is_aggregate = matches!(frame.ty, FrameType::Array | FrameType::Push);
-        let confirmation = is_aggregate
-            && matches!(
-                kind.as_str(),
-                "subscribe"
-                    | "psubscribe"
-                    | "ssubscribe"
-                    | "unsubscribe"
-                    | "punsubscribe"
-                    | "sunsubscribe"
-            );
+        // The first element of an aggregate says what a push or confirmation is.
+        let kind = frame.kept.first().filter(|_| is_aggregate);
+        let kind_is = |words: &[&str]| {
+            kind.is_some_and(|k| words.iter().any(|w| k.eq_ignore_ascii_case(w.as_bytes())))
+        };
+        let confirmation = kind_is(&[
+            "subscribe",
+            "psubscribe",
+            "ssubscribe",
+            "unsubscribe",
+            "punsubscribe",
+            "sunsubscribe",
+        ]);
         if confirmation {
             let count: i64 = frame.text(2).and_then(|c| c.parse().ok()).unwrap_or(0);
             self.subscribed = count > 0;
             self.confirm(count, ts, done);
             return;
         }
-        let pushed_message = matches!(kind.as_str(), "message" | "pmessage" | "smessage");
-        if frame.ty == FrameType::Push || (self.subscribed && is_aggregate && pushed_message) {
+        let pushed_message = kind_is(&["message", "pmessage", "smessage"]);
+        if frame.ty == FrameType::Push || (self.subscribed && pushed_message) {
             // Out-of-band data (a published message, a RESP3 invalidation): no command's reply.
             return;
         }
@@ -276,7 +281,7 @@ impl RedisSession {
 fn query_text(
     name: &str,
     operation: &str,
-    words: &[String],
+    key: Option<&str>,
     arg_count: usize,
     args_used: usize,
 ) -> String {
@@ -285,8 +290,8 @@ fn query_text(
         return text;
     }
     let mut rest = arg_count.saturating_sub(args_used);
-    if rest > 0 && !KEYLESS.contains(&name) && args_used == 1 {
-        if let Some(key) = words.get(1) {
+    if rest > 0 && !KEYLESS.contains(&name) {
+        if let Some(key) = key {
             text.push(' ');
             text.push_str(key);
             rest -= 1;
@@ -313,34 +318,14 @@ mod tests {
         v
     }
 
-    struct Run {
-        s: RedisSession,
-        done: Vec<DbOperation>,
-        ts: u64,
+    type Run = crate::testing::Run<RedisSession>;
+
+    trait Ops {
+        fn ops(&self) -> Vec<(String, Option<String>, Option<String>)>;
     }
 
-    impl Run {
-        fn new() -> Run {
-            Run {
-                s: RedisSession::new(),
-                done: Vec::new(),
-                ts: 0,
-            }
-        }
-        fn client(&mut self, bytes: &[u8]) {
-            self.ts += 1;
-            assert_eq!(
-                self.s.feed(true, bytes, 0, self.ts, 1, &mut self.done),
-                None
-            );
-        }
-        fn server(&mut self, bytes: &[u8]) {
-            self.ts += 1;
-            assert_eq!(
-                self.s.feed(false, bytes, 0, self.ts, 1, &mut self.done),
-                None
-            );
-        }
+    impl Ops for Run {
+        /// (operation, query text, error code) of each finished command.
         fn ops(&self) -> Vec<(String, Option<String>, Option<String>)> {
             self.done
                 .iter()
@@ -470,19 +455,10 @@ mod tests {
         commands.extend(cmd(&["GET", "k"]));
         commands.extend(cmd(&["DEL", "k"]));
         let replies = b"+OK\r\n$1\r\nv\r\n:1\r\n";
-        let mut whole = Run::new();
-        whole.client(&commands);
-        whole.server(replies);
-        for cut in 1..commands.len() {
-            for rcut in [1, 5, 9, replies.len() - 1] {
-                let mut r = Run::new();
-                r.client(&commands[..cut]);
-                r.client(&commands[cut..]);
-                r.server(&replies[..rcut]);
-                r.server(&replies[rcut..]);
-                assert_eq!(r.ops(), whole.ops(), "cut {cut}/{rcut}");
-            }
-        }
+        crate::testing::assert_every_split_same(&commands, replies, |r: &Run| {
+            assert_eq!(r.done.len(), 3);
+            r.ops()
+        });
     }
 
     #[test]

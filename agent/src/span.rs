@@ -227,12 +227,20 @@ impl Span {
         let s = |v: &str| AttrValue::Str(v.to_string());
         a.push(("db.system.name", s(op.system)));
         a.push(("db.operation.name", s(&op.operation)));
-        a.push(("db.namespace", s(&op.namespace)));
+        if !op.namespace.is_empty() {
+            a.push(("db.namespace", s(&op.namespace)));
+        }
         if let Some(c) = &op.collection {
             a.push(("db.collection.name", s(c)));
         }
         if let Some(q) = &op.query_text {
             a.push(("db.query.text", s(q)));
+        }
+        if let Some(name) = &op.statement_name {
+            a.push(("sonde.db.statement.name", s(name)));
+        }
+        if let Some(n) = op.batch_size {
+            a.push(("db.operation.batch.size", AttrValue::Int(n as i64)));
         }
         if let Some(code) = &op.status_code {
             a.push(("db.response.status_code", s(code)));

@@ -4,6 +4,7 @@
 //! Every child process is started with PR_SET_PDEATHSIG from one long-lived spawner thread,
 //! so servers and sonde die with the test binary even when a test fails.
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -376,5 +377,158 @@ impl Redis {
         run(Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
             .args(args))
+    }
+}
+
+/// PostgreSQL (the newest major version installed under /usr/lib/postgresql) in a temporary
+/// directory: initdb'd and run as the `postgres` user, on loopback only, trust
+/// authentication, no fsync. `extra` are more `-c name=value` server settings.
+pub struct Postgres {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Postgres {
+    pub fn start(name: &str, extra: &[&str]) -> Postgres {
+        let dir = tempdir(name);
+        let (uid, gid) = postgres_user();
+        chown_to_postgres(&dir);
+        let data = dir.join("data");
+        let mut initdb = Command::new(Postgres::bin("initdb"));
+        initdb
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .args(["--locale", "C", "-D"])
+            .arg(&data)
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null());
+        run(&mut initdb);
+        let port = free_port();
+        let mut cmd = Command::new(Postgres::bin("postgres"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "max_connections=50"]);
+        for setting in extra {
+            cmd.args(["-c", setting]);
+        }
+        cmd.uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.join("server.log")).unwrap());
+        let child = spawn_owned(cmd);
+        let pg = Postgres { port, dir, child };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            let ready = Command::new(Postgres::bin("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .env("PGSSLMODE", "disable")
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return pg;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(pg.dir.join("server.log")).unwrap_or_default();
+        panic!("postgres did not accept connections on port {port}: {log}");
+    }
+
+    /// A program of the newest installed PostgreSQL.
+    pub fn bin(program: &str) -> PathBuf {
+        let newest = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (cargo xtask setup installs it)")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .max()
+            .expect("a PostgreSQL version under /usr/lib/postgresql");
+        PathBuf::from(format!("/usr/lib/postgresql/{newest}/bin/{program}"))
+    }
+
+    /// `program` (psql, pgbench, ...) with host, port and user set, TLS not attempted.
+    pub fn client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(Postgres::bin(program));
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .env("PGSSLMODE", "disable");
+        cmd
+    }
+
+    /// Runs `sql` through psql in `db` (stopping at the first error); returns its output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        run(self.client("psql").args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ]))
+    }
+
+    /// A new database with pgbench's tables (scale 1), copied from a template that
+    /// `pgbench -i` filled once: no statement of the set-up runs in the new database.
+    pub fn pgbench_db(&self, db: &str) {
+        static TEMPLATE: Mutex<bool> = Mutex::new(false);
+        let mut filled = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
+        if !*filled {
+            self.psql("postgres", "CREATE DATABASE pgbench_template");
+            run(self
+                .client("pgbench")
+                .args(["-i", "-q", "-s", "1", "pgbench_template"]));
+            *filled = true;
+        }
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE {db} TEMPLATE pgbench_template"),
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Fast shutdown: clients are disconnected, shared memory is released.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Gives a file or directory this test created to the `postgres` user.
+pub fn chown_to_postgres(path: &Path) {
+    let (uid, gid) = postgres_user();
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+/// Uid and gid of the `postgres` user (the server refuses to run as root).
+fn postgres_user() -> (u32, u32) {
+    // SAFETY: getpwnam returns a pointer to static storage or null; read at once.
+    unsafe {
+        let pw = libc::getpwnam(c"postgres".as_ptr());
+        assert!(
+            !pw.is_null(),
+            "no postgres user (the postgresql package creates it)"
+        );
+        ((*pw).pw_uid, (*pw).pw_gid)
     }
 }

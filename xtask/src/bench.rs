@@ -1,6 +1,11 @@
-//! `cargo xtask bench http`: wrk against nginx (keep-alive, small body) with sonde off and on,
-//! interleaved in pairs so that the machine's drift hits both sides alike.
+//! `cargo xtask bench http | redis | postgres`: a real load generator against a real server
+//! with sonde off and on, interleaved in pairs so that the machine's drift hits both sides
+//! alike:
+//! - http: wrk against nginx (keep-alive, small body);
+//! - redis: redis-benchmark SET/GET without pipelining and pipelined by 16;
+//! - postgres: pgbench's tpcb-like script (7 statements per transaction).
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,11 +14,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::step;
 
-struct WrkResult {
-    rps: f64,
-    requests: u64,
-    p50_ms: f64,
-    p99_ms: f64,
+/// One run of a load generator.
+struct LoadResult {
+    /// Operations (requests, commands, statements) per second.
+    rate: f64,
+    ops: u64,
+    /// Latency figures the generator reports, in ms (percentiles or a mean).
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    mean_ms: Option<f64>,
 }
 
 struct SondeUsage {
@@ -23,33 +32,52 @@ struct SondeUsage {
     spans: f64,
 }
 
-pub fn http(root: &Path, args: &[String]) -> Result<()> {
-    let mut pairs = 3usize;
-    let mut seconds = 10u64;
+struct Options {
+    pairs: usize,
+    seconds: u64,
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        pairs: 3,
+        seconds: 10,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--pairs" => pairs = it.next().context("--pairs N")?.parse()?,
-            "--seconds" => seconds = it.next().context("--seconds S")?.parse()?,
+            "--pairs" => o.pairs = it.next().context("--pairs N")?.parse()?,
+            "--seconds" => o.seconds = it.next().context("--seconds S")?.parse()?,
             other => bail!("unknown argument {other}"),
         }
     }
     if !crate::is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let port = free_port()?;
-    let mut nginx = start_nginx(&dir, port)?;
-    let url = format!("http://127.0.0.1:{port}/bench");
-    wait_http(&url)?;
+    Ok(o)
+}
+
+/// Runs `load` `pairs` times without and with sonde, alternating which goes first, and
+/// returns the report (medians over the pairs).
+fn compare(
+    root: &Path,
+    title: &str,
+    unit: &str,
+    o: &Options,
+    load: &mut dyn FnMut() -> Result<LoadResult>,
+) -> Result<String> {
     step(&format!(
-        "wrk -t2 -c32 -d{seconds}s {url}: {pairs} pairs of sonde off/on, order alternating"
+        "{title}: {} pairs of sonde off/on, order alternating",
+        o.pairs
     ));
     let mut off = Vec::new();
     let mut on = Vec::new();
     let mut usage = Vec::new();
-    for pair in 0..pairs {
+    let lat = |r: &LoadResult| match (r.p50_ms, r.p99_ms, r.mean_ms) {
+        (Some(p50), Some(p99), _) => format!("p50 {p50:.3} ms  p99 {p99:.3} ms"),
+        (_, _, Some(mean)) => format!("mean {mean:.3} ms"),
+        _ => String::new(),
+    };
+    for pair in 0..o.pairs {
         let order = if pair % 2 == 0 {
             [false, true]
         } else {
@@ -57,59 +85,304 @@ pub fn http(root: &Path, args: &[String]) -> Result<()> {
         };
         for with_sonde in order {
             if with_sonde {
-                let (r, u) = run_with_sonde(root, &url, seconds)?;
+                let (r, u) = with_sonde_running(root, &mut *load)?;
                 eprintln!(
-                    "    pair {pair} on : {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  sonde cpu {:.2} us/req  rss {} KiB  dropped {}  spans {}",
-                    r.rps, r.p50_ms, r.p99_ms, u.cpu_us / r.requests as f64, u.peak_rss_kib, u.dropped, u.spans
+                    "    pair {pair} on : {:>9.0} {unit}/s  {}  sonde cpu {:.2} us/{unit}  rss {} KiB  dropped {}  spans {}",
+                    r.rate, lat(&r), u.cpu_us / r.ops.max(1) as f64, u.peak_rss_kib, u.dropped, u.spans
                 );
                 on.push(r);
                 usage.push(u);
             } else {
-                let r = wrk(&url, seconds)?;
-                eprintln!(
-                    "    pair {pair} off: {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
-                    r.rps, r.p50_ms, r.p99_ms
-                );
+                let r = load()?;
+                eprintln!("    pair {pair} off: {:>9.0} {unit}/s  {}", r.rate, lat(&r));
                 off.push(r);
             }
         }
     }
+    let med = |v: &[LoadResult], f: fn(&LoadResult) -> Option<f64>| {
+        let vals: Vec<f64> = v.iter().filter_map(f).collect();
+        (!vals.is_empty()).then(|| median(vals))
+    };
+    let off_rate = med(&off, |r| Some(r.rate)).unwrap_or(f64::NAN);
+    let on_rate = med(&on, |r| Some(r.rate)).unwrap_or(f64::NAN);
+    let cpu_per_op = median(
+        on.iter()
+            .zip(&usage)
+            .map(|(r, u)| u.cpu_us / r.ops.max(1) as f64)
+            .collect(),
+    );
+    let peak_rss = usage.iter().map(|u| u.peak_rss_kib).max().unwrap_or(0);
+    let dropped: f64 = usage.iter().map(|u| u.dropped).sum();
+    let mut report = format!(
+        "{title} ({} pairs, medians)\n\
+         throughput off  {off_rate:.0} {unit}/s\n\
+         throughput on   {on_rate:.0} {unit}/s\n\
+         ratio on/off    {:.3}\n",
+        o.pairs,
+        on_rate / off_rate,
+    );
+    let pairs_of = |name: &str, f: fn(&LoadResult) -> Option<f64>| match (med(&off, f), med(&on, f))
+    {
+        (Some(a), Some(b)) => format!("{name:<15} {a:.3} / {b:.3} ms\n"),
+        _ => String::new(),
+    };
+    report += &pairs_of("p50 off/on", |r| r.p50_ms);
+    report += &pairs_of("p99 off/on", |r| r.p99_ms);
+    report += &pairs_of("mean off/on", |r| r.mean_ms);
+    report += &format!(
+        "sonde cpu       {cpu_per_op:.2} us per {unit} (user+system)\n\
+         sonde peak rss  {:.1} MiB\n\
+         events dropped  {dropped}\n",
+        peak_rss as f64 / 1024.0,
+    );
+    print!("{report}");
+    Ok(report)
+}
+
+fn write_report(root: &Path, name: &str, report: &str) -> Result<()> {
+    let path = root.join("target/bench").join(format!("{name}.txt"));
+    std::fs::write(&path, report)?;
+    eprintln!("(also written to target/bench/{name}.txt)");
+    Ok(())
+}
+
+/// `cargo xtask bench http`: wrk -t2 -c32 against nginx `return 200`.
+pub fn http(root: &Path, args: &[String]) -> Result<()> {
+    let o = options(args)?;
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let mut nginx = start_nginx(&dir, port)?;
+    let url = format!("http://127.0.0.1:{port}/bench");
+    wait_http(&url)?;
+    let seconds = o.seconds;
+    let title = format!("sonde bench http: wrk -t2 -c32 -d{seconds}s {url}");
+    let report = compare(root, &title, "req", &o, &mut || wrk(&url, seconds));
     // SIGTERM lets the master stop its workers; SIGKILL would orphan them on the port.
     // SAFETY: plain kill(2) on a child we spawned and have not yet reaped.
     unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
+    write_report(root, "http", &report?)
+}
 
-    let med = |v: Vec<f64>| median(v);
-    let off_rps = med(off.iter().map(|r| r.rps).collect());
-    let on_rps = med(on.iter().map(|r| r.rps).collect());
-    let cpu_per_req = med(on
-        .iter()
-        .zip(&usage)
-        .map(|(r, u)| u.cpu_us / r.requests.max(1) as f64)
-        .collect());
-    let peak_rss = usage.iter().map(|u| u.peak_rss_kib).max().unwrap_or(0);
-    let dropped: f64 = usage.iter().map(|u| u.dropped).sum();
-    let report = format!(
-        "sonde bench http ({pairs} pairs, {seconds}s each, medians)\n\
-         throughput off  {off_rps:.0} req/s\n\
-         throughput on   {on_rps:.0} req/s\n\
-         ratio on/off    {:.3}\n\
-         p50 off/on      {:.3} / {:.3} ms\n\
-         p99 off/on      {:.3} / {:.3} ms\n\
-         sonde cpu       {cpu_per_req:.2} us per request (user+system)\n\
-         sonde peak rss  {:.1} MiB\n\
-         events dropped  {dropped}\n",
-        on_rps / off_rps,
-        med(off.iter().map(|r| r.p50_ms).collect()),
-        med(on.iter().map(|r| r.p50_ms).collect()),
-        med(off.iter().map(|r| r.p99_ms).collect()),
-        med(on.iter().map(|r| r.p99_ms).collect()),
-        peak_rss as f64 / 1024.0,
-    );
-    print!("{report}");
-    std::fs::write(dir.join("http.txt"), &report)?;
-    eprintln!("(also written to target/bench/http.txt)");
-    Ok(())
+/// `cargo xtask bench redis`: redis-benchmark -c 50 -t set,get at -P 1 and -P 16 against
+/// redis-server, each sized to run about `--seconds`.
+pub fn redis(root: &Path, args: &[String]) -> Result<()> {
+    let o = options(args)?;
+    let dir = root.join("target/bench/redis");
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let result = (|| -> Result<String> {
+        wait_for("redis-server", || {
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        })?;
+        let mut report = String::new();
+        for pipeline in [1u64, 16] {
+            // Size the run from a short probe so that it lasts about `seconds`.
+            let probe = redis_benchmark(port, pipeline, 20_000 * pipeline)?;
+            let n = ((probe.rate * o.seconds as f64 / 2.0) as u64).max(10_000);
+            let title =
+                format!("sonde bench redis: redis-benchmark -c 50 -P {pipeline} -t set,get -n {n}");
+            report += &compare(root, &title, "op", &o, &mut || {
+                redis_benchmark(port, pipeline, n)
+            })?;
+            report += "\n";
+        }
+        Ok(report)
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    write_report(root, "redis", &result?)
+}
+
+/// One redis-benchmark run of `n` SETs and `n` GETs; latencies are the mean of the two.
+fn redis_benchmark(port: u16, pipeline: u64, n: u64) -> Result<LoadResult> {
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "50",
+            "-t",
+            "set,get",
+            "--csv",
+        ])
+        .args(["-P", &pipeline.to_string(), "-n", &n.to_string()])
+        .output()
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
+    // "p99_latency_ms","max_latency_ms"
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .filter(|l| l.starts_with("\"SET\"") || l.starts_with("\"GET\""))
+        .map(|l| {
+            l.split(',')
+                .skip(1)
+                .filter_map(|f| f.trim_matches('"').parse().ok())
+                .collect()
+        })
+        .collect();
+    if rows.len() != 2 || rows.iter().any(|r| r.len() < 6) {
+        bail!("redis-benchmark printed no SET and GET results: {text}");
+    }
+    let seconds: f64 = rows.iter().map(|r| n as f64 / r[0]).sum();
+    let mean = |i: usize| (rows[0][i] + rows[1][i]) / 2.0;
+    Ok(LoadResult {
+        rate: 2.0 * n as f64 / seconds,
+        ops: 2 * n,
+        p50_ms: Some(mean(3)),
+        p99_ms: Some(mean(5)),
+        mean_ms: None,
+    })
+}
+
+/// `cargo xtask bench postgres`: pgbench's tpcb-like script (-c 8 -j 2, prepared
+/// statements) against PostgreSQL initdb'd under target/bench and run as the postgres user.
+pub fn postgres(root: &Path, args: &[String]) -> Result<()> {
+    let o = options(args)?;
+    let dir = root.join("target/bench/postgres");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (uid, gid) = postgres_user()?;
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+    let data = dir.join("data");
+    let status = Command::new(pg_bin("initdb")?)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(&data)
+        .uid(uid)
+        .gid(gid)
+        .stdout(Stdio::null())
+        .status()
+        .context("running initdb")?;
+    if !status.success() {
+        bail!("initdb failed");
+    }
+    let port = free_port()?.to_string();
+    let mut server = Command::new(pg_bin("postgres")?)
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port, "-k"])
+        .arg(&dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(["-c", "synchronous_commit=off"])
+        .uid(uid)
+        .gid(gid)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log"))?)
+        .spawn()
+        .context("starting postgres")?;
+    let client = |program: &str| -> Result<Command> {
+        let mut c = Command::new(pg_bin(program)?);
+        c.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+            .env("PGSSLMODE", "disable");
+        Ok(c)
+    };
+    let result = (|| -> Result<String> {
+        wait_for("postgres", || {
+            client("pg_isready")
+                .and_then(|mut c| Ok(c.arg("-q").status()?))
+                .is_ok_and(|s| s.success())
+        })?;
+        step("pgbench -i -s 10 (1M accounts)");
+        let init = client("pgbench")?
+            .args(["-i", "-q", "-s", "10", "postgres"])
+            .output()?;
+        if !init.status.success() {
+            bail!(
+                "pgbench -i failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        let seconds = o.seconds.to_string();
+        let title = format!(
+            "sonde bench postgres: pgbench -M prepared -c 8 -j 2 -T {seconds} (tpcb-like, 7 statements per transaction)"
+        );
+        compare(root, &title, "stmt", &o, &mut || {
+            let out = client("pgbench")?
+                .args(["-n", "-M", "prepared", "-c", "8", "-j", "2", "-T", &seconds])
+                .arg("postgres")
+                .output()
+                .context("running pgbench")?;
+            pgbench_result(&String::from_utf8_lossy(&out.stdout))
+        })
+    })();
+    // SIGINT: fast shutdown (clients disconnected, shared memory released).
+    // SAFETY: kill(2) on the child we spawned and have not yet reaped.
+    unsafe { libc::kill(server.id() as i32, libc::SIGINT) };
+    let _ = server.wait();
+    write_report(root, "postgres", &result?)
+}
+
+/// Statements per second from pgbench's summary (tpcb-like: 7 per transaction).
+fn pgbench_result(text: &str) -> Result<LoadResult> {
+    let value = |prefix: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.starts_with(prefix))?;
+        line[prefix.len()..]
+            .split(|c: char| c == '/' || c.is_whitespace())
+            .find(|w| !w.is_empty())?
+            .parse()
+            .ok()
+    };
+    let tx = value("number of transactions actually processed:")
+        .context(format!("pgbench printed no transaction count: {text}"))?;
+    let tps = value("tps =").context("pgbench printed no tps")?;
+    Ok(LoadResult {
+        rate: 7.0 * tps,
+        ops: 7 * tx as u64,
+        p50_ms: None,
+        p99_ms: None,
+        mean_ms: value("latency average ="),
+    })
+}
+
+/// A program of the newest PostgreSQL installed under /usr/lib/postgresql.
+fn pg_bin(program: &str) -> Result<std::path::PathBuf> {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (cargo xtask setup installs it)")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .max()
+        .context("no PostgreSQL version under /usr/lib/postgresql")?;
+    Ok(format!("/usr/lib/postgresql/{newest}/bin/{program}").into())
+}
+
+fn postgres_user() -> Result<(u32, u32)> {
+    // SAFETY: getpwnam returns null or a pointer to static storage, read at once.
+    unsafe {
+        let pw = libc::getpwnam(c"postgres".as_ptr());
+        if pw.is_null() {
+            bail!("no postgres user (the postgresql package creates it)");
+        }
+        Ok(((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} was not ready within 30 s")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -161,7 +434,7 @@ fn wait_http(url: &str) -> Result<()> {
     bail!("{url} did not answer within 20 s")
 }
 
-fn wrk(url: &str, seconds: u64) -> Result<WrkResult> {
+fn wrk(url: &str, seconds: u64) -> Result<LoadResult> {
     let out = Command::new("wrk")
         .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", url])
         .output()
@@ -184,11 +457,12 @@ fn wrk(url: &str, seconds: u64) -> Result<WrkResult> {
         .parse()?;
     let p50_ms = parse_latency(&find("50%").context("wrk printed no p50")?)?;
     let p99_ms = parse_latency(&find("99%").context("wrk printed no p99")?)?;
-    Ok(WrkResult {
-        rps,
-        requests,
-        p50_ms,
-        p99_ms,
+    Ok(LoadResult {
+        rate: rps,
+        ops: requests,
+        p50_ms: Some(p50_ms),
+        p99_ms: Some(p99_ms),
+        mean_ms: None,
     })
 }
 
@@ -206,7 +480,12 @@ fn parse_latency(s: &str) -> Result<f64> {
     Ok(num.parse::<f64>()? * scale)
 }
 
-fn run_with_sonde(root: &Path, url: &str, seconds: u64) -> Result<(WrkResult, SondeUsage)> {
+/// Starts sonde (quiet, no span printing), runs `load`, and reads sonde's CPU time, peak
+/// RSS and counters.
+fn with_sonde_running(
+    root: &Path,
+    load: &mut dyn FnMut() -> Result<LoadResult>,
+) -> Result<(LoadResult, SondeUsage)> {
     let mport = free_port()?;
     let maddr = format!("127.0.0.1:{mport}");
     let mut sonde = Command::new(root.join("target/release/sonde"))
@@ -218,7 +497,7 @@ fn run_with_sonde(root: &Path, url: &str, seconds: u64) -> Result<(WrkResult, So
     let pid = sonde.id();
     wait_http(&format!("http://{maddr}/readyz"))?;
     let cpu0 = cpu_ticks(pid)?;
-    let r = wrk(url, seconds)?;
+    let r = load()?;
     let cpu1 = cpu_ticks(pid)?;
     // Let sonde drain what is left in the ring buffer before reading its counters.
     std::thread::sleep(Duration::from_millis(500));

@@ -1,4 +1,4 @@
-//! Developer commands: `cargo xtask setup | build | run | test | bench http`.
+//! Developer commands: `cargo xtask setup | build | run | test | bench http|redis|postgres`.
 //!
 //! Every command sets up what it needs first (idempotently, saying what it does), so a fresh
 //! machine needs nothing but cargo.
@@ -20,6 +20,9 @@ const DEB_PACKAGES: &[&str] = &[
     "procps",
     "redis-server",
     "redis-tools",
+    // Server, psql and pgbench (postgresql-NN and its client package).
+    "postgresql",
+    "openssl",
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -32,6 +35,9 @@ commands:
   test           build, then run every test: unit tests and the integration tests that load
                  the real probes and drive real servers (needs root)
   bench http     build, then wrk against nginx with sonde off and on, interleaved
+  bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
+  bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
+                 (bench options: --pairs N (3), --seconds S (10); reports in target/bench/)
 ";
 
 fn main() -> Result<()> {
@@ -63,7 +69,11 @@ fn main() -> Result<()> {
             build()?;
             match what {
                 Some("http") => bench::http(&root, &args[2..]),
-                _ => bail!("usage: cargo xtask bench http [--pairs N] [--seconds S]"),
+                Some("redis") => bench::redis(&root, &args[2..]),
+                Some("postgres") => bench::postgres(&root, &args[2..]),
+                _ => {
+                    bail!("usage: cargo xtask bench http|redis|postgres [--pairs N] [--seconds S]")
+                }
             }
         }
         _ => {

@@ -1,0 +1,139 @@
+//! Helpers shared by the unit tests of the protocol parsers and sessions.
+use crate::db::DbOperation;
+use crate::postgres::PostgresSession;
+use crate::protocols::pgwire::PgError;
+use crate::protocols::resp::RespError;
+use crate::redis::RedisSession;
+
+/// A deterministic generator of garbage input (a linear congruential generator).
+pub struct Garbage(u32);
+
+impl Garbage {
+    pub fn new(seed: u32) -> Garbage {
+        Garbage(seed)
+    }
+
+    pub fn next(&mut self) -> u32 {
+        self.0 = self.0.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        self.0 >> 16
+    }
+
+    /// `n` bytes drawn from `alphabet`, or any byte values when it is empty.
+    pub fn bytes(&mut self, alphabet: &[u8], n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                let x = self.next();
+                if alphabet.is_empty() {
+                    x as u8
+                } else {
+                    alphabet[x as usize % alphabet.len()]
+                }
+            })
+            .collect()
+    }
+}
+
+/// A typed PostgreSQL message: type byte, length, body.
+pub fn pg_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend(((body.len() + 4) as u32).to_be_bytes());
+    v.extend(body);
+    v
+}
+
+/// A database session as the connection table drives it.
+pub trait Session {
+    type Error: std::fmt::Debug + PartialEq;
+    fn fresh() -> Self;
+    fn feed_bytes(
+        &mut self,
+        from_client: bool,
+        bytes: &[u8],
+        ts: u64,
+        done: &mut Vec<DbOperation>,
+    ) -> Option<Self::Error>;
+}
+
+/// Both sessions share `feed(from_client, bytes, gap, ts, tid, done)`.
+macro_rules! session {
+    ($session:ty, $error:ty) => {
+        impl Session for $session {
+            type Error = $error;
+            fn fresh() -> Self {
+                <$session>::new()
+            }
+            fn feed_bytes(
+                &mut self,
+                from_client: bool,
+                bytes: &[u8],
+                ts: u64,
+                done: &mut Vec<DbOperation>,
+            ) -> Option<$error> {
+                self.feed(from_client, bytes, 0, ts, 1, done)
+            }
+        }
+    };
+}
+
+session!(RedisSession, RespError);
+session!(PostgresSession, PgError);
+
+/// One session fed whole writes in turn, each a tick later; every write must frame cleanly.
+pub struct Run<S> {
+    pub s: S,
+    pub done: Vec<DbOperation>,
+    pub ts: u64,
+}
+
+impl<S: Session> Run<S> {
+    pub fn new() -> Run<S> {
+        Run {
+            s: S::fresh(),
+            done: Vec::new(),
+            ts: 0,
+        }
+    }
+
+    pub fn client(&mut self, bytes: &[u8]) {
+        self.ts += 1;
+        assert_eq!(
+            self.s.feed_bytes(true, bytes, self.ts, &mut self.done),
+            None
+        );
+    }
+
+    pub fn server(&mut self, bytes: &[u8]) {
+        self.ts += 1;
+        assert_eq!(
+            self.s.feed_bytes(false, bytes, self.ts, &mut self.done),
+            None
+        );
+    }
+}
+
+/// Feeds `client` then `server` whole, then again with the client's bytes cut at every
+/// offset, then with the server's: `ops` must give the same result every time.
+pub fn assert_every_split_same<S: Session, T: PartialEq + std::fmt::Debug>(
+    client: &[u8],
+    server: &[u8],
+    ops: impl Fn(&Run<S>) -> T,
+) {
+    let mut whole = Run::<S>::new();
+    whole.client(client);
+    whole.server(server);
+    let expected = ops(&whole);
+    for cut in 1..client.len() {
+        let mut r = Run::<S>::new();
+        r.client(&client[..cut]);
+        r.client(&client[cut..]);
+        r.server(server);
+        assert_eq!(ops(&r), expected, "client cut at {cut}");
+    }
+    for cut in 1..server.len() {
+        let mut r = Run::<S>::new();
+        r.client(client);
+        r.server(&server[..cut]);
+        r.server(&server[cut..]);
+        assert_eq!(ops(&r), expected, "server cut at {cut}");
+    }
+}
