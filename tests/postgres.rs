@@ -253,7 +253,7 @@ fn psql_errors_masking_batches_and_copy() {
         .unwrap();
     assert!(!failed.status.success());
 
-    let client = names(env, db, "CLIENT", "psql", 7);
+    let client = names(env, db, "CLIENT", "psql", 6);
     let expected: BTreeMap<String, usize> = [
         ("CREATE TABLE", 1),
         ("INSERT items", 1),
@@ -331,6 +331,26 @@ fn psql_errors_masking_batches_and_copy() {
     for secret in ["hunter2", "swordfish", "opensesame", "alpha", "gamma"] {
         assert!(!everything.contains(secret), "{secret} leaked into a span");
     }
+}
+
+/// Each `psql -c` is a new backend, forked by the postmaster, that meets its socket only
+/// through recv and closes it within milliseconds: often before sonde looks it up in /proc.
+/// Its queries still give SERVER spans, every one of them.
+#[test]
+fn short_lived_backends_give_every_server_span() {
+    let env = env();
+    let db = "short";
+    env.pg.psql("postgres", &format!("CREATE DATABASE {db}"));
+    let runs = 25;
+    for i in 0..runs {
+        assert_eq!(
+            env.pg.psql(db, &format!("SELECT {i}")).trim(),
+            i.to_string()
+        );
+    }
+    let expected = BTreeMap::from([("SELECT".to_string(), runs)]);
+    assert_eq!(names(env, db, "CLIENT", "psql", runs), expected);
+    assert_eq!(names(env, db, "SERVER", "postgres", runs), expected);
 }
 
 /// A server with SSL on and a client that requires it: after the server's `S` nothing can

@@ -136,8 +136,8 @@ struct Sink<'a> {
     spans_out: Option<BufWriter<Stdout>>,
     summary: Option<Summary>,
     clock: Clock,
-    /// Kernel connection-table updates to apply after the batch: (key, ignore?).
-    updates: Vec<(ConnKey, bool)>,
+    /// Kernel connection-table updates to apply after the batch: (key, conn_id, ignore?).
+    updates: Vec<(ConnKey, u64, bool)>,
     histograms: HistogramCaches,
 }
 
@@ -181,12 +181,12 @@ impl CallSink for Sink<'_> {
         self.metrics.parse_error(protocol, kind);
     }
 
-    fn ignore_connection(&mut self, tgid: u32, fd: i32) {
-        self.updates.push((ConnKey { tgid, fd }, true));
+    fn ignore_connection(&mut self, key: ConnKey, conn_id: u64) {
+        self.updates.push((key, conn_id, true));
     }
 
-    fn confirm_connection(&mut self, tgid: u32, fd: i32) {
-        self.updates.push((ConnKey { tgid, fd }, false));
+    fn confirm_connection(&mut self, key: ConnKey, conn_id: u64) {
+        self.updates.push((key, conn_id, false));
     }
 
     fn dropped(&mut self, reason: &'static str, n: u64) {
@@ -247,9 +247,13 @@ fn capture_loop(
         if let Some(out) = &mut sink.spans_out {
             let _ = out.flush();
         }
-        for (key, ignore) in sink.updates.drain(..) {
-            // The kernel entry may be gone already (closed): then there is nothing to do.
+        for (key, conn_id, ignore) in sink.updates.drain(..) {
+            // The kernel entry may be gone already (closed), or the fd may now hold another
+            // connection: then there is nothing to do.
             if let Ok(mut info) = conns.get(&key, 0) {
+                if info.conn_id != conn_id {
+                    continue;
+                }
                 if ignore {
                     info.proto = proto::NONE;
                 } else {

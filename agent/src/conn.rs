@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use sonde_ebpf::{conn_flags, proto, role};
+use sonde_ebpf::{conn_flags, proto, role, ConnKey};
 
 use crate::capture::{needs_resolve, peer_addr, Event, EventKind};
 use crate::db::{DbCall, DbOperation};
@@ -17,7 +17,7 @@ use crate::protocols::http1::{
     request_kind, Head, HttpEvent, HttpStream, ParseError, RequestHead, StreamKind,
 };
 use crate::redis::RedisSession;
-use crate::sockets::{resolve_fd, ListenerCache};
+use crate::sockets::{resolve_fd, FdKind, ListenerCache};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -61,9 +61,10 @@ pub trait CallSink {
     fn db_call(&mut self, call: DbCall);
     fn parse_error(&mut self, protocol: &'static str, kind: &'static str);
     /// The kernel should stop shipping this connection (not a TCP socket, or upgraded).
-    fn ignore_connection(&mut self, tgid: u32, fd: i32);
+    /// `conn_id` names the connection: by the time this is applied the fd may be another's.
+    fn ignore_connection(&mut self, key: ConnKey, conn_id: u64);
     /// A connection the kernel holds on probation is a TCP socket: ship all of it.
-    fn confirm_connection(&mut self, tgid: u32, fd: i32);
+    fn confirm_connection(&mut self, key: ConnKey, conn_id: u64);
     /// `n` events of a connection were lost before they reached userspace.
     fn dropped(&mut self, reason: &'static str, n: u64);
     /// A connection switched to TLS (or GSS) encryption: its protocol can no longer be read.
@@ -125,6 +126,10 @@ impl ConnTable {
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CallSink) {
         let h = &ev.header;
         let key = (h.tgid, h.fd);
+        let kernel_key = ConnKey {
+            tgid: h.tgid,
+            fd: h.fd,
+        };
         if let Some(c) = self.conns.get(&key) {
             if c.conn_id != h.conn.conn_id {
                 // The fd was reused: whatever the old connection still owed ends here.
@@ -151,9 +156,9 @@ impl ConnTable {
             Entry::Vacant(v) => {
                 let c = open_connection(&mut self.processes, &mut self.listeners, ev);
                 if c.ignored {
-                    sink.ignore_connection(h.tgid, h.fd);
+                    sink.ignore_connection(kernel_key, h.conn.conn_id);
                 } else if needs_resolve(&h.conn) {
-                    sink.confirm_connection(h.tgid, h.fd);
+                    sink.confirm_connection(kernel_key, h.conn.conn_id);
                 }
                 v.insert(c)
             }
@@ -167,7 +172,7 @@ impl ConnTable {
                 let from_client = (c.role == Role::Server) == ev.is_ingress();
                 c.feed_db(from_client, ev, sink, &mut self.db_done);
                 if c.ignored {
-                    sink.ignore_connection(h.tgid, h.fd);
+                    sink.ignore_connection(kernel_key, h.conn.conn_id);
                 }
             }
             EventKind::Data => {
@@ -175,7 +180,7 @@ impl ConnTable {
                 c.feed(carries_requests, ev, sink, &mut self.scratch);
                 if c.responses.is_opaque() || c.requests.is_opaque() {
                     c.ignored = true;
-                    sink.ignore_connection(h.tgid, h.fd);
+                    sink.ignore_connection(kernel_key, h.conn.conn_id);
                 }
             }
             EventKind::Error => {
@@ -216,11 +221,15 @@ fn open_connection(
     let mut ignored = false;
     if needs_resolve(info) {
         match resolve_fd(h.tgid, h.fd) {
-            Some(t) => {
+            FdKind::Tcp(t) => {
                 local = Some(t.local);
                 peer = Some(t.peer);
             }
-            None => ignored = std::fs::metadata(format!("/proc/{}", h.tgid)).is_ok(),
+            FdKind::NotTcp => ignored = true,
+            // The fd was closed before sonde looked (a short connection). Off probation the
+            // kernel saw a socket-only call on it, so its events are parsed (without
+            // addresses); on probation it may as well have been a file.
+            FdKind::Gone => ignored = info.flags & conn_flags::PROBATION != 0,
         }
     } else if info.role == role::SERVER && info.listen_fd >= 0 {
         local = listeners.local_addr(h.tgid, info.listen_fd);
