@@ -72,6 +72,8 @@ pub trait CallSink {
 }
 
 /// The protocol session of a database connection.
+// Connections hold it boxed, so the size of the larger variant costs nothing per connection.
+#[allow(clippy::large_enum_variant)]
 enum DbSession {
     Redis(RedisSession),
     Postgres(PostgresSession),

@@ -25,10 +25,11 @@ pub struct DbCall {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DbOperation {
     pub system: &'static str,
-    /// `db.operation.name`: `GET`, `CONFIG GET`, `SELECT`, ...
-    pub operation: String,
+    /// `db.operation.name`: `GET`, `CONFIG GET`, `SELECT`, ... Shared, like the namespace:
+    /// the same few names recur on every operation of a connection.
+    pub operation: Arc<str>,
     /// `db.namespace`: the Redis database index, the PostgreSQL database.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// `db.collection.name`, where one is known.
     pub collection: Option<String>,
     /// `db.query.text`, with every value masked.

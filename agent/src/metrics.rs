@@ -447,8 +447,8 @@ impl Metrics {
         let labels = DbLabels {
             service_name: call.process.service_name.clone(),
             db_system_name: op.system.to_string(),
-            db_operation_name: op.operation.clone(),
-            db_namespace: op.namespace.clone(),
+            db_operation_name: op.operation.to_string(),
+            db_namespace: op.namespace.to_string(),
             error_type: call.error_type().unwrap_or_default().to_string(),
             server_address: server.map(|s| s.ip().to_string()).unwrap_or_default(),
             server_port: server.map(|s| s.port().to_string()).unwrap_or_default(),

@@ -75,7 +75,7 @@ pub struct PostgresSession {
     statements: FxHashMap<Vec<u8>, Arc<SqlSummary>>,
     portals: FxHashMap<Vec<u8>, Statement>,
     /// `db.namespace`: the database named in the StartupMessage (empty when not seen).
-    database: String,
+    database: Arc<str>,
     encrypted: bool,
     /// The server skips messages up to the next Sync after an error.
     skip_to_sync: bool,
@@ -103,7 +103,7 @@ impl PostgresSession {
             open: None,
             statements: FxHashMap::default(),
             portals: FxHashMap::default(),
-            database: String::new(),
+            database: Arc::default(),
             encrypted: false,
             skip_to_sync: false,
             frontend_waits_for_ready: false,
@@ -291,7 +291,7 @@ impl PostgresSession {
                 self.push(Pending::Encryption);
             }
             c if c >> 16 == PROTOCOL_3 >> 16 => {
-                self.database = startup_database(&body[4..]);
+                self.database = startup_database(&body[4..]).into();
                 self.push(Pending::Startup);
             }
             // CancelRequest and unknown codes: the server answers nothing.
@@ -430,7 +430,7 @@ impl PostgresSession {
         let single = batch_size.is_none();
         DbOperation {
             system: POSTGRESQL,
-            operation,
+            operation: operation.into(),
             namespace: self.database.clone(),
             collection: sql.and_then(|s| s.collection.clone()).filter(|_| single),
             query_text: sql.map(|s| s.masked.clone()),
@@ -567,7 +567,7 @@ mod tests {
                 .iter()
                 .map(|o| {
                     (
-                        o.operation.clone(),
+                        o.operation.to_string(),
                         o.query_text.clone(),
                         o.status_code.clone(),
                         o.returned_rows,
@@ -631,7 +631,7 @@ mod tests {
                 op("SELECT", Some("SELECT * FROM missing"), Some("42P01"), None),
             ]
         );
-        assert!(r.done.iter().all(|o| o.namespace == "shop"));
+        assert!(r.done.iter().all(|o| &*o.namespace == "shop"));
         assert_eq!(r.done[0].collection.as_deref(), Some("users"));
         assert_eq!(r.done[1].collection.as_deref(), Some("missing"));
         let debug = format!("{:?}", r.done);
@@ -664,7 +664,7 @@ mod tests {
         let names: Vec<(String, Option<u64>)> = r
             .done
             .iter()
-            .map(|o| (o.operation.clone(), o.returned_rows))
+            .map(|o| (o.operation.to_string(), o.returned_rows))
             .collect();
         assert_eq!(
             names,
@@ -681,7 +681,7 @@ mod tests {
         let mut r = Run::new();
         r.client(&q("UPDATE a SET x = 1; UPDATE b SET y = 2"));
         r.server(&cat(&[complete("UPDATE 1"), complete("UPDATE 4"), ready()]));
-        assert_eq!(r.done[0].operation, "BATCH UPDATE");
+        assert_eq!(&*r.done[0].operation, "BATCH UPDATE");
         assert_eq!(r.done[0].batch_size, Some(2));
         assert_eq!(r.done[0].collection, None);
     }
@@ -801,7 +801,7 @@ mod tests {
         r.server(&cat(&[msg(b'2', b""), complete("DELETE 2"), ready()]));
         assert_eq!(r.ops(), [op("DELETE", None, None, Some(2))]);
         assert_eq!(r.done[0].statement_name.as_deref(), Some("P_3"));
-        assert_eq!(r.done[0].namespace, "");
+        assert_eq!(&*r.done[0].namespace, "");
     }
 
     #[test]
@@ -826,13 +826,7 @@ mod tests {
         let ops: Vec<_> = r
             .done
             .iter()
-            .map(|o| {
-                (
-                    o.operation.as_str(),
-                    o.collection.as_deref(),
-                    o.returned_rows,
-                )
-            })
+            .map(|o| (&*o.operation, o.collection.as_deref(), o.returned_rows))
             .collect();
         assert_eq!(
             ops,
@@ -969,7 +963,7 @@ mod tests {
         );
         let ops: Vec<_> = done
             .iter()
-            .map(|o| (o.operation.as_str(), o.returned_rows))
+            .map(|o| (&*o.operation, o.returned_rows))
             .collect();
         assert_eq!(ops, [("COPY", Some(2000)), ("SELECT", Some(1))]);
     }
@@ -1005,7 +999,7 @@ mod tests {
             &mut done,
         );
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].namespace, "d");
+        assert_eq!(&*done[0].namespace, "d");
         assert_eq!(done[0].query_text.as_deref(), Some("SELECT ?"));
     }
 

@@ -1,12 +1,16 @@
 //! One Redis connection: commands paired with their replies strictly in order (pipelines,
 //! MULTI/EXEC, blocking commands), with pub/sub pushes kept out of the pairing.
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::db::{DbOperation, REDIS};
 use crate::protocols::resp::{FrameType, RespError, RespFrame, RespStream};
 
 /// Commands waiting for replies on one connection, at most.
 const MAX_PENDING: usize = 4096;
+
+/// Command names remembered per connection.
+const MAX_NAMES: usize = 16;
 
 /// Commands whose first argument is a subcommand: named `CONFIG GET`, `CLIENT SETNAME`, ...
 const TWO_WORD: &[&str] = &[
@@ -61,6 +65,38 @@ enum Subscription {
     All,
 }
 
+/// What sonde needs to know about a command name, worked out once per connection.
+#[derive(Clone)]
+struct CommandKind {
+    /// Upper case.
+    name: Arc<str>,
+    two_word: bool,
+    secret_args: bool,
+    keyless: bool,
+    select: bool,
+    /// `Channels` for the subscribe family, `All` for the unsubscribe family (until the
+    /// arguments are counted).
+    subscription: Subscription,
+}
+
+impl CommandKind {
+    fn of(name: String) -> CommandKind {
+        let n = name.as_str();
+        CommandKind {
+            two_word: TWO_WORD.contains(&n),
+            secret_args: SECRET_ARGS.contains(&n),
+            keyless: KEYLESS.contains(&n),
+            select: n == "SELECT",
+            subscription: match n {
+                "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => Subscription::Channels(1),
+                "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => Subscription::All,
+                _ => Subscription::No,
+            },
+            name: name.into(),
+        }
+    }
+}
+
 struct Pending {
     op: DbOperation,
     subscription: Subscription,
@@ -74,7 +110,10 @@ pub struct RedisSession {
     replies: RespStream,
     pending: VecDeque<Pending>,
     /// The database index commands run against (tracks SELECT).
-    db: String,
+    db: Arc<str>,
+    /// Command names met lately on this connection, as sent and upper-cased: a command
+    /// seen before costs no allocation.
+    names: Vec<(Box<[u8]>, CommandKind)>,
     /// In RESP2 subscribed mode, arrays starting with `message` are pushes, not replies.
     subscribed: bool,
     /// After reply bytes were lost, replies resume only once a new command was sent: the
@@ -96,6 +135,7 @@ impl RedisSession {
             replies: RespStream::new(),
             pending: VecDeque::new(),
             db: "0".into(),
+            names: Vec::new(),
             subscribed: false,
             command_since_reply_loss: true,
             frames: Vec::new(),
@@ -164,33 +204,27 @@ impl RedisSession {
         let Some(first) = frame.kept.first() else {
             return;
         };
-        let name = String::from_utf8_lossy(first).to_ascii_uppercase();
+        let command = self.command_kind(first);
+        let name = &command.name;
         let second = frame.kept.get(1).map(|w| String::from_utf8_lossy(w));
-        let two_word = TWO_WORD.contains(&name.as_str()) && second.is_some();
-        let operation = match &second {
-            Some(sub) if two_word => format!("{name} {}", sub.to_ascii_uppercase()),
+        let two_word = command.two_word && second.is_some();
+        let operation: Arc<str> = match &second {
+            Some(sub) if two_word => format!("{name} {}", sub.to_ascii_uppercase()).into(),
             _ => name.clone(),
         };
         let args_used = if two_word { 2 } else { 1 };
         let key = second.as_deref().filter(|_| !two_word);
-        let query_text = query_text(&name, &operation, key, frame.len, args_used);
-        let subscription = match name.as_str() {
-            "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => {
-                Subscription::Channels(frame.len.saturating_sub(1).max(1))
-            }
-            "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => {
-                if frame.len > 1 {
-                    Subscription::Channels(frame.len - 1)
-                } else {
-                    Subscription::All
-                }
-            }
-            _ => Subscription::No,
+        let query_text = query_text(&command, &operation, key, frame.len, args_used);
+        let subscription = match command.subscription {
+            Subscription::No => Subscription::No,
+            Subscription::Channels(_) => Subscription::Channels(frame.len.saturating_sub(1).max(1)),
+            Subscription::All if frame.len > 1 => Subscription::Channels(frame.len - 1),
+            Subscription::All => Subscription::All,
         };
-        if name == "SELECT" {
+        if command.select {
             if let Some(index) = second.filter(|w| w.parse::<u32>().is_ok()) {
                 // Commands pipelined after SELECT run in the new database.
-                self.db = index.into_owned();
+                self.db = index.into();
             }
         }
         if self.pending.len() >= MAX_PENDING {
@@ -209,6 +243,19 @@ impl RedisSession {
             subscription,
             reported: false,
         });
+    }
+
+    /// What the command whose first word is `raw` is.
+    fn command_kind(&mut self, raw: &[u8]) -> CommandKind {
+        if let Some((_, kind)) = self.names.iter().find(|(r, _)| **r == *raw) {
+            return kind.clone();
+        }
+        let kind = CommandKind::of(String::from_utf8_lossy(raw).to_ascii_uppercase());
+        if self.names.len() >= MAX_NAMES {
+            self.names.remove(0);
+        }
+        self.names.push((raw.into(), kind.clone()));
+        kind
     }
 
     fn on_reply(&mut self, frame: RespFrame, ts: u64, done: &mut Vec<DbOperation>) {
@@ -279,18 +326,21 @@ impl RedisSession {
 /// `db.query.text`: the command, its key, and `?` for every other argument. Credentials
 /// (AUTH, HELLO) keep no argument at all.
 fn query_text(
-    name: &str,
+    command: &CommandKind,
     operation: &str,
     key: Option<&str>,
     arg_count: usize,
     args_used: usize,
 ) -> String {
-    let mut text = operation.to_string();
-    if SECRET_ARGS.contains(&name) {
+    let mut text = String::with_capacity(
+        operation.len() + key.map_or(0, |k| k.len() + 1) + 2 * arg_count.min(17) + 4,
+    );
+    text.push_str(operation);
+    if command.secret_args {
         return text;
     }
     let mut rest = arg_count.saturating_sub(args_used);
-    if rest > 0 && !KEYLESS.contains(&name) {
+    if rest > 0 && !command.keyless {
         if let Some(key) = key {
             text.push(' ');
             text.push_str(key);
@@ -331,7 +381,7 @@ mod tests {
                 .iter()
                 .map(|o| {
                     (
-                        o.operation.clone(),
+                        o.operation.to_string(),
                         o.query_text.clone(),
                         o.status_code.clone(),
                     )
@@ -391,7 +441,7 @@ mod tests {
         r.client(&cmd(&["SELECT", "3"]));
         r.client(&cmd(&["GET", "b"]));
         r.server(b"$-1\r\n+OK\r\n$-1\r\n");
-        let ns: Vec<&str> = r.done.iter().map(|o| o.namespace.as_str()).collect();
+        let ns: Vec<&str> = r.done.iter().map(|o| &*o.namespace).collect();
         assert_eq!(ns, ["0", "3", "3"]);
     }
 
@@ -478,7 +528,7 @@ mod tests {
         reply.extend(b"\r\n");
         let gap = (reply.len() - 4096) as u64;
         assert_eq!(s.feed(false, &reply[..4096], gap, 3, 1, &mut done), None);
-        let names: Vec<&str> = done.iter().map(|o| o.operation.as_str()).collect();
+        let names: Vec<&str> = done.iter().map(|o| &*o.operation).collect();
         assert_eq!(names, ["SET", "GET"]);
     }
 
@@ -504,7 +554,7 @@ mod tests {
         assert!(done.is_empty());
         s.feed(true, &cmd(&["GET", "k"]), 0, 4, 1, &mut done);
         s.feed(false, b"$1\r\nv\r\n", 0, 5, 1, &mut done);
-        let names: Vec<&str> = done.iter().map(|o| o.operation.as_str()).collect();
+        let names: Vec<&str> = done.iter().map(|o| &*o.operation).collect();
         assert_eq!(names, ["GET"]);
     }
 
@@ -527,7 +577,7 @@ mod tests {
         // The next write starts a command: pairing resumes.
         s.feed(true, &cmd(&["PING"]), 0, 3, 1, &mut done);
         s.feed(false, b"+PONG\r\n", 0, 4, 1, &mut done);
-        let names: Vec<&str> = done.iter().map(|o| o.operation.as_str()).collect();
+        let names: Vec<&str> = done.iter().map(|o| &*o.operation).collect();
         assert_eq!(names, ["PING"]);
     }
 }

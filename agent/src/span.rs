@@ -259,7 +259,7 @@ impl Span {
         }
         let name = match &op.collection {
             Some(c) => format!("{} {c}", op.operation),
-            None => op.operation.clone(),
+            None => op.operation.to_string(),
         };
         Span {
             trace_id: random_nonzero_u128(),

@@ -43,7 +43,76 @@ pub struct RespFrame {
     pub len: usize,
     /// The first `MAX_KEPT` elements (for scalars: the value itself), each cut to
     /// `MAX_ELEMENT` bytes. Integers are kept as their decimal text.
-    pub kept: Vec<Vec<u8>>,
+    pub kept: Kept,
+}
+
+/// The kept elements of a frame, stored inline: framing a command or a reply allocates
+/// nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Kept {
+    count: u8,
+    lens: [u8; MAX_KEPT],
+    bytes: [[u8; MAX_ELEMENT]; MAX_KEPT],
+}
+
+impl Default for Kept {
+    fn default() -> Self {
+        Kept {
+            count: 0,
+            lens: [0; MAX_KEPT],
+            bytes: [[0; MAX_ELEMENT]; MAX_KEPT],
+        }
+    }
+}
+
+impl Kept {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        (i < self.len()).then(|| &self.bytes[i][..self.lens[i] as usize])
+    }
+
+    pub fn first(&self) -> Option<&[u8]> {
+        self.get(0)
+    }
+
+    /// Starts a new element with `value` (cut to `MAX_ELEMENT`); ignored once full.
+    fn push(&mut self, value: &[u8]) {
+        if self.len() < MAX_KEPT {
+            self.count += 1;
+            self.lens[self.len() - 1] = 0;
+            self.extend_last(value);
+        }
+    }
+
+    /// Appends to the last element what still fits in it.
+    fn extend_last(&mut self, more: &[u8]) {
+        let Some(i) = self.len().checked_sub(1) else {
+            return;
+        };
+        let have = self.lens[i] as usize;
+        let take = more.len().min(MAX_ELEMENT - have);
+        self.bytes[i][have..have + take].copy_from_slice(&more[..take]);
+        self.lens[i] = (have + take) as u8;
+    }
+}
+
+impl fmt::Debug for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                (0..self.len())
+                    .filter_map(|i| self.get(i))
+                    .map(String::from_utf8_lossy),
+            )
+            .finish()
+    }
 }
 
 impl RespFrame {
@@ -52,7 +121,7 @@ impl RespFrame {
         if self.ty != FrameType::Error {
             return None;
         }
-        let text = self.kept.first().map(|v| v.as_slice()).unwrap_or(b"");
+        let text = self.kept.first().unwrap_or(b"");
         let word = text.split(|b| *b == b' ').next().unwrap_or(b"");
         let word = String::from_utf8_lossy(word).into_owned();
         Some(if word.is_empty() { "ERR".into() } else { word })
@@ -169,12 +238,10 @@ impl RespStream {
                 State::Bulk { left } => {
                     let take = (*left).min(data.len() as u64) as usize;
                     if self.keep_bulk {
-                        if let Some(v) = self.current.as_mut().and_then(|f| f.kept.last_mut()) {
+                        if let Some(f) = self.current.as_mut() {
                             // The trailing CRLF is inside `left`; keep value bytes only.
-                            let value_left = left.saturating_sub(2) as usize;
-                            let value_take = take.min(value_left);
-                            let room = MAX_ELEMENT.saturating_sub(v.len());
-                            v.extend_from_slice(&data[..value_take.min(room)]);
+                            let value_take = take.min(left.saturating_sub(2) as usize);
+                            f.kept.extend_last(&data[..value_take]);
                         }
                     }
                     *left -= take as u64;
@@ -195,6 +262,15 @@ impl RespStream {
                     }
                     if self.line.is_empty() && self.stack.is_empty() && self.current.is_none() {
                         self.start_frame(ts);
+                    }
+                    if complete && self.line.is_empty() {
+                        // The whole line is in this event: no copy.
+                        let (line, rest) = data.split_at(used);
+                        data = rest;
+                        if let Err(e) = self.on_line(line, out) {
+                            return self.fail(e);
+                        }
+                        continue;
                     }
                     self.line.extend_from_slice(&data[..used]);
                     data = &data[used..];
@@ -244,7 +320,7 @@ impl RespStream {
             ty: FrameType::Scalar,
             ts,
             len: 1,
-            kept: Vec::new(),
+            kept: Kept::default(),
         });
     }
 
@@ -344,7 +420,7 @@ impl RespStream {
                     .collect();
                 f.len = words.len();
                 for w in words.iter().take(MAX_KEPT) {
-                    f.kept.push(w[..w.len().min(MAX_ELEMENT)].to_vec());
+                    f.kept.push(w);
                 }
                 if !body.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
                     return Err(RespError::BadType);
@@ -358,7 +434,7 @@ impl RespStream {
 
     fn keep(&mut self, value: &[u8]) {
         if let Some(f) = self.current.as_mut() {
-            f.kept.push(value[..value.len().min(MAX_ELEMENT)].to_vec());
+            f.kept.push(value);
         }
     }
 
@@ -382,7 +458,7 @@ impl RespStream {
                 ty: FrameType::Scalar,
                 ts: frame.ts,
                 len: 1,
-                kept: Vec::new(),
+                kept: Kept::default(),
             });
             return;
         }
@@ -546,7 +622,7 @@ mod tests {
         // Whole: the kept value is cut.
         let f = frames(&input);
         assert_eq!(f.len(), 2);
-        assert_eq!(f[0].kept[2].len(), MAX_ELEMENT);
+        assert_eq!(f[0].kept.get(2).unwrap().len(), MAX_ELEMENT);
         // As the kernel ships it: a 4096-byte prefix, the rest of the value as a gap, and
         // the next write in full.
         let first_write = input.len() - 16;
