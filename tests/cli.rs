@@ -17,6 +17,9 @@ fn help_documents_every_flag_and_variable() {
         "SONDE_QUIET",
         "--summary-interval",
         "--conn-idle-timeout",
+        "--config",
+        "SONDE_CONFIG",
+        "--print-config",
     ] {
         assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
     }
@@ -50,6 +53,63 @@ fn bad_flag_values_are_rejected_with_the_flag_name() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-addr"));
+}
+
+/// Defaults, then the file, then SONDE_* variables, then flags; `--print-config` shows the
+/// result (without needing privileges).
+#[test]
+fn configuration_layers_file_env_and_flags() {
+    let dir = tempdir("cli-config");
+    let file = dir.join("sonde.yaml");
+    std::fs::write(
+        &file,
+        "metrics_addr: 0.0.0.0:9100\nquiet: true\nsummary_interval: 30\nring_buffer_mib: 16\n",
+    )
+    .unwrap();
+    let out = run(Command::new(sonde_bin())
+        .env("SONDE_SUMMARY_INTERVAL", "20")
+        .env("SONDE_RING_BUFFER_MIB", "32")
+        .arg("--config")
+        .arg(&file)
+        .args(["--ring-buffer-mib", "64", "--print-config"]));
+    let expected = "metrics_addr: 0.0.0.0:9100\n\
+                    print_spans: null\n\
+                    quiet: true\n\
+                    summary_interval: 20\n\
+                    conn_idle_timeout: 300\n\
+                    ring_buffer_mib: 64\n";
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn bad_configuration_files_name_the_key_value_and_reason() {
+    let dir = tempdir("cli-bad-config");
+    let cases = [
+        ("metrics_adr: 1.2.3.4:5\n", "unknown field `metrics_adr`"),
+        (
+            "ring_buffer_mib: 3\n",
+            "key `ring_buffer_mib`: value 3 is invalid: 3 is not a power of two",
+        ),
+        (
+            "conn_idle_timeout: 0\n",
+            "key `conn_idle_timeout`: value 0 is invalid",
+        ),
+    ];
+    for (i, (yaml, message)) in cases.iter().enumerate() {
+        let file = dir.join(format!("bad{i}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let out = Command::new(sonde_bin())
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{yaml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(message) && err.contains("bad"),
+            "{yaml}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -201,6 +201,10 @@ impl CallSink for Sink<'_> {
 /// How often the ring buffer is drained when the kernel has not woken us.
 const DRAIN_INTERVAL_MS: i32 = 10;
 
+/// A drain this large (or taking half the interval) means sonde is behind: drain again
+/// without waiting.
+const BACKLOG_EVENTS: u64 = 8192;
+
 /// Sleeps until the kernel wakes the ring buffer's readers or a timeout passes.
 ///
 /// Edge-triggered: an event already in the ring does not end the wait, only a new wakeup
@@ -278,8 +282,14 @@ fn capture_loop(
             return;
         }
     };
+    let mut behind = false;
     while !shutdown.load(Ordering::Relaxed) {
-        waiter.wait(DRAIN_INTERVAL_MS);
+        // Sleeping while a backlog waits would leave sonde idle exactly when it has the
+        // most to do: after a long drain, go straight to the next one.
+        if !behind {
+            waiter.wait(DRAIN_INTERVAL_MS);
+        }
+        let drain_start = Instant::now();
         let mut received = 0u64;
         while let Some(item) = ring.next() {
             received += 1;
@@ -289,6 +299,8 @@ fn capture_loop(
             }
         }
         metrics.events_received.inc_by(received);
+        behind = received >= BACKLOG_EVENTS
+            || drain_start.elapsed() >= Duration::from_millis(DRAIN_INTERVAL_MS as u64 / 2);
         if let Some(out) = &mut sink.spans_out {
             let _ = out.flush();
         }

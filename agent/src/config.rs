@@ -1,9 +1,16 @@
-//! Command line and environment: every flag has an environment variable, flags win.
+//! Configuration: defaults, then a YAML file (`--config`), then environment variables, then
+//! flags; each layer wins over the ones before it. Every key is listed in
+//! docs/configuration.md.
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SpanFormat {
     /// One JSON object per finished span, one per line.
     Json,
@@ -12,9 +19,20 @@ pub enum SpanFormat {
 /// sonde watches the HTTP/1.x, Redis and PostgreSQL traffic of every process on this host
 /// through eBPF and turns it into spans and RED metrics. Run it as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
 /// CAP_DAC_READ_SEARCH); Linux 5.8 or newer with BTF (/sys/kernel/btf/vmlinux).
+///
+/// Settings come from defaults, then the --config file, then SONDE_* variables, then flags.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "sonde", version, about, long_about)]
 pub struct Config {
+    /// YAML configuration file; its keys are the long flag names with underscores
+    /// (metrics_addr, ring_buffer_mib, ...). Environment variables and flags override it.
+    #[arg(long, env = "SONDE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (defaults included) as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address of the HTTP endpoint serving /metrics (OpenMetrics), /healthz and /readyz.
     #[arg(long, env = "SONDE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
@@ -42,10 +60,218 @@ pub struct Config {
     pub ring_buffer_mib: u32,
 }
 
+/// The keys a configuration file may set. Every one is optional; unknown keys are errors.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub metrics_addr: Option<SocketAddr>,
+    pub print_spans: Option<SpanFormat>,
+    pub quiet: Option<bool>,
+    pub summary_interval: Option<u64>,
+    pub conn_idle_timeout: Option<u64>,
+    pub ring_buffer_mib: Option<u32>,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Unknown keys, values of the wrong type: the parser names the key and the position.
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration file {path}: key `{key}`: value {value} is invalid: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Parses the command line (exiting with clap's message on a bad flag) and merges in the
+    /// configuration file, if one is named.
+    pub fn load() -> Result<Config, ConfigError> {
+        let matches = Config::command().get_matches();
+        let mut config = Config::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let Some(path) = config.config.clone() {
+            let file = FileConfig::read(&path)?;
+            config.apply_file(&file, &matches, &path)?;
+        }
+        Ok(config)
+    }
+
+    /// Takes each key from the file unless a variable or a flag set it.
+    fn apply_file(
+        &mut self,
+        file: &FileConfig,
+        matches: &ArgMatches,
+        path: &Path,
+    ) -> Result<(), ConfigError> {
+        let from_file = |id: &str| {
+            !matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let invalid = |key: &'static str, value: String, reason: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            value,
+            reason: reason.to_string(),
+        };
+        if let Some(v) = file.metrics_addr.filter(|_| from_file("metrics_addr")) {
+            self.metrics_addr = v;
+        }
+        if let Some(v) = file.print_spans.filter(|_| from_file("print_spans")) {
+            self.print_spans = Some(v);
+        }
+        if let Some(v) = file.quiet.filter(|_| from_file("quiet")) {
+            self.quiet = v;
+        }
+        if let Some(v) = file
+            .summary_interval
+            .filter(|_| from_file("summary_interval"))
+        {
+            if v == 0 {
+                return Err(invalid(
+                    "summary_interval",
+                    v.to_string(),
+                    "must be at least 1 second",
+                ));
+            }
+            self.summary_interval = v;
+        }
+        if let Some(v) = file
+            .conn_idle_timeout
+            .filter(|_| from_file("conn_idle_timeout"))
+        {
+            if v == 0 {
+                return Err(invalid(
+                    "conn_idle_timeout",
+                    v.to_string(),
+                    "must be at least 1 second",
+                ));
+            }
+            self.conn_idle_timeout = v;
+        }
+        if let Some(v) = file
+            .ring_buffer_mib
+            .filter(|_| from_file("ring_buffer_mib"))
+        {
+            self.ring_buffer_mib = parse_ring_mib(&v.to_string())
+                .map_err(|reason| invalid("ring_buffer_mib", v.to_string(), &reason))?;
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as YAML, every key present.
+    pub fn to_yaml(&self) -> String {
+        let effective = FileConfig {
+            metrics_addr: Some(self.metrics_addr),
+            print_spans: self.print_spans,
+            quiet: Some(self.quiet),
+            summary_interval: Some(self.summary_interval),
+            conn_idle_timeout: Some(self.conn_idle_timeout),
+            ring_buffer_mib: Some(self.ring_buffer_mib),
+        };
+        serde_yaml_ng::to_string(&effective).expect("plain values serialize")
+    }
+}
+
+impl FileConfig {
+    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        FileConfig::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    fn parse(text: &str) -> Result<FileConfig, String> {
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 fn parse_ring_mib(v: &str) -> Result<u32, String> {
     let n: u32 = v.parse().map_err(|e| format!("{e}"))?;
     if !(1..=1024).contains(&n) || !n.is_power_of_two() {
         return Err(format!("{n} is not a power of two between 1 and 1024"));
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str], yaml: &str) -> Result<Config, ConfigError> {
+        let mut argv = vec!["sonde"];
+        argv.extend_from_slice(args);
+        let matches = Config::command().try_get_matches_from(argv).unwrap();
+        let mut config = Config::from_arg_matches(&matches).unwrap();
+        let file = FileConfig::parse(yaml).map_err(|message| ConfigError::Parse {
+            path: "test.yaml".into(),
+            message,
+        })?;
+        config.apply_file(&file, &matches, Path::new("test.yaml"))?;
+        Ok(config)
+    }
+
+    #[test]
+    fn file_values_replace_defaults_and_flags_replace_file_values() {
+        let yaml = "metrics_addr: 0.0.0.0:9999\nquiet: true\nring_buffer_mib: 32\n";
+        let c = load(&[], yaml).unwrap();
+        assert_eq!(c.metrics_addr, "0.0.0.0:9999".parse().unwrap());
+        assert!(c.quiet);
+        assert_eq!(c.ring_buffer_mib, 32);
+        assert_eq!(c.summary_interval, 10, "untouched keys keep their default");
+        let c = load(&["--ring-buffer-mib", "4"], yaml).unwrap();
+        assert_eq!(c.ring_buffer_mib, 4);
+        assert_eq!(c.metrics_addr, "0.0.0.0:9999".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = load(&[], "metrics_adr: 1.2.3.4:5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `metrics_adr`"), "{err}");
+        let err = load(&[], "ring_buffer_mib: 3\n").unwrap_err().to_string();
+        assert!(
+            err.contains("`ring_buffer_mib`")
+                && err.contains("value 3")
+                && err.contains("power of two"),
+            "{err}"
+        );
+        let err = load(&[], "summary_interval: 0\n").unwrap_err().to_string();
+        assert!(
+            err.contains("`summary_interval`") && err.contains("at least 1"),
+            "{err}"
+        );
+        let err = load(&[], "metrics_addr: nowhere\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics_addr"), "{err}");
+        let err = load(&[], "quiet: maybe\n").unwrap_err().to_string();
+        assert!(err.contains("quiet"), "{err}");
+    }
+
+    #[test]
+    fn printed_configuration_reads_back_the_same() {
+        let c = load(&["--print-spans", "json", "--summary-interval", "7"], "").unwrap();
+        let again = load(&[], &c.to_yaml()).unwrap();
+        assert_eq!(again.to_yaml(), c.to_yaml());
+        assert_eq!(again.print_spans, Some(SpanFormat::Json));
+        assert_eq!(again.summary_interval, 7);
+    }
 }
