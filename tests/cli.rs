@@ -20,6 +20,8 @@ fn help_documents_every_flag_and_variable() {
         "--config",
         "SONDE_CONFIG",
         "--print-config",
+        "--protocols",
+        "SONDE_PROTOCOLS",
     ] {
         assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
     }
@@ -75,6 +77,10 @@ fn configuration_layers_file_env_and_flags() {
     let expected = "metrics_addr: 0.0.0.0:9100\n\
                     print_spans: null\n\
                     quiet: true\n\
+                    protocols:\n\
+                    - http\n\
+                    - redis\n\
+                    - postgresql\n\
                     summary_interval: 20\n\
                     conn_idle_timeout: 300\n\
                     ring_buffer_mib: 64\n";

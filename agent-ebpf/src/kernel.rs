@@ -22,6 +22,11 @@ use sonde_ebpf::{
 #[no_mangle]
 static SONDE_TGID: Global<u32> = Global::new(0);
 
+/// The protocols to capture, as bits `1 << proto::X`, set by the loader (all by default).
+/// A connection of a protocol left out is judged "none of ours" at its first bytes.
+#[no_mangle]
+static PROTOCOLS: Global<u32> = Global::new(u32::MAX);
+
 #[map]
 static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
@@ -413,6 +418,15 @@ fn is_tracked(p: u8) -> bool {
 /// bytes (a request line split over writes) is judged on its first four.
 #[inline(always)]
 fn classify(src: Source, len: u64) -> Class {
+    let class = classify_payload(src, len);
+    if PROTOCOLS.load() & (1u32 << class.proto) == 0 {
+        return NOT_OURS;
+    }
+    class
+}
+
+#[inline(always)]
+fn classify_payload(src: Source, len: u64) -> Class {
     if len < 4 {
         return NOT_OURS;
     }

@@ -37,6 +37,11 @@ pub mod proto {
     pub const REDIS: u8 = 3;
     /// PostgreSQL frontend/backend protocol 3.0.
     pub const POSTGRES: u8 = 4;
+
+    /// The loader's `PROTOCOLS` bit of a protocol.
+    pub const fn bit(proto: u8) -> u32 {
+        1 << proto
+    }
 }
 
 /// Which side of the connection the observed process is (`ConnInfo::role`).

@@ -72,7 +72,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         ready.clone(),
     ));
 
-    let mut ebpf = probes::load_and_attach(config.ring_buffer_mib << 20)?;
+    let mut ebpf = probes::load_and_attach(config.ring_buffer_mib << 20, config.protocol_bits())?;
     let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
         ebpf.take_map(name).ok_or(AgentError::MissingMap(name))
     };

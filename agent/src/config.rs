@@ -16,6 +16,27 @@ pub enum SpanFormat {
     Json,
 }
 
+/// A protocol sonde can capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Redis,
+    Postgresql,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Http, Protocol::Redis, Protocol::Postgresql];
+
+    fn kernel_proto(self) -> u8 {
+        match self {
+            Protocol::Http => sonde_ebpf::proto::HTTP1,
+            Protocol::Redis => sonde_ebpf::proto::REDIS,
+            Protocol::Postgresql => sonde_ebpf::proto::POSTGRES,
+        }
+    }
+}
+
 /// sonde watches the HTTP/1.x, Redis and PostgreSQL traffic of every process on this host
 /// through eBPF and turns it into spans and RED metrics. Run it as root (or with CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and
 /// CAP_DAC_READ_SEARCH); Linux 5.8 or newer with BTF (/sys/kernel/btf/vmlinux).
@@ -45,6 +66,11 @@ pub struct Config {
     #[arg(long, env = "SONDE_QUIET")]
     pub quiet: bool,
 
+    /// Protocols to capture, comma-separated; connections of the others are left alone in
+    /// the kernel.
+    #[arg(long, env = "SONDE_PROTOCOLS", value_enum, value_delimiter = ',', default_values_t = Protocol::ALL)]
+    pub protocols: Vec<Protocol>,
+
     /// Seconds between summary tables.
     #[arg(long, env = "SONDE_SUMMARY_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub summary_interval: u64,
@@ -67,6 +93,7 @@ pub struct FileConfig {
     pub metrics_addr: Option<SocketAddr>,
     pub print_spans: Option<SpanFormat>,
     pub quiet: Option<bool>,
+    pub protocols: Option<Vec<Protocol>>,
     pub summary_interval: Option<u64>,
     pub conn_idle_timeout: Option<u64>,
     pub ring_buffer_mib: Option<u32>,
@@ -132,6 +159,13 @@ impl Config {
         if let Some(v) = file.quiet.filter(|_| from_file("quiet")) {
             self.quiet = v;
         }
+        if let Some(v) = file.protocols.as_ref().filter(|_| from_file("protocols")) {
+            if v.is_empty() {
+                let reason = "name at least one of http, redis, postgresql";
+                return Err(invalid("protocols", "[]".into(), reason));
+            }
+            self.protocols = v.clone();
+        }
         if let Some(v) = file
             .summary_interval
             .filter(|_| from_file("summary_interval"))
@@ -168,12 +202,20 @@ impl Config {
         Ok(())
     }
 
+    /// The kernel program's `PROTOCOLS` mask.
+    pub fn protocol_bits(&self) -> u32 {
+        self.protocols
+            .iter()
+            .fold(0, |bits, p| bits | sonde_ebpf::proto::bit(p.kernel_proto()))
+    }
+
     /// The effective configuration as YAML, every key present.
     pub fn to_yaml(&self) -> String {
         let effective = FileConfig {
             metrics_addr: Some(self.metrics_addr),
             print_spans: self.print_spans,
             quiet: Some(self.quiet),
+            protocols: Some(self.protocols.clone()),
             summary_interval: Some(self.summary_interval),
             conn_idle_timeout: Some(self.conn_idle_timeout),
             ring_buffer_mib: Some(self.ring_buffer_mib),
@@ -264,6 +306,29 @@ mod tests {
         assert!(err.contains("metrics_addr"), "{err}");
         let err = load(&[], "quiet: maybe\n").unwrap_err().to_string();
         assert!(err.contains("quiet"), "{err}");
+    }
+
+    #[test]
+    fn protocols_come_from_a_list() {
+        let all = load(&[], "").unwrap();
+        assert_eq!(all.protocols, Protocol::ALL);
+        let c = load(&[], "protocols: [http, postgresql]\n").unwrap();
+        assert_eq!(c.protocols, [Protocol::Http, Protocol::Postgresql]);
+        assert_eq!(
+            c.protocol_bits(),
+            (1 << sonde_ebpf::proto::HTTP1) | (1 << sonde_ebpf::proto::POSTGRES)
+        );
+        let c = load(&["--protocols", "redis"], "protocols: [http]\n").unwrap();
+        assert_eq!(c.protocols, [Protocol::Redis]);
+        let err = load(&[], "protocols: [http, mysql]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `mysql`"), "{err}");
+        let err = load(&[], "protocols: []\n").unwrap_err().to_string();
+        assert!(
+            err.contains("`protocols`") && err.contains("at least one"),
+            "{err}"
+        );
     }
 
     #[test]

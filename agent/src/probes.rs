@@ -92,7 +92,9 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
 }
 
 /// Loads the kernel programs (telling them sonde's own pid) and attaches them.
-pub fn load_and_attach(ring_bytes: u32) -> Result<Ebpf, ProbeError> {
+/// Loads and attaches the kernel program with a ring of `ring_bytes` that captures the
+/// protocols whose `proto::bit`s are set in `protocols`.
+pub fn load_and_attach(ring_bytes: u32, protocols: u32) -> Result<Ebpf, ProbeError> {
     if !Path::new(BTF_VMLINUX).exists() {
         return Err(ProbeError::NoBtf);
     }
@@ -101,6 +103,7 @@ pub fn load_and_attach(ring_bytes: u32) -> Result<Ebpf, ProbeError> {
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("SONDE_TGID", &own_pid, true)
+        .override_global("PROTOCOLS", &protocols, true)
         .map_max_entries("EVENTS", ring_bytes)
         .load(EBPF_OBJECT)?;
     let name = "sonde_sys_exit";
