@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 use sonde_ebpf::{conn_flags, proto, role, ConnKey};
 
 use crate::capture::{needs_resolve, peer_addr, Event, EventKind};
-use crate::db::{DbCall, DbOperation};
+use crate::db::{DbCall, DbOperation, DbSession};
 use crate::postgres::PostgresSession;
 use crate::process::{ProcessInfo, ProcessTable};
 use crate::protocols::http1::{
@@ -74,7 +74,7 @@ pub trait CallSink {
 /// The protocol session of a database connection.
 // Connections hold it boxed, so the size of the larger variant costs nothing per connection.
 #[allow(clippy::large_enum_variant)]
-enum DbSession {
+enum Database {
     Redis(RedisSession),
     Postgres(PostgresSession),
 }
@@ -101,7 +101,7 @@ struct Connection {
     last_ts: u64,
     ignored: bool,
     /// Set on Redis and PostgreSQL connections; the HTTP streams above stay unused there.
-    db: Option<Box<DbSession>>,
+    db: Option<Box<Database>>,
 }
 
 const MAX_PENDING: usize = 1024;
@@ -196,6 +196,26 @@ impl ConnTable {
     }
 }
 
+/// Feeds one event to a database session, counting its parse errors. Returns true once the
+/// connection turned encrypted (counted here).
+fn feed_session<S: DbSession>(
+    session: &mut S,
+    from_client: bool,
+    ev: &Event<'_>,
+    sink: &mut impl CallSink,
+    done: &mut Vec<DbOperation>,
+) -> bool {
+    let h = &ev.header;
+    if let Some(e) = session.feed(from_client, ev.payload, ev.gap(), h.ts_ns, h.tid, done) {
+        sink.parse_error(S::SYSTEM, S::error_kind(e));
+    }
+    let encrypted = session.is_encrypted();
+    if encrypted {
+        sink.encrypted_connection(S::SYSTEM);
+    }
+    encrypted
+}
+
 /// A first event for (tgid, fd): learn who and where.
 fn open_connection(
     processes: &mut ProcessTable,
@@ -240,8 +260,8 @@ fn open_connection(
         role = Role::Client;
     }
     let db = match info.proto {
-        proto::REDIS => Some(Box::new(DbSession::Redis(RedisSession::new()))),
-        proto::POSTGRES => Some(Box::new(DbSession::Postgres(PostgresSession::new()))),
+        proto::REDIS => Some(Box::new(Database::Redis(RedisSession::new()))),
+        proto::POSTGRES => Some(Box::new(Database::Postgres(PostgresSession::new()))),
         proto::HTTP1 => None,
         _ => {
             // A protocol the kernel classifies but this build does not parse.
@@ -301,8 +321,8 @@ impl Connection {
         self.response_status = None;
         if let Some(db) = self.db.as_deref_mut() {
             match db {
-                DbSession::Redis(s) => s.restart(),
-                DbSession::Postgres(s) => s.restart(),
+                Database::Redis(s) => s.restart(),
+                Database::Postgres(s) => s.restart(),
             }
         }
     }
@@ -319,23 +339,12 @@ impl Connection {
             return;
         };
         done.clear();
-        let h = &ev.header;
-        let (payload, gap) = (ev.payload, ev.gap());
-        match session {
-            DbSession::Redis(s) => {
-                if let Some(e) = s.feed(from_client, payload, gap, h.ts_ns, h.tid, done) {
-                    sink.parse_error("redis", e.as_str());
-                }
-            }
-            DbSession::Postgres(s) => {
-                if let Some(e) = s.feed(from_client, payload, gap, h.ts_ns, h.tid, done) {
-                    sink.parse_error("postgresql", e.as_str());
-                }
-                if s.is_encrypted() {
-                    sink.encrypted_connection("postgresql");
-                    self.ignored = true;
-                }
-            }
+        let encrypted = match session {
+            Database::Redis(s) => feed_session(s, from_client, ev, sink, done),
+            Database::Postgres(s) => feed_session(s, from_client, ev, sink, done),
+        };
+        if encrypted {
+            self.ignored = true;
         }
         for op in done.drain(..) {
             sink.db_call(DbCall {

@@ -48,6 +48,42 @@ pub struct DbOperation {
     pub tid: u32,
 }
 
+/// A database protocol session: one connection's requests and responses paired in order.
+/// The connection table drives every database protocol through this.
+pub trait DbSession: Default {
+    type Error: Copy + std::fmt::Debug + PartialEq;
+    /// `db.system.name`, also the `protocol` label of the session's parse errors.
+    const SYSTEM: &'static str;
+
+    /// The `kind` label of a parse error.
+    fn error_kind(error: Self::Error) -> &'static str;
+
+    /// Feeds one event's bytes (`gap` more were not copied) in the given direction.
+    /// Finished operations are appended to `done`; framing errors are returned for counting.
+    fn feed(
+        &mut self,
+        from_client: bool,
+        payload: &[u8],
+        gap: u64,
+        ts: u64,
+        tid: u32,
+        done: &mut Vec<DbOperation>,
+    ) -> Option<Self::Error>;
+
+    /// Bytes were lost: pending operations are dropped and parsing starts over at the next
+    /// event.
+    fn restart(&mut self);
+
+    /// Operations still waiting for their response (they get no span if the connection
+    /// ends).
+    fn pending(&self) -> usize;
+
+    /// The connection switched to encryption: nothing more can be read.
+    fn is_encrypted(&self) -> bool {
+        false
+    }
+}
+
 impl DbCall {
     /// `server.address` / `server.port`: the peer for a client, this socket for a server.
     pub fn server(&self) -> Option<SocketAddr> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::db::{DbOperation, POSTGRESQL};
+use crate::db::{DbOperation, DbSession, POSTGRESQL};
 use crate::protocols::pgwire::{cstr, PgError, PgMessage, PgStream, ENCRYPTION_ANSWER, UNTYPED};
 use crate::sql::{summarize, SqlSummary};
 
@@ -94,33 +94,22 @@ impl Default for PostgresSession {
     }
 }
 
-impl PostgresSession {
-    pub fn new() -> PostgresSession {
-        PostgresSession {
-            frontend: PgStream::new(true),
-            backend: PgStream::new(false),
-            pending: VecDeque::new(),
-            open: None,
-            statements: FxHashMap::default(),
-            portals: FxHashMap::default(),
-            database: Arc::default(),
-            encrypted: false,
-            skip_to_sync: false,
-            frontend_waits_for_ready: false,
-            backend_waits_for_query: false,
-            backend_may_resync: false,
-            messages: Vec::new(),
-        }
+impl DbSession for PostgresSession {
+    type Error = PgError;
+    const SYSTEM: &'static str = POSTGRESQL;
+
+    fn error_kind(error: PgError) -> &'static str {
+        error.as_str()
     }
 
     /// The server accepted SSL or GSS encryption: nothing more can be read.
-    pub fn is_encrypted(&self) -> bool {
+    fn is_encrypted(&self) -> bool {
         self.encrypted
     }
 
     /// Bytes were lost: pending operations are dropped and both directions start over at
     /// the next event. The database and prepared statements are kept.
-    pub fn restart(&mut self) {
+    fn restart(&mut self) {
         self.frontend = PgStream::new(true);
         self.backend = PgStream::new(false);
         self.pending.clear();
@@ -131,13 +120,11 @@ impl PostgresSession {
         self.backend_may_resync = false;
     }
 
-    pub fn pending(&self) -> usize {
+    fn pending(&self) -> usize {
         self.pending.len()
     }
 
-    /// Feeds one event's bytes (`gap` more were not copied) in the given direction. Finished
-    /// operations are appended to `done`; framing errors are returned for counting.
-    pub fn feed(
+    fn feed(
         &mut self,
         from_client: bool,
         payload: &[u8],
@@ -189,6 +176,26 @@ impl PostgresSession {
             }
         }
         error
+    }
+}
+
+impl PostgresSession {
+    pub fn new() -> PostgresSession {
+        PostgresSession {
+            frontend: PgStream::new(true),
+            backend: PgStream::new(false),
+            pending: VecDeque::new(),
+            open: None,
+            statements: FxHashMap::default(),
+            portals: FxHashMap::default(),
+            database: Arc::default(),
+            encrypted: false,
+            skip_to_sync: false,
+            frontend_waits_for_ready: false,
+            backend_waits_for_query: false,
+            backend_may_resync: false,
+            messages: Vec::new(),
+        }
     }
 
     fn on_frontend(&mut self, m: PgMessage, tid: u32) {

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::db::{DbOperation, REDIS};
+use crate::db::{DbOperation, DbSession, REDIS};
 use crate::protocols::resp::{FrameType, RespError, RespFrame, RespStream};
 
 /// Commands waiting for replies on one connection, at most.
@@ -128,23 +128,15 @@ impl Default for RedisSession {
     }
 }
 
-impl RedisSession {
-    pub fn new() -> RedisSession {
-        RedisSession {
-            commands: RespStream::new(),
-            replies: RespStream::new(),
-            pending: VecDeque::new(),
-            db: "0".into(),
-            names: Vec::new(),
-            subscribed: false,
-            command_since_reply_loss: true,
-            frames: Vec::new(),
-        }
+impl DbSession for RedisSession {
+    type Error = RespError;
+    const SYSTEM: &'static str = REDIS;
+
+    fn error_kind(error: RespError) -> &'static str {
+        error.as_str()
     }
 
-    /// Feeds one event's bytes (`gap` more were not copied) in the given direction. Finished
-    /// operations are appended to `done`; framing errors are returned for counting.
-    pub fn feed(
+    fn feed(
         &mut self,
         from_client: bool,
         payload: &[u8],
@@ -188,15 +180,29 @@ impl RedisSession {
 
     /// Bytes were lost: pending commands are dropped and both streams start over at the
     /// next event; the database index is kept.
-    pub fn restart(&mut self) {
+    fn restart(&mut self) {
         let db = std::mem::take(&mut self.db);
         *self = RedisSession::new();
         self.db = db;
     }
 
-    /// The connection ended: commands still waiting get no reply and no span.
-    pub fn pending(&self) -> usize {
+    fn pending(&self) -> usize {
         self.pending.len()
+    }
+}
+
+impl RedisSession {
+    pub fn new() -> RedisSession {
+        RedisSession {
+            commands: RespStream::new(),
+            replies: RespStream::new(),
+            pending: VecDeque::new(),
+            db: "0".into(),
+            names: Vec::new(),
+            subscribed: false,
+            command_since_reply_loss: true,
+            frames: Vec::new(),
+        }
     }
 
     fn on_command(&mut self, frame: RespFrame, tid: u32) {

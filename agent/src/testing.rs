@@ -1,9 +1,5 @@
 //! Helpers shared by the unit tests of the protocol parsers and sessions.
-use crate::db::DbOperation;
-use crate::postgres::PostgresSession;
-use crate::protocols::pgwire::PgError;
-use crate::protocols::resp::RespError;
-use crate::redis::RedisSession;
+use crate::db::{DbOperation, DbSession};
 
 /// A deterministic generator of garbage input (a linear congruential generator).
 pub struct Garbage(u32);
@@ -41,43 +37,6 @@ pub fn pg_message(tag: u8, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A database session as the connection table drives it.
-pub trait Session {
-    type Error: std::fmt::Debug + PartialEq;
-    fn fresh() -> Self;
-    fn feed_bytes(
-        &mut self,
-        from_client: bool,
-        bytes: &[u8],
-        ts: u64,
-        done: &mut Vec<DbOperation>,
-    ) -> Option<Self::Error>;
-}
-
-/// Both sessions share `feed(from_client, bytes, gap, ts, tid, done)`.
-macro_rules! session {
-    ($session:ty, $error:ty) => {
-        impl Session for $session {
-            type Error = $error;
-            fn fresh() -> Self {
-                <$session>::new()
-            }
-            fn feed_bytes(
-                &mut self,
-                from_client: bool,
-                bytes: &[u8],
-                ts: u64,
-                done: &mut Vec<DbOperation>,
-            ) -> Option<$error> {
-                self.feed(from_client, bytes, 0, ts, 1, done)
-            }
-        }
-    };
-}
-
-session!(RedisSession, RespError);
-session!(PostgresSession, PgError);
-
 /// One session fed whole writes in turn, each a tick later; every write must frame cleanly.
 pub struct Run<S> {
     pub s: S,
@@ -85,10 +44,10 @@ pub struct Run<S> {
     pub ts: u64,
 }
 
-impl<S: Session> Run<S> {
+impl<S: DbSession> Run<S> {
     pub fn new() -> Run<S> {
         Run {
-            s: S::fresh(),
+            s: S::default(),
             done: Vec::new(),
             ts: 0,
         }
@@ -97,7 +56,7 @@ impl<S: Session> Run<S> {
     pub fn client(&mut self, bytes: &[u8]) {
         self.ts += 1;
         assert_eq!(
-            self.s.feed_bytes(true, bytes, self.ts, &mut self.done),
+            self.s.feed(true, bytes, 0, self.ts, 1, &mut self.done),
             None
         );
     }
@@ -105,7 +64,7 @@ impl<S: Session> Run<S> {
     pub fn server(&mut self, bytes: &[u8]) {
         self.ts += 1;
         assert_eq!(
-            self.s.feed_bytes(false, bytes, self.ts, &mut self.done),
+            self.s.feed(false, bytes, 0, self.ts, 1, &mut self.done),
             None
         );
     }
@@ -113,7 +72,7 @@ impl<S: Session> Run<S> {
 
 /// Feeds `client` then `server` whole, then again with the client's bytes cut at every
 /// offset, then with the server's: `ops` must give the same result every time.
-pub fn assert_every_split_same<S: Session, T: PartialEq + std::fmt::Debug>(
+pub fn assert_every_split_same<S: DbSession, T: PartialEq + std::fmt::Debug>(
     client: &[u8],
     server: &[u8],
     ops: impl Fn(&Run<S>) -> T,
