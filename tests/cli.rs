@@ -65,10 +65,12 @@ fn configuration_layers_file_env_and_flags() {
     let file = dir.join("sonde.yaml");
     std::fs::write(
         &file,
-        "metrics_addr: 0.0.0.0:9100\nquiet: true\nsummary_interval: 30\nring_buffer_mib: 16\n",
+        "metrics_addr: 0.0.0.0:9100\nquiet: true\nsummary_interval: 30\nring_buffer_mib: 16\n\
+         otlp: off\ntraces_sampler: traceidratio\ntraces_sampler_arg: 0.1\n",
     )
     .unwrap();
     let out = run(Command::new(sonde_bin())
+        .env("OTEL_TRACES_SAMPLER_ARG", "0.5")
         .env("SONDE_SUMMARY_INTERVAL", "20")
         .env("SONDE_RING_BUFFER_MIB", "32")
         .arg("--config")
@@ -83,7 +85,16 @@ fn configuration_layers_file_env_and_flags() {
                     - postgresql\n\
                     summary_interval: 20\n\
                     conn_idle_timeout: 300\n\
-                    ring_buffer_mib: 64\n";
+                    ring_buffer_mib: 64\n\
+                    prometheus: true\n\
+                    otlp: off\n\
+                    otlp_endpoint: null\n\
+                    otlp_protocol: http/protobuf\n\
+                    metric_export_interval: 60000\n\
+                    traces_sampler: traceidratio\n\
+                    traces_sampler_arg: 0.5\n\
+                    max_label_sets: 2000\n\
+                    resource_command_line: false\n";
     assert_eq!(out, expected);
 }
 

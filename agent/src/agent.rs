@@ -11,12 +11,17 @@ use sonde_ebpf::{conn_flags, proto, ConnInfo, ConnKey};
 use thiserror::Error;
 
 use crate::capture::{read_drops, Event};
-use crate::config::Config;
+use crate::config::{Config, OtlpSwitch};
 use crate::conn::{CallSink, ConnTable, HttpCall};
 use crate::db::DbCall;
+use crate::export::otlp::encode::ResourceBase;
+use crate::export::otlp::settings::{self, OtlpSettings, SettingsError};
+use crate::export::otlp::transport::HeaderError;
+use crate::export::otlp::{Exporter, SpanQueue};
 use crate::metrics::{HistogramCaches, Metrics};
 use crate::probes::{self, ProbeError};
-use crate::span::{clock_ns, http_error_type, Clock, Span};
+use crate::sampler::Sampler;
+use crate::span::{clock_ns, http_error_type, Clock, Span, SpanIds};
 use crate::summary::Summary;
 
 #[derive(Debug, Error)]
@@ -37,6 +42,10 @@ pub enum AgentError {
     },
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("OTLP configuration: {0}")]
+    OtlpSettings(#[from] SettingsError),
+    #[error("OTLP configuration: {0}")]
+    OtlpHeader(#[from] HeaderError),
 }
 
 /// Exit codes: 0 after a clean shutdown, 1 on any start-up failure, 2 when privileges miss.
@@ -44,23 +53,54 @@ impl AgentError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AgentError::Probe(ProbeError::MissingPrivileges { .. }) => 2,
+            AgentError::OtlpSettings(_) | AgentError::OtlpHeader(_) => 2,
             _ => 1,
         }
     }
 }
 
 pub fn run(config: Config) -> Result<(), AgentError> {
+    // Configuration mistakes are reported before anything else is tried.
+    let otlp = otlp_settings(&config)?;
     probes::check_privileges()?;
     probes::ensure_tracefs()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    rt.block_on(run_async(config))
+    rt.block_on(run_async(config, otlp))
 }
 
-async fn run_async(config: Config) -> Result<(), AgentError> {
-    let metrics = Arc::new(Metrics::new());
+/// The OTLP settings when OTLP export is on.
+fn otlp_settings(config: &Config) -> Result<Option<OtlpSettings>, AgentError> {
+    let env = |k: &str| std::env::var(k).ok();
+    let on = match config.otlp {
+        _ if settings::sdk_disabled(&env) => false,
+        OtlpSwitch::Off => false,
+        OtlpSwitch::On => true,
+        OtlpSwitch::Auto => config.otlp_endpoint.is_some() || settings::endpoint_set(&env),
+    };
+    if !on {
+        return Ok(None);
+    }
+    let interval = Duration::from_millis(config.metric_export_interval);
+    let s = settings::from_env(
+        &env,
+        config.otlp_endpoint.as_deref(),
+        config.otlp_protocol,
+        interval,
+    )?;
+    Ok(Some(s))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+async fn run_async(config: Config, otlp: Option<OtlpSettings>) -> Result<(), AgentError> {
+    let metrics = Arc::new(Metrics::new(config.max_label_sets as usize));
     let ready = Arc::new(AtomicBool::new(false));
     let addr = config.metrics_addr;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -68,9 +108,29 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         .map_err(|source| AgentError::Bind { addr, source })?;
     tokio::spawn(crate::export::prometheus::serve(
         listener,
-        metrics.clone(),
+        config.prometheus.then(|| metrics.clone()),
         ready.clone(),
     ));
+    let (exporter, span_queue) = match otlp {
+        Some(settings) => {
+            log::info!(
+                "OTLP: traces to {} ({}), metrics to {} ({}) every {:?}",
+                settings.traces.endpoint,
+                settings.traces.protocol.as_str(),
+                settings.metrics.endpoint,
+                settings.metrics.protocol.as_str(),
+                settings.metric_interval
+            );
+            let base = ResourceBase {
+                host_name: host_name(),
+                extra: settings.resource_attributes.clone(),
+                command_line: config.resource_command_line,
+            };
+            let (e, q) = Exporter::start(settings, base, metrics.clone())?;
+            (Some(e), Some(q))
+        }
+        None => (None, None),
+    };
 
     let mut ebpf = probes::load_and_attach(config.ring_buffer_mib << 20, config.protocol_bits())?;
     let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
@@ -98,7 +158,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         let (metrics, shutdown, config) = (metrics.clone(), shutdown.clone(), config.clone());
         std::thread::Builder::new()
             .name("sonde-capture".into())
-            .spawn(move || capture_loop(ring, drops, conns, &metrics, &config, &shutdown))
+            .spawn(move || {
+                capture_loop(ring, drops, conns, &metrics, &config, span_queue, &shutdown)
+            })
             .map_err(AgentError::Runtime)?
     };
 
@@ -108,6 +170,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     shutdown.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || capture.join()).await;
     drop(ebpf); // detaches the programs
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     Ok(())
 }
 
@@ -139,11 +204,37 @@ struct Sink<'a> {
     /// Kernel connection-table updates to apply after the batch: (key, conn_id, ignore?).
     updates: Vec<(ConnKey, u64, bool)>,
     histograms: HistogramCaches,
+    sampler: Sampler,
+    otlp: Option<SpanQueue>,
+}
+
+impl Sink<'_> {
+    /// Whether a sampled span goes anywhere, and so is worth building.
+    fn wants_spans(&self) -> bool {
+        self.spans_out.is_some() || self.otlp.is_some()
+    }
+
+    fn emit(&mut self, span: Span) {
+        if let Some(out) = &mut self.spans_out {
+            let _ = span.write_json(out);
+        }
+        if let Some(q) = &self.otlp {
+            q.push(span);
+        }
+    }
+}
+
+/// The exemplar of a sampled span: its trace, its id, and when it ended.
+fn exemplar(ids: SpanIds, end_ts: u64, clock: Clock) -> Option<(u128, u64, u64)> {
+    ids.sampled
+        .then(|| (ids.trace_id, ids.span_id, clock.to_unix(end_ts)))
 }
 
 impl CallSink for Sink<'_> {
     fn http_call(&mut self, call: HttpCall) {
-        self.metrics.observe_http(&call, &mut self.histograms);
+        let ids = SpanIds::new(call.request.traceparent.as_deref(), &self.sampler);
+        let ex = exemplar(ids, call.end_ts, self.clock);
+        self.metrics.observe_http(&call, ex, &mut self.histograms);
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
             let error = http_error_type(&call).is_some();
@@ -155,13 +246,15 @@ impl CallSink for Sink<'_> {
                 error,
             );
         }
-        if let Some(out) = &mut self.spans_out {
-            let _ = Span::from_http_call(&call, self.clock).write_json(out);
+        if ids.sampled && self.wants_spans() {
+            self.emit(Span::from_http_call(&call, ids, self.clock));
         }
     }
 
     fn db_call(&mut self, call: DbCall) {
-        self.metrics.observe_db(&call, &mut self.histograms);
+        let ids = SpanIds::new(None, &self.sampler);
+        let ex = exemplar(ids, call.op.end_ts, self.clock);
+        self.metrics.observe_db(&call, ex, &mut self.histograms);
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
             summary.observe(
@@ -172,8 +265,8 @@ impl CallSink for Sink<'_> {
                 call.error_type().is_some(),
             );
         }
-        if let Some(out) = &mut self.spans_out {
-            let _ = Span::from_db_call(&call, self.clock).write_json(out);
+        if ids.sampled && self.wants_spans() {
+            self.emit(Span::from_db_call(&call, ids, self.clock));
         }
     }
 
@@ -256,6 +349,7 @@ fn capture_loop(
     mut conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
     metrics: &Metrics,
     config: &Config,
+    otlp: Option<SpanQueue>,
     shutdown: &AtomicBool,
 ) {
     let mut table = ConnTable::default();
@@ -269,6 +363,8 @@ fn capture_loop(
         clock: Clock::now(),
         updates: Vec::new(),
         histograms: HistogramCaches::default(),
+        sampler: config.sampler(),
+        otlp,
     };
     let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();

@@ -9,6 +9,9 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::export::otlp::settings::Protocol as OtlpProtocol;
+use crate::sampler::{parse_ratio, SamplerName};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpanFormat {
@@ -35,6 +38,16 @@ impl Protocol {
             Protocol::Postgresql => sonde_ebpf::proto::POSTGRES,
         }
     }
+}
+
+/// Whether spans and metrics are sent over OTLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpSwitch {
+    /// On when an OTEL_EXPORTER_OTLP_*ENDPOINT variable or `otlp_endpoint` is set.
+    Auto,
+    On,
+    Off,
 }
 
 /// sonde watches the HTTP/1.x, Redis and PostgreSQL traffic of every process on this host
@@ -84,6 +97,45 @@ pub struct Config {
     /// sonde_events_dropped_total{reason="ringbuf_full"}); it is locked kernel memory.
     #[arg(long, env = "SONDE_RING_BUFFER_MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
+
+    /// Serve the RED metrics on /metrics (Prometheus); /healthz and /readyz are served either way.
+    #[arg(long, env = "SONDE_PROMETHEUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prometheus: bool,
+
+    /// Send spans and metrics over OTLP: auto (when an endpoint is set), on, off.
+    /// OTEL_SDK_DISABLED=true turns it off.
+    #[arg(long, env = "SONDE_OTLP", value_enum, default_value_t = OtlpSwitch::Auto)]
+    pub otlp: OtlpSwitch,
+
+    /// The OTLP collector: http://host:port (the HTTP paths /v1/traces and /v1/metrics are added).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: grpc or http/protobuf.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value_t = OtlpProtocol::HttpProtobuf)]
+    pub otlp_protocol: OtlpProtocol,
+
+    /// Milliseconds between OTLP metric exports.
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub metric_export_interval: u64,
+
+    /// Which traces are recorded: always_on, always_off, traceidratio, parentbased_always_on,
+    /// parentbased_always_off, parentbased_traceidratio.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", default_value_t = SamplerName::ParentBasedAlwaysOn)]
+    pub traces_sampler: SamplerName,
+
+    /// The ratio of the *traceidratio samplers, between 0 and 1.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub traces_sampler_arg: f64,
+
+    /// Label sets one metric may hold; further ones are recorded in a series labelled
+    /// otel_metric_overflow="true" and counted in sonde_metric_label_set_overflow_total.
+    #[arg(long, env = "SONDE_MAX_LABEL_SETS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_label_sets: u64,
+
+    /// Add process.command_line to OTLP resources (off: command lines can hold secrets).
+    #[arg(long, env = "SONDE_RESOURCE_COMMAND_LINE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub resource_command_line: bool,
 }
 
 /// The keys a configuration file may set. Every one is optional; unknown keys are errors.
@@ -97,6 +149,15 @@ pub struct FileConfig {
     pub summary_interval: Option<u64>,
     pub conn_idle_timeout: Option<u64>,
     pub ring_buffer_mib: Option<u32>,
+    pub prometheus: Option<bool>,
+    pub otlp: Option<OtlpSwitch>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub metric_export_interval: Option<u64>,
+    pub traces_sampler: Option<String>,
+    pub traces_sampler_arg: Option<f64>,
+    pub max_label_sets: Option<u64>,
+    pub resource_command_line: Option<bool>,
 }
 
 #[derive(Debug, Error)]
@@ -199,7 +260,73 @@ impl Config {
             self.ring_buffer_mib = parse_ring_mib(&v.to_string())
                 .map_err(|reason| invalid("ring_buffer_mib", v.to_string(), &reason))?;
         }
+        if let Some(v) = file.prometheus.filter(|_| from_file("prometheus")) {
+            self.prometheus = v;
+        }
+        if let Some(v) = file.otlp.filter(|_| from_file("otlp")) {
+            self.otlp = v;
+        }
+        if let Some(v) = file
+            .otlp_endpoint
+            .as_ref()
+            .filter(|_| from_file("otlp_endpoint"))
+        {
+            self.otlp_endpoint = Some(v.clone());
+        }
+        if let Some(v) = file
+            .otlp_protocol
+            .as_ref()
+            .filter(|_| from_file("otlp_protocol"))
+        {
+            self.otlp_protocol = v
+                .parse()
+                .map_err(|reason: String| invalid("otlp_protocol", v.clone(), &reason))?;
+        }
+        if let Some(v) = file
+            .metric_export_interval
+            .filter(|_| from_file("metric_export_interval"))
+        {
+            if v < 100 {
+                let reason = "must be at least 100 milliseconds";
+                return Err(invalid("metric_export_interval", v.to_string(), reason));
+            }
+            self.metric_export_interval = v;
+        }
+        if let Some(v) = file
+            .traces_sampler
+            .as_ref()
+            .filter(|_| from_file("traces_sampler"))
+        {
+            self.traces_sampler = v
+                .parse()
+                .map_err(|reason: String| invalid("traces_sampler", v.clone(), &reason))?;
+        }
+        if let Some(v) = file
+            .traces_sampler_arg
+            .filter(|_| from_file("traces_sampler_arg"))
+        {
+            self.traces_sampler_arg = parse_ratio(&v.to_string())
+                .map_err(|reason| invalid("traces_sampler_arg", v.to_string(), &reason))?;
+        }
+        if let Some(v) = file.max_label_sets.filter(|_| from_file("max_label_sets")) {
+            if !(1..=1_000_000).contains(&v) {
+                let reason = "must be between 1 and 1000000";
+                return Err(invalid("max_label_sets", v.to_string(), reason));
+            }
+            self.max_label_sets = v;
+        }
+        if let Some(v) = file
+            .resource_command_line
+            .filter(|_| from_file("resource_command_line"))
+        {
+            self.resource_command_line = v;
+        }
         Ok(())
+    }
+
+    /// The sampler `traces_sampler` and `traces_sampler_arg` name.
+    pub fn sampler(&self) -> crate::sampler::Sampler {
+        crate::sampler::Sampler::new(self.traces_sampler, self.traces_sampler_arg)
     }
 
     /// The kernel program's `PROTOCOLS` mask.
@@ -219,6 +346,15 @@ impl Config {
             summary_interval: Some(self.summary_interval),
             conn_idle_timeout: Some(self.conn_idle_timeout),
             ring_buffer_mib: Some(self.ring_buffer_mib),
+            prometheus: Some(self.prometheus),
+            otlp: Some(self.otlp),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_protocol: Some(self.otlp_protocol.to_string()),
+            metric_export_interval: Some(self.metric_export_interval),
+            traces_sampler: Some(self.traces_sampler.to_string()),
+            traces_sampler_arg: Some(self.traces_sampler_arg),
+            max_label_sets: Some(self.max_label_sets),
+            resource_command_line: Some(self.resource_command_line),
         };
         serde_yaml_ng::to_string(&effective).expect("plain values serialize")
     }

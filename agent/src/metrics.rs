@@ -2,17 +2,19 @@
 //! in one prometheus-client registry.
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::conn::{HttpCall, Role};
 use crate::db::DbCall;
+use crate::export::otlp::settings::Signal;
+use crate::red::{HistogramFamily, Series};
 use crate::span::{http_error_type, normalize_method, server_endpoint};
 
 /// `http.server.request.duration` / `http.client.request.duration` buckets (seconds).
@@ -20,41 +22,40 @@ pub const HTTP_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpServerLabels {
-    pub service_name: String,
-    pub http_request_method: String,
-    pub http_response_status_code: String,
-    pub url_scheme: String,
-    pub error_type: String,
-}
+/// Labels of `http.server.request.duration`.
+pub const HTTP_SERVER_LABELS: [&str; 5] = [
+    "service.name",
+    "http.request.method",
+    "http.response.status_code",
+    "url.scheme",
+    "error.type",
+];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpClientLabels {
-    pub service_name: String,
-    pub http_request_method: String,
-    pub http_response_status_code: String,
-    pub url_scheme: String,
-    pub error_type: String,
-    pub server_address: String,
-    pub server_port: String,
-}
+/// Labels of `http.client.request.duration`.
+pub const HTTP_CLIENT_LABELS: [&str; 7] = [
+    "service.name",
+    "http.request.method",
+    "http.response.status_code",
+    "url.scheme",
+    "error.type",
+    "server.address",
+    "server.port",
+];
 
 /// `db.client.operation.duration` buckets (seconds).
 pub const DB_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
-/// Labels of both database histograms. On the server side `server_*` is the socket the
+/// Labels of both database histograms. On the server side `server.*` is the socket the
 /// database listens on.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DbLabels {
-    pub service_name: String,
-    pub db_system_name: String,
-    pub db_operation_name: String,
-    pub db_namespace: String,
-    pub error_type: String,
-    pub server_address: String,
-    pub server_port: String,
-}
+pub const DB_LABELS: [&str; 7] = [
+    "service.name",
+    "db.system.name",
+    "db.operation.name",
+    "db.namespace",
+    "error.type",
+    "server.address",
+    "server.port",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -65,6 +66,21 @@ pub struct ReasonLabels {
 pub struct ParseErrorLabels {
     pub protocol: String,
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportDropLabels {
+    pub signal: String,
+    pub reason: String,
+}
+
+/// Why exported data is dropped: the queue was full, the collector stayed unavailable
+/// through the retries, it rejected the data, or sonde was shutting down.
+pub const EXPORT_DROP_REASONS: [&str; 4] = ["queue_full", "unavailable", "rejected", "shutdown"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabels {
+    pub metric: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -205,11 +221,11 @@ impl From<DbKey<'_>> for OwnedDbKey {
     }
 }
 
-/// Histograms by label set (owned key `O`). Looked up by the hash of a borrowed key, so the
+/// Series by label set (owned key `O`). Looked up by the hash of a borrowed key, so the
 /// common case builds no label strings and takes no family lock. Bounded: past
-/// `MAX_ENTRIES` it starts over; the histograms themselves stay registered.
+/// `MAX_ENTRIES` it starts over; the series themselves stay in their family.
 struct HistogramCache<O> {
-    by_hash: FxHashMap<u64, Vec<(O, Histogram)>>,
+    by_hash: FxHashMap<u64, Vec<(O, Arc<Series>)>>,
     len: usize,
 }
 
@@ -230,8 +246,8 @@ impl<O> HistogramCache<O> {
         &mut self,
         hash: u64,
         same: impl Fn(&O) -> bool,
-        create: impl FnOnce() -> (O, Histogram),
-    ) -> &Histogram {
+        create: impl FnOnce() -> (O, Arc<Series>),
+    ) -> &Series {
         if self.len >= Self::MAX_ENTRIES {
             self.by_hash.clear();
             self.len = 0;
@@ -257,68 +273,83 @@ pub struct HistogramCaches {
     db: HistogramCache<OwnedDbKey>,
 }
 
-fn http_histogram() -> Histogram {
-    Histogram::new(HTTP_BUCKETS)
-}
-
-fn db_histogram() -> Histogram {
-    Histogram::new(DB_BUCKETS)
-}
-
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
 pub struct Metrics {
     pub registry: Registry,
-    pub http_server: HistogramFamily<HttpServerLabels>,
-    pub http_client: HistogramFamily<HttpClientLabels>,
-    pub db_client: HistogramFamily<DbLabels>,
-    pub db_server: HistogramFamily<DbLabels>,
+    pub http_server: HistogramFamily,
+    pub http_client: HistogramFamily,
+    pub db_client: HistogramFamily,
+    pub db_server: HistogramFamily,
+    /// Observations that found their metric's label sets at the cap, by metric.
+    pub label_set_overflow: Family<MetricLabels, Counter>,
     pub events_received: Counter,
     pub events_dropped: Family<ReasonLabels, Counter>,
     pub parse_errors: Family<ParseErrorLabels, Counter>,
     pub encrypted_connections: Family<ProtocolLabels, Counter>,
     pub connections_tracked: Gauge,
     pub spans: Counter,
+    pub spans_exported: Counter,
+    pub export_dropped: Family<ExportDropLabels, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(DEFAULT_MAX_LABEL_SETS)
     }
 }
 
+/// Every reason an event can be dropped for: the kernel's, then userspace's.
+fn drop_reasons() -> impl Iterator<Item = &'static str> {
+    sonde_ebpf::drop_reason::NAMES
+        .iter()
+        .copied()
+        .chain(["decode_error", "probation_limit"])
+}
+
+/// Label sets a histogram may hold before new ones go to its overflow series (the
+/// OpenTelemetry SDKs' default cardinality limit).
+pub const DEFAULT_MAX_LABEL_SETS: usize = 2000;
+
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(max_label_sets: usize) -> Metrics {
         let mut registry = Registry::default();
-        let http_server: HistogramFamily<HttpServerLabels> =
-            Family::new_with_constructor(http_histogram);
-        let http_client: HistogramFamily<HttpClientLabels> =
-            Family::new_with_constructor(http_histogram);
-        registry.register_with_unit(
+        let max = max_label_sets;
+        let http_server = HistogramFamily::new(
+            "http.server.request.duration",
             "http_server_request_duration",
             "Duration of HTTP server requests (http.server.request.duration)",
-            Unit::Seconds,
-            http_server.clone(),
+            &HTTP_BUCKETS,
+            &HTTP_SERVER_LABELS,
+            max,
         );
-        registry.register_with_unit(
+        let http_client = HistogramFamily::new(
+            "http.client.request.duration",
             "http_client_request_duration",
             "Duration of HTTP client requests (http.client.request.duration)",
-            Unit::Seconds,
-            http_client.clone(),
+            &HTTP_BUCKETS,
+            &HTTP_CLIENT_LABELS,
+            max,
         );
-        let db_client: HistogramFamily<DbLabels> = Family::new_with_constructor(db_histogram);
-        let db_server: HistogramFamily<DbLabels> = Family::new_with_constructor(db_histogram);
-        registry.register_with_unit(
+        let db_client = HistogramFamily::new(
+            "db.client.operation.duration",
             "db_client_operation_duration",
             "Duration of database operations seen by their clients (db.client.operation.duration)",
-            Unit::Seconds,
-            db_client.clone(),
+            &DB_BUCKETS,
+            &DB_LABELS,
+            max,
         );
-        registry.register_with_unit(
+        let db_server = HistogramFamily::new(
+            "sonde.db.server.operation.duration",
             "db_server_operation_duration",
             "Duration of database operations seen by the database process itself",
-            Unit::Seconds,
-            db_server.clone(),
+            &DB_BUCKETS,
+            &DB_LABELS,
+            max,
+        );
+        let label_set_overflow = Family::<MetricLabels, Counter>::default();
+        registry.register(
+            "sonde_metric_label_set_overflow",
+            "Observations recorded in a metric's overflow series because it already had the maximum number of label sets (max_label_sets)",
+            label_set_overflow.clone(),
         );
         let events_received = Counter::default();
         let events_dropped = Family::<ReasonLabels, Counter>::default();
@@ -352,11 +383,28 @@ impl Metrics {
             connections_tracked.clone(),
         );
         registry.register("sonde_spans", "Spans produced", spans.clone());
+        let spans_exported = Counter::default();
+        registry.register(
+            "sonde_spans_exported",
+            "Spans the OTLP collector accepted",
+            spans_exported.clone(),
+        );
+        let export_dropped = Family::<ExportDropLabels, Counter>::default();
+        registry.register(
+            "sonde_export_dropped",
+            "Spans and metric points that could not be exported over OTLP, by signal and reason",
+            export_dropped.clone(),
+        );
+        for signal in ["traces", "metrics"] {
+            for reason in EXPORT_DROP_REASONS {
+                drop(export_dropped.get_or_create(&ExportDropLabels {
+                    signal: signal.into(),
+                    reason: reason.into(),
+                }));
+            }
+        }
         // Every drop reason is exported from the start, at zero.
-        for reason in sonde_ebpf::drop_reason::NAMES
-            .iter()
-            .chain(["decode_error", "probation_limit"].iter())
-        {
+        for reason in drop_reasons() {
             drop(events_dropped.get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             }));
@@ -367,97 +415,131 @@ impl Metrics {
             http_client,
             db_client,
             db_server,
+            label_set_overflow,
             events_received,
             events_dropped,
             parse_errors,
             encrypted_connections,
             connections_tracked,
             spans,
+            spans_exported,
+            export_dropped,
         }
     }
 
-    /// Records one HTTP call in the histogram of its label set.
-    pub fn observe_http(&self, call: &HttpCall, caches: &mut HistogramCaches) {
+    /// Records one HTTP call in the histogram of its label set; `exemplar` is the
+    /// (trace id, span id, end time) of its span when that span is sampled.
+    pub fn observe_http(
+        &self,
+        call: &HttpCall,
+        exemplar: Option<(u128, u64, u64)>,
+        caches: &mut HistogramCaches,
+    ) {
         let seconds = call.end_ts.saturating_sub(call.start_ts) as f64 / 1e9;
         let key = HttpKey::of(call);
         let hash = caches.hasher.hash_one(key);
-        caches
-            .http
-            .get_or_create(
-                hash,
-                |owned| owned.borrow() == key,
-                || (OwnedHttpKey::from(key), self.http_histogram(call)),
-            )
-            .observe(seconds);
+        let series = caches.http.get_or_create(
+            hash,
+            |owned| owned.borrow() == key,
+            || (OwnedHttpKey::from(key), self.http_series(call)),
+        );
+        self.observe(series, seconds, exemplar);
     }
 
-    /// The histogram of `call`'s label set, created on first use.
-    fn http_histogram(&self, call: &HttpCall) -> Histogram {
+    fn observe(&self, series: &Series, seconds: f64, exemplar: Option<(u128, u64, u64)>) {
+        series.observe(seconds, exemplar);
+        if series.is_overflow() {
+            self.count_overflow(series);
+        }
+    }
+
+    #[cold]
+    fn count_overflow(&self, series: &Series) {
+        for family in self.histograms() {
+            if family.owns_overflow(series) {
+                self.label_set_overflow
+                    .get_or_create(&MetricLabels {
+                        metric: family.otel_name.to_string(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// The series of `call`'s label set, created on first use.
+    fn http_series(&self, call: &HttpCall) -> Arc<Series> {
         let method = normalize_method(&call.request.method).to_string();
         let status = call.status.map(|s| s.to_string()).unwrap_or_default();
         let error_type = http_error_type(call).unwrap_or_default();
         let service_name = call.process.service_name.clone();
         match call.role {
-            Role::Server => self
-                .http_server
-                .get_or_create(&HttpServerLabels {
-                    service_name,
-                    http_request_method: method,
-                    http_response_status_code: status,
-                    url_scheme: "http".into(),
-                    error_type,
-                })
-                .clone(),
+            Role::Server => self.http_server.series(vec![
+                service_name,
+                method,
+                status,
+                "http".into(),
+                error_type,
+            ]),
             Role::Client => {
                 let (addr, port) = server_endpoint(call.request.host.as_deref(), call.peer);
-                self.http_client
-                    .get_or_create(&HttpClientLabels {
-                        service_name,
-                        http_request_method: method,
-                        http_response_status_code: status,
-                        url_scheme: "http".into(),
-                        error_type,
-                        server_address: addr.unwrap_or_default(),
-                        server_port: port.map(|p| p.to_string()).unwrap_or_default(),
-                    })
-                    .clone()
+                self.http_client.series(vec![
+                    service_name,
+                    method,
+                    status,
+                    "http".into(),
+                    error_type,
+                    addr.unwrap_or_default(),
+                    port.map(|p| p.to_string()).unwrap_or_default(),
+                ])
             }
         }
     }
 
     /// Records one database operation in the client or server histogram of its label set.
-    pub fn observe_db(&self, call: &DbCall, caches: &mut HistogramCaches) {
+    pub fn observe_db(
+        &self,
+        call: &DbCall,
+        exemplar: Option<(u128, u64, u64)>,
+        caches: &mut HistogramCaches,
+    ) {
         let op = &call.op;
         let seconds = op.end_ts.saturating_sub(op.start_ts) as f64 / 1e9;
         let key = DbKey::of(call);
         let hash = caches.hasher.hash_one(key);
-        caches
-            .db
-            .get_or_create(
-                hash,
-                |owned| owned.borrow() == key,
-                || (OwnedDbKey::from(key), self.db_histogram(call)),
-            )
-            .observe(seconds);
+        let series = caches.db.get_or_create(
+            hash,
+            |owned| owned.borrow() == key,
+            || (OwnedDbKey::from(key), self.db_series(call)),
+        );
+        self.observe(series, seconds, exemplar);
     }
 
-    fn db_histogram(&self, call: &DbCall) -> Histogram {
+    fn db_series(&self, call: &DbCall) -> Arc<Series> {
         let op = &call.op;
         let server = call.server();
-        let labels = DbLabels {
-            service_name: call.process.service_name.clone(),
-            db_system_name: op.system.to_string(),
-            db_operation_name: op.operation.to_string(),
-            db_namespace: op.namespace.to_string(),
-            error_type: call.error_type().unwrap_or_default().to_string(),
-            server_address: server.map(|s| s.ip().to_string()).unwrap_or_default(),
-            server_port: server.map(|s| s.port().to_string()).unwrap_or_default(),
-        };
-        let family = match call.role {
-            Role::Client => &self.db_client,
-            Role::Server => &self.db_server,
-        };
-        family.get_or_create(&labels).clone()
+        let labels = vec![
+            call.process.service_name.clone(),
+            op.system.to_string(),
+            op.operation.to_string(),
+            op.namespace.to_string(),
+            call.error_type().unwrap_or_default().to_string(),
+            server.map(|s| s.ip().to_string()).unwrap_or_default(),
+            server.map(|s| s.port().to_string()).unwrap_or_default(),
+        ];
+        match call.role {
+            Role::Client => self.db_client.series(labels),
+            Role::Server => self.db_server.series(labels),
+        }
+    }
+
+    /// Every histogram, in exposition order.
+    pub fn histograms(&self) -> [&HistogramFamily; 4] {
+        [
+            &self.http_server,
+            &self.http_client,
+            &self.db_client,
+            &self.db_server,
+        ]
     }
 
     pub fn parse_error(&self, protocol: &str, kind: &str) {
@@ -477,19 +559,49 @@ impl Metrics {
             .inc();
     }
 
+    pub fn export_dropped(&self, signal: Signal, reason: &str, n: u64) {
+        self.export_dropped
+            .get_or_create(&ExportDropLabels {
+                signal: signal.as_str().into(),
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
+    /// Every drop reason with its count.
+    pub fn dropped_counts(&self) -> Vec<(String, u64)> {
+        drop_reasons()
+            .map(|reason| {
+                let labels = ReasonLabels {
+                    reason: reason.to_string(),
+                };
+                let n = self.events_dropped.get(&labels).map_or(0, |c| c.get());
+                (labels.reason, n)
+            })
+            .collect()
+    }
+
+    /// Every (signal, reason) of export drops with its count.
+    pub fn export_dropped_counts(&self) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        for signal in [Signal::Traces, Signal::Metrics] {
+            for reason in EXPORT_DROP_REASONS {
+                let labels = ExportDropLabels {
+                    signal: signal.as_str().into(),
+                    reason: reason.into(),
+                };
+                let n = self.export_dropped.get(&labels).map_or(0, |c| c.get());
+                out.push((labels.signal, labels.reason, n));
+            }
+        }
+        out
+    }
+
     pub fn dropped(&self, reason: &str, n: u64) {
         self.events_dropped
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
             })
             .inc_by(n);
-    }
-
-    /// The registry in OpenMetrics text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
     }
 }

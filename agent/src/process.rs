@@ -9,6 +9,9 @@ pub struct ProcessInfo {
     pub exe_path: String,
     pub service_name: String,
     pub container_id: Option<String>,
+    /// Arguments joined by spaces (at most 4 KiB). Exported only when asked for: command
+    /// lines can hold secrets.
+    pub command_line: Option<String>,
     /// Start time in clock ticks since boot (/proc/PID/stat field 22): tells a reused pid.
     pub start_time: u64,
 }
@@ -69,6 +72,7 @@ fn read_process(pid: u32, comm: &str) -> ProcessInfo {
         exe_path,
         service_name,
         container_id,
+        command_line: read_command_line(pid),
         start_time: read_start_time(pid).unwrap_or(0),
     }
 }
@@ -83,6 +87,17 @@ pub fn program_name(exe_name: &str, comm: &str) -> String {
     } else {
         comm.to_string()
     }
+}
+
+fn read_command_line(pid: u32) -> Option<String> {
+    let mut raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    raw.truncate(4096);
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    (!args.is_empty()).then(|| args.join(" "))
 }
 
 fn read_start_time(pid: u32) -> Option<u64> {
@@ -114,15 +129,17 @@ pub fn service_name_from_environ(environ: &[u8]) -> Option<String> {
     from_attrs
 }
 
-/// OTEL_RESOURCE_ATTRIBUTES values are percent-encoded (W3C Baggage octets).
-fn percent_decode(s: &str) -> String {
+/// OTEL_RESOURCE_ATTRIBUTES values and OTLP headers are percent-encoded (W3C Baggage
+/// octets).
+pub(crate) fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(hi << 4 | lo);
                 i += 3;
                 continue;
             }

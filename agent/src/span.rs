@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::conn::{HttpCall, Role};
 use crate::db::DbCall;
 use crate::process::ProcessInfo;
+use crate::sampler::Sampler;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
@@ -81,8 +82,37 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Parses a W3C traceparent (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`).
-pub fn parse_traceparent(v: &str) -> Option<(u128, u64)> {
+/// A span's identity, chosen before anything is recorded so that the metrics can carry
+/// the trace as an exemplar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanIds {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_span_id: Option<u64>,
+    pub sampled: bool,
+}
+
+impl SpanIds {
+    /// The trace of an incoming `traceparent` when it is valid, else a new one; sampled as
+    /// `sampler` decides.
+    pub fn new(traceparent: Option<&str>, sampler: &Sampler) -> SpanIds {
+        let (trace_id, parent_span_id, parent_sampled) =
+            match traceparent.and_then(parse_traceparent) {
+                Some((t, p, sampled)) => (t, Some(p), Some(sampled)),
+                None => (random_nonzero_u128(), None, None),
+            };
+        SpanIds {
+            trace_id,
+            span_id: random_nonzero_u64(),
+            parent_span_id,
+            sampled: sampler.sample(trace_id, parent_sampled),
+        }
+    }
+}
+
+/// Parses a W3C traceparent (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`) into
+/// trace id, parent id and the sampled flag.
+pub fn parse_traceparent(v: &str) -> Option<(u128, u64, bool)> {
     let mut parts = v.trim().split('-');
     let version = parts.next()?;
     let trace = parts.next()?;
@@ -97,10 +127,10 @@ pub fn parse_traceparent(v: &str) -> Option<(u128, u64)> {
         return None;
     }
     u8::from_str_radix(version, 16).ok()?;
-    u8::from_str_radix(flags, 16).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
     let trace = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
     let parent = u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?;
-    Some((trace, parent))
+    Some((trace, parent, flags & 1 == 1))
 }
 
 const KNOWN_METHODS: [&str; 9] = [
@@ -147,7 +177,7 @@ pub fn http_error_type(call: &HttpCall) -> Option<String> {
 }
 
 impl Span {
-    pub fn from_http_call(call: &HttpCall, clock: Clock) -> Span {
+    pub fn from_http_call(call: &HttpCall, ids: SpanIds, clock: Clock) -> Span {
         let req = &call.request;
         let method = normalize_method(&req.method);
         let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
@@ -197,15 +227,10 @@ impl Span {
         if let Some(e) = http_error_type(call) {
             a.push(("error.type", AttrValue::Str(e)));
         }
-        let (trace_id, parent_span_id) =
-            match req.traceparent.as_deref().and_then(parse_traceparent) {
-                Some((t, p)) => (t, Some(p)),
-                None => (random_nonzero_u128(), None),
-            };
         Span {
-            trace_id,
-            span_id: random_nonzero_u64(),
-            parent_span_id,
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            parent_span_id: ids.parent_span_id,
             name: if method == "_OTHER" {
                 "HTTP".to_string()
             } else {
@@ -221,7 +246,7 @@ impl Span {
 
     /// A database operation: `db.*` attributes, named `{operation}` or
     /// `{operation} {collection}`.
-    pub fn from_db_call(call: &DbCall, clock: Clock) -> Span {
+    pub fn from_db_call(call: &DbCall, ids: SpanIds, clock: Clock) -> Span {
         let op = &call.op;
         let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
         let s = |v: &str| AttrValue::Str(v.to_string());
@@ -262,9 +287,9 @@ impl Span {
             None => op.operation.to_string(),
         };
         Span {
-            trace_id: random_nonzero_u128(),
-            span_id: random_nonzero_u64(),
-            parent_span_id: None,
+            trace_id: ids.trace_id,
+            span_id: ids.span_id,
+            parent_span_id: ids.parent_span_id,
             name,
             kind: SpanKind::of(call.role),
             start_unix_nano: clock.to_unix(op.start_ts),
@@ -329,10 +354,14 @@ mod tests {
 
     #[test]
     fn traceparent_parsing() {
-        let (t, p) =
+        let (t, p, sampled) =
             parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
         assert_eq!(t, 0x0af7651916cd43dd8448eb211c80319c);
         assert_eq!(p, 0xb7ad6b7169203331);
+        assert!(sampled);
+        let (_, _, sampled) =
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").unwrap();
+        assert!(!sampled);
         assert_eq!(
             parse_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01"),
             None

@@ -3,6 +3,8 @@
 //!
 //! Every child process is started with PR_SET_PDEATHSIG from one long-lived spawner thread,
 //! so servers and sonde die with the test binary even when a test fails.
+pub mod collector;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -135,10 +137,16 @@ impl Sonde {
 
     /// sonde with extra flags (for example a larger ring for burst tests).
     pub fn start_with(extra: &[&str]) -> Sonde {
+        Sonde::start_with_env(extra, &[])
+    }
+
+    /// sonde with extra flags and environment variables (OTEL_* for the OTLP tests).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Sonde {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(sonde_bin());
         cmd.args(["--print-spans", "json", "--metrics-addr", &metrics_addr])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = spawn_owned(cmd);
@@ -215,6 +223,8 @@ impl Metrics {
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {
+                // An exemplar follows " # " after the value.
+                let l = l.split(" # ").next().unwrap_or(l);
                 let (series, value) = l.rsplit_once(' ')?;
                 let (n, lbls) = match series.split_once('{') {
                     Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),

@@ -1,2 +1,3 @@
 //! Where telemetry leaves sonde.
+pub mod otlp;
 pub mod prometheus;

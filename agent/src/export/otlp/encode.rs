@@ -1,0 +1,486 @@
+//! sonde's spans and metrics as OTLP protobuf messages: one Resource per observed process
+//! (spans) or service (metrics), sonde's own counters under its own Resource.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    exemplar, metric, number_data_point, AggregationTemporality, Exemplar, Histogram,
+    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
+
+use super::settings::Temporality;
+use crate::process::ProcessInfo;
+use crate::red::{HistogramData, HistogramFamily, OVERFLOW_LABEL};
+use crate::span::{AttrValue, Span, SpanKind};
+
+/// Trace flag: sampled.
+const FLAG_SAMPLED: u32 = 0x01;
+/// Span flags: whether the parent is remote is known / the parent is remote.
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+const FLAG_IS_REMOTE: u32 = 0x200;
+
+/// What every resource carries: the host and sonde itself, and `OTEL_RESOURCE_ATTRIBUTES`.
+#[derive(Clone, Debug)]
+pub struct ResourceBase {
+    pub host_name: String,
+    pub extra: Vec<(String, String)>,
+    /// Add `process.command_line` (off by default: command lines can hold secrets).
+    pub command_line: bool,
+}
+
+impl ResourceBase {
+    fn attributes(&self, own: Vec<KeyValue>) -> Resource {
+        let mut attrs = own;
+        let mut add = |k: &str, v: &str| {
+            if !attrs.iter().any(|a| a.key == k) {
+                attrs.push(kv_str(k, v));
+            }
+        };
+        add("host.name", &self.host_name);
+        add("telemetry.distro.name", "sonde");
+        add("telemetry.distro.version", env!("CARGO_PKG_VERSION"));
+        for (k, v) in &self.extra {
+            add(k, v);
+        }
+        Resource {
+            attributes: attrs,
+            ..Default::default()
+        }
+    }
+
+    /// The Resource of one observed process.
+    pub fn process(&self, p: &ProcessInfo) -> Resource {
+        let mut own = vec![
+            kv_str("service.name", &p.service_name),
+            kv_str(
+                "service.instance.id",
+                &format!("{}:{}", self.host_name, p.pid),
+            ),
+            kv_int("process.pid", p.pid as i64),
+            kv_str("process.executable.name", &p.exe_name),
+        ];
+        if !p.exe_path.is_empty() {
+            own.push(kv_str("process.executable.path", &p.exe_path));
+        }
+        if let Some(c) = &p.container_id {
+            own.push(kv_str("container.id", c));
+        }
+        if self.command_line {
+            if let Some(c) = p.command_line.as_deref().filter(|c| !c.is_empty()) {
+                own.push(kv_str("process.command_line", c));
+            }
+        }
+        self.attributes(own)
+    }
+
+    /// The Resource of a service's metrics (summed over its processes).
+    pub fn service(&self, service_name: &str) -> Resource {
+        self.attributes(vec![kv_str("service.name", service_name)])
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "sonde".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+pub fn kv_str(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn kv_int(k: &str, v: i64) -> KeyValue {
+    KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(v)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn span_to_proto(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let attributes = s
+        .attributes
+        .iter()
+        .map(|(k, v)| match v {
+            AttrValue::Str(v) => kv_str(k, v),
+            AttrValue::Int(i) => kv_int(k, *i),
+        })
+        .collect();
+    let error = s.attributes.iter().any(|(k, _)| *k == "error.type");
+    let mut flags = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE;
+    if s.parent_span_id.is_some() {
+        // Parents come from a traceparent header: another process's span.
+        flags |= FLAG_IS_REMOTE;
+    }
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: s.trace_id.to_be_bytes().to_vec(),
+        span_id: s.span_id.to_be_bytes().to_vec(),
+        parent_span_id: s
+            .parent_span_id
+            .map(|p| p.to_be_bytes().to_vec())
+            .unwrap_or_default(),
+        flags,
+        name: s.name.clone(),
+        kind: match s.kind {
+            SpanKind::Server => span::SpanKind::Server,
+            SpanKind::Client => span::SpanKind::Client,
+        } as i32,
+        start_time_unix_nano: s.start_unix_nano,
+        end_time_unix_nano: s.end_unix_nano,
+        attributes,
+        status: error.then(|| Status {
+            code: status::StatusCode::Error as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One request for a batch of spans, grouped by the process that made them.
+pub fn traces_request(spans: &[Span], base: &ResourceBase) -> ExportTraceServiceRequest {
+    let mut by_process: Vec<(Arc<ProcessInfo>, Vec<_>)> = Vec::new();
+    let mut index: HashMap<(u32, u64), usize> = HashMap::new();
+    for s in spans {
+        let key = (s.process.pid, s.process.start_time);
+        let i = *index.entry(key).or_insert_with(|| {
+            by_process.push((s.process.clone(), Vec::new()));
+            by_process.len() - 1
+        });
+        by_process[i].1.push(span_to_proto(s));
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_process
+            .into_iter()
+            .map(|(process, spans)| ResourceSpans {
+                resource: Some(base.process(&process)),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// A counter of sonde's own, with its labels.
+pub struct CounterPoint {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: u64,
+}
+
+/// What was last exported, for delta temporality.
+#[derive(Default)]
+pub struct DeltaState {
+    histograms: HashMap<(&'static str, Vec<String>), HistogramData>,
+    counters: HashMap<(&'static str, Vec<String>), u64>,
+    last_export_unix_nano: u64,
+}
+
+/// Every histogram and counter as one request: a ResourceMetrics per service, and sonde's
+/// own counters (and any overflow series) under the resource of sonde itself.
+pub fn metrics_request(
+    families: &[&HistogramFamily],
+    counters: &[CounterPoint],
+    base: &ResourceBase,
+    temporality: Temporality,
+    start_unix_nano: u64,
+    now_unix_nano: u64,
+    delta: &mut DeltaState,
+) -> ExportMetricsServiceRequest {
+    let (start, agg) = match temporality {
+        Temporality::Cumulative => (start_unix_nano, AggregationTemporality::Cumulative),
+        Temporality::Delta => (
+            delta.last_export_unix_nano.max(start_unix_nano),
+            AggregationTemporality::Delta,
+        ),
+    };
+    // service -> metric name -> points
+    let mut services: Vec<(String, Vec<Metric>)> = Vec::new();
+    let own_service = "sonde".to_string();
+    let metric_of = |services: &mut Vec<(String, Vec<Metric>)>,
+                     service: &str,
+                     family: &HistogramFamily|
+     -> usize {
+        let si = match services.iter().position(|(s, _)| s == service) {
+            Some(i) => i,
+            None => {
+                services.push((service.to_string(), Vec::new()));
+                services.len() - 1
+            }
+        };
+        let metrics = &mut services[si].1;
+        let mi = match metrics.iter().position(|m| m.name == family.otel_name) {
+            Some(i) => i,
+            None => {
+                metrics.push(Metric {
+                    name: family.otel_name.into(),
+                    description: family.help.into(),
+                    unit: "s".into(),
+                    data: Some(metric::Data::Histogram(Histogram {
+                        data_points: Vec::new(),
+                        aggregation_temporality: agg as i32,
+                    })),
+                    ..Default::default()
+                });
+                metrics.len() - 1
+            }
+        };
+        si << 16 | mi
+    };
+    for family in families {
+        for series in family.all_series() {
+            let mut d = series.snapshot();
+            if temporality == Temporality::Delta {
+                let key = (family.otel_name, series.labels.clone());
+                let prev = delta.histograms.insert(key, d.clone());
+                if let Some(prev) = prev {
+                    for (c, p) in d.counts.iter_mut().zip(&prev.counts) {
+                        *c = c.saturating_sub(*p);
+                    }
+                    d.count = d.count.saturating_sub(prev.count);
+                    d.sum -= prev.sum;
+                }
+                if d.count == 0 {
+                    continue;
+                }
+            }
+            let (service, attributes) = if series.is_overflow() {
+                (own_service.as_str(), vec![kv_str(OVERFLOW_LABEL, "true")])
+            } else {
+                let mut service = own_service.as_str();
+                let mut attrs = Vec::new();
+                for (k, v) in family.label_names.iter().zip(&series.labels) {
+                    if *k == "service.name" {
+                        service = v;
+                    } else if !v.is_empty() {
+                        attrs.push(attribute(k, v));
+                    }
+                }
+                (service, attrs)
+            };
+            let exemplars = d
+                .exemplars
+                .iter()
+                .flatten()
+                .filter(|e| e.time_unix_nano >= start)
+                .map(|e| Exemplar {
+                    time_unix_nano: e.time_unix_nano,
+                    span_id: e.span_id.to_be_bytes().to_vec(),
+                    trace_id: e.trace_id.to_be_bytes().to_vec(),
+                    value: Some(exemplar::Value::AsDouble(e.value)),
+                    ..Default::default()
+                })
+                .collect();
+            let point = HistogramDataPoint {
+                attributes,
+                start_time_unix_nano: start,
+                time_unix_nano: now_unix_nano,
+                count: d.count,
+                sum: Some(d.sum),
+                bucket_counts: d.counts.clone(),
+                explicit_bounds: family.bounds.to_vec(),
+                exemplars,
+                ..Default::default()
+            };
+            let at = metric_of(&mut services, service, family);
+            if let Some(metric::Data::Histogram(h)) = &mut services[at >> 16].1[at & 0xffff].data {
+                h.data_points.push(point);
+            }
+        }
+    }
+    let mut own: Vec<Metric> = Vec::new();
+    for c in counters {
+        let mut value = c.value;
+        if temporality == Temporality::Delta {
+            let key = (c.name, c.labels.iter().map(|(_, v)| v.clone()).collect());
+            let prev = delta.counters.insert(key, c.value).unwrap_or(0);
+            value = value.saturating_sub(prev);
+        }
+        let point = NumberDataPoint {
+            attributes: c.labels.iter().map(|(k, v)| kv_str(k, v)).collect(),
+            start_time_unix_nano: start,
+            time_unix_nano: now_unix_nano,
+            value: Some(number_data_point::Value::AsInt(value as i64)),
+            ..Default::default()
+        };
+        match own.iter_mut().find(|m| m.name == c.name) {
+            Some(Metric {
+                data: Some(metric::Data::Sum(sum)),
+                ..
+            }) => sum.data_points.push(point),
+            _ => own.push(Metric {
+                name: c.name.into(),
+                description: c.description.into(),
+                data: Some(metric::Data::Sum(Sum {
+                    data_points: vec![point],
+                    aggregation_temporality: agg as i32,
+                    is_monotonic: true,
+                })),
+                ..Default::default()
+            }),
+        }
+    }
+    match services.iter_mut().find(|(s, _)| *s == own_service) {
+        Some((_, metrics)) => metrics.extend(own),
+        None => services.push((own_service, own)),
+    }
+    delta.last_export_unix_nano = now_unix_nano;
+    ExportMetricsServiceRequest {
+        resource_metrics: services
+            .into_iter()
+            .map(|(service, metrics)| ResourceMetrics {
+                resource: Some(base.service(&service)),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(scope()),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// A metric attribute: ports and status codes are integers in the semantic conventions.
+fn attribute(k: &str, v: &str) -> KeyValue {
+    match k {
+        "server.port" | "http.response.status_code" => match v.parse::<i64>() {
+            Ok(n) => kv_int(k, n),
+            Err(_) => kv_str(k, v),
+        },
+        _ => kv_str(k, v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{DB_BUCKETS, DB_LABELS};
+
+    fn base() -> ResourceBase {
+        ResourceBase {
+            host_name: "node1".into(),
+            extra: vec![("deployment.environment.name".into(), "prod".into())],
+            command_line: false,
+        }
+    }
+
+    fn resource_attr(r: &Resource, k: &str) -> Option<String> {
+        r.attributes.iter().find(|a| a.key == k).map(|a| {
+            match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                Some(any_value::Value::IntValue(i)) => i.to_string(),
+                _ => String::new(),
+            }
+        })
+    }
+
+    #[test]
+    fn histograms_are_grouped_by_service_and_deltas_subtract() {
+        let fam = HistogramFamily::new(
+            "db.client.operation.duration",
+            "db_client_operation_duration",
+            "h",
+            &DB_BUCKETS,
+            &DB_LABELS,
+            10,
+        );
+        let labels = |svc: &str| {
+            vec![
+                svc.into(),
+                "redis".into(),
+                "GET".into(),
+                "0".into(),
+                "".into(),
+                "127.0.0.1".into(),
+                "6379".into(),
+            ]
+        };
+        let a = fam.series(labels("api"));
+        fam.series(labels("worker")).observe(0.002, None);
+        a.observe(0.002, Some((7, 8, 1_500)));
+        a.observe(0.2, None);
+        let mut delta = DeltaState::default();
+        let req = metrics_request(
+            &[&fam],
+            &[],
+            &base(),
+            Temporality::Delta,
+            1_000,
+            2_000,
+            &mut delta,
+        );
+        let api = req
+            .resource_metrics
+            .iter()
+            .find(|r| {
+                resource_attr(r.resource.as_ref().unwrap(), "service.name").as_deref()
+                    == Some("api")
+            })
+            .unwrap();
+        let res = api.resource.as_ref().unwrap();
+        assert_eq!(resource_attr(res, "host.name").as_deref(), Some("node1"));
+        assert_eq!(
+            resource_attr(res, "deployment.environment.name").as_deref(),
+            Some("prod")
+        );
+        let Some(metric::Data::Histogram(h)) = &api.scope_metrics[0].metrics[0].data else {
+            panic!("a histogram")
+        };
+        let p = &h.data_points[0];
+        assert_eq!(p.count, 2);
+        assert_eq!(p.bucket_counts, [0, 1, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(p.exemplars.len(), 1);
+        assert_eq!(p.exemplars[0].trace_id, 7u128.to_be_bytes());
+        assert!(p
+            .attributes
+            .iter()
+            .all(|a| a.key != "service.name" && a.key != "error.type"));
+        assert!(p.attributes.iter().any(|a| a.key == "server.port"
+            && a.value.as_ref().unwrap().value == Some(any_value::Value::IntValue(6379))));
+        // The next delta holds only what came since.
+        a.observe(0.002, None);
+        let req = metrics_request(
+            &[&fam],
+            &[],
+            &base(),
+            Temporality::Delta,
+            1_000,
+            3_000,
+            &mut delta,
+        );
+        let points: Vec<_> = req
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics[0].metrics)
+            .filter_map(|m| match &m.data {
+                Some(metric::Data::Histogram(h)) => Some(h.data_points.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(points.len(), 1, "worker had nothing new");
+        assert_eq!(points[0].count, 1);
+        assert_eq!(points[0].start_time_unix_nano, 2_000);
+        assert!(points[0].exemplars.is_empty());
+    }
+}
