@@ -55,6 +55,22 @@ fn bad_flag_values_are_rejected_with_the_flag_name() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-addr"));
+    for (flag, value, reason) in [
+        ("--include", "port=http", "port `http` is not a number"),
+        ("--http-route", "web=users", "does not start with `/`"),
+        ("--payload-bytes", "10", "64..=4096"),
+    ] {
+        let out = Command::new(sonde_bin())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && err.contains(reason),
+            "{flag} {value}: {err}"
+        );
+    }
 }
 
 /// Defaults, then the file, then SONDE_* variables, then flags; `--print-config` shows the
@@ -66,16 +82,19 @@ fn configuration_layers_file_env_and_flags() {
     std::fs::write(
         &file,
         "metrics_addr: 0.0.0.0:9100\nquiet: true\nsummary_interval: 30\nring_buffer_mib: 16\n\
-         otlp: off\ntraces_sampler: traceidratio\ntraces_sampler_arg: 0.1\n",
+         otlp: off\ntraces_sampler: traceidratio\ntraces_sampler_arg: 0.1\n\
+         exclude: [port=22]\nhttp_routes: ['web=/users/{id}']\n",
     )
     .unwrap();
     let out = run(Command::new(sonde_bin())
         .env("OTEL_TRACES_SAMPLER_ARG", "0.5")
         .env("SONDE_SUMMARY_INTERVAL", "20")
         .env("SONDE_RING_BUFFER_MIB", "32")
+        .env("SONDE_SERVICE_NAMES", "exe=nginx:gateway,port=6379:queue")
         .arg("--config")
         .arg(&file)
-        .args(["--ring-buffer-mib", "64", "--print-config"]));
+        .args(["--ring-buffer-mib", "64", "--payload-bytes", "512"])
+        .arg("--print-config"));
     let expected = "metrics_addr: 0.0.0.0:9100\n\
                     print_spans: null\n\
                     quiet: true\n\
@@ -83,6 +102,15 @@ fn configuration_layers_file_env_and_flags() {
                     - http\n\
                     - redis\n\
                     - postgresql\n\
+                    include: []\n\
+                    exclude:\n\
+                    - port=22\n\
+                    service_names:\n\
+                    - exe=nginx:gateway\n\
+                    - port=6379:queue\n\
+                    http_routes:\n\
+                    - web=/users/{id}\n\
+                    payload_bytes: 512\n\
                     summary_interval: 20\n\
                     conn_idle_timeout: 300\n\
                     ring_buffer_mib: 64\n\
@@ -110,6 +138,22 @@ fn bad_configuration_files_name_the_key_value_and_reason() {
         (
             "conn_idle_timeout: 0\n",
             "key `conn_idle_timeout`: value 0 is invalid",
+        ),
+        (
+            "exclude: [pid=1]\n",
+            "key `exclude`: value `pid=1` is invalid: unknown selector `pid`",
+        ),
+        (
+            "service_names: ['port=6379']\n",
+            "key `service_names`: value `port=6379` is invalid: `port=6379` is not SELECTOR:NAME",
+        ),
+        (
+            "http_routes: ['web=/a/*/b']\n",
+            "key `http_routes`: value `web=/a/*/b` is invalid: route `/a/*/b`: `*` may only be the last segment",
+        ),
+        (
+            "payload_bytes: 8192\n",
+            "key `payload_bytes`: value 8192 is invalid: must be between 64 and 4096",
         ),
     ];
     for (i, (yaml, message)) in cases.iter().enumerate() {

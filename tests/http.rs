@@ -77,7 +77,11 @@ fn env() -> &'static Env {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let sonde = Sonde::start();
+        // wrk's second of load makes about half a million events, which sonde turns into
+        // spans printed through a pipe this test process parses as JSON: on two cores the
+        // ring must hold the burst while that catches up (with the default 8 MiB it overflowed
+        // here, and the assertion below reports the ringbuf_full drops it then counts).
+        let sonde = Sonde::start_with(&["--ring-buffer-mib", "128"]);
         Env {
             sonde,
             nginx,

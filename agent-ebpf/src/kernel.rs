@@ -27,6 +27,10 @@ static SONDE_TGID: Global<u32> = Global::new(0);
 #[no_mangle]
 static PROTOCOLS: Global<u32> = Global::new(u32::MAX);
 
+/// Payload bytes copied per syscall, set by the loader (at most `MAX_PAYLOAD`).
+#[no_mangle]
+static PAYLOAD_BYTES: Global<u32> = Global::new(MAX_PAYLOAD as u32);
+
 #[map]
 static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
@@ -549,7 +553,7 @@ fn is_postgres_frontend(b: &[u8; 8], len: u64) -> bool {
     msg_len >= 5 && msg_len < (1 << 24) && msg_len < len
 }
 
-/// Copies the header and up to MAX_PAYLOAD bytes of payload into the ring buffer.
+/// Copies the header and up to PAYLOAD_BYTES bytes of payload into the ring buffer.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn emit(
@@ -583,8 +587,12 @@ fn emit(
     } else {
         [0; 16]
     };
-    let want = if len > MAX_PAYLOAD as u64 {
-        MAX_PAYLOAD
+    let cap = match PAYLOAD_BYTES.load() as u64 {
+        c if c > MAX_PAYLOAD as u64 => MAX_PAYLOAD as u64,
+        c => c,
+    };
+    let want = if len > cap {
+        cap as usize
     } else {
         len as usize
     };

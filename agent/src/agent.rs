@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::capture::{read_drops, Event};
 use crate::config::{Config, OtlpSwitch};
-use crate::conn::{CallSink, ConnTable, HttpCall};
+use crate::conn::{CallSink, ConnTable, HttpCall, Role};
 use crate::db::DbCall;
 use crate::export::otlp::encode::ResourceBase;
 use crate::export::otlp::settings::{self, OtlpSettings, SettingsError};
@@ -20,6 +20,7 @@ use crate::export::otlp::transport::HeaderError;
 use crate::export::otlp::{Exporter, SpanQueue};
 use crate::metrics::{HistogramCaches, Metrics};
 use crate::probes::{self, ProbeError};
+use crate::routes::Routes;
 use crate::sampler::Sampler;
 use crate::span::{clock_ns, http_error_type, Clock, Span, SpanIds};
 use crate::summary::Summary;
@@ -132,7 +133,11 @@ async fn run_async(config: Config, otlp: Option<OtlpSettings>) -> Result<(), Age
         None => (None, None),
     };
 
-    let mut ebpf = probes::load_and_attach(config.ring_buffer_mib << 20, config.protocol_bits())?;
+    let mut ebpf = probes::load_and_attach(&probes::KernelSettings {
+        ring_bytes: config.ring_buffer_mib << 20,
+        protocols: config.protocol_bits(),
+        payload_bytes: config.payload_bytes,
+    })?;
     let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
         ebpf.take_map(name).ok_or(AgentError::MissingMap(name))
     };
@@ -206,6 +211,7 @@ struct Sink<'a> {
     histograms: HistogramCaches,
     sampler: Sampler,
     otlp: Option<SpanQueue>,
+    routes: Routes,
 }
 
 impl Sink<'_> {
@@ -231,7 +237,12 @@ fn exemplar(ids: SpanIds, end_ts: u64, clock: Clock) -> Option<(u128, u64, u64)>
 }
 
 impl CallSink for Sink<'_> {
-    fn http_call(&mut self, call: HttpCall) {
+    fn http_call(&mut self, mut call: HttpCall) {
+        if call.role == Role::Server && !self.routes.is_empty() {
+            call.route = self
+                .routes
+                .route(&call.process.service_name, &call.request.path);
+        }
         let ids = SpanIds::new(call.request.traceparent.as_deref(), &self.sampler);
         let ex = exemplar(ids, call.end_ts, self.clock);
         self.metrics.observe_http(&call, ex, &mut self.histograms);
@@ -352,7 +363,7 @@ fn capture_loop(
     otlp: Option<SpanQueue>,
     shutdown: &AtomicBool,
 ) {
-    let mut table = ConnTable::default();
+    let mut table = ConnTable::new(config.capture_filter(), config.service_name_rules());
     let show_summary = !config.quiet && config.print_spans.is_none();
     let mut sink = Sink {
         metrics,
@@ -365,6 +376,7 @@ fn capture_loop(
         histograms: HistogramCaches::default(),
         sampler: config.sampler(),
         otlp,
+        routes: Routes::new(&config.http_routes),
     };
     let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use crate::export::otlp::settings::Protocol as OtlpProtocol;
+use crate::routes::RouteRule;
 use crate::sampler::{parse_ratio, SamplerName};
+use crate::selector::{CaptureFilter, Selector, ServiceNameRule, ServiceNames};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,6 +86,39 @@ pub struct Config {
     #[arg(long, env = "SONDE_PROTOCOLS", value_enum, value_delimiter = ',', default_values_t = Protocol::ALL)]
     pub protocols: Vec<Protocol>,
 
+    /// Capture only connections that one of these selectors matches (comma-separated):
+    /// exe=GLOB, port=N (the port the connection's server listens on), container=GLOB.
+    /// Empty: every process.
+    #[arg(long, env = "SONDE_INCLUDE", value_delimiter = ',')]
+    pub include: Vec<Selector>,
+
+    /// Never capture connections these selectors match (same forms as --include); an
+    /// exclude wins over an include.
+    #[arg(long, env = "SONDE_EXCLUDE", value_delimiter = ',')]
+    pub exclude: Vec<Selector>,
+
+    /// Service-name overrides, SELECTOR:NAME (exe=nginx:gateway, port=6379:queue); the first
+    /// that matches a process names it, ahead of its own OTEL_SERVICE_NAME. A port rule
+    /// names the process that listens on that port.
+    #[arg(
+        long = "service-name",
+        env = "SONDE_SERVICE_NAMES",
+        value_delimiter = ','
+    )]
+    pub service_names: Vec<ServiceNameRule>,
+
+    /// `http.route` patterns, SERVICE=PATTERN (web=/users/{id}, web=/static/*); the first
+    /// pattern of the server's service that matches the path is its route. Paths that match
+    /// none get no route: routes are never guessed.
+    #[arg(long = "http-route", env = "SONDE_HTTP_ROUTES", value_delimiter = ',')]
+    pub http_routes: Vec<RouteRule>,
+
+    /// Payload bytes copied from each socket read or write (64 to 4096). Less costs less
+    /// but cuts longer request heads, which then give no span (counted in
+    /// sonde_parse_errors_total{kind="truncated"}); body sizes stay exact.
+    #[arg(long, env = "SONDE_PAYLOAD_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=4096))]
+    pub payload_bytes: u32,
+
     /// Seconds between summary tables.
     #[arg(long, env = "SONDE_SUMMARY_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub summary_interval: u64,
@@ -146,6 +181,11 @@ pub struct FileConfig {
     pub print_spans: Option<SpanFormat>,
     pub quiet: Option<bool>,
     pub protocols: Option<Vec<Protocol>>,
+    pub include: Option<Vec<String>>,
+    pub exclude: Option<Vec<String>>,
+    pub service_names: Option<Vec<String>>,
+    pub http_routes: Option<Vec<String>>,
+    pub payload_bytes: Option<u32>,
     pub summary_interval: Option<u64>,
     pub conn_idle_timeout: Option<u64>,
     pub ring_buffer_mib: Option<u32>,
@@ -226,6 +266,47 @@ impl Config {
                 return Err(invalid("protocols", "[]".into(), reason));
             }
             self.protocols = v.clone();
+        }
+        /// Parses each string of a list key, naming the key and the bad entry.
+        fn list<T: std::str::FromStr<Err = String>>(
+            values: &[String],
+            key: &'static str,
+            invalid: &dyn Fn(&'static str, String, &str) -> ConfigError,
+        ) -> Result<Vec<T>, ConfigError> {
+            values
+                .iter()
+                .map(|v| {
+                    v.parse()
+                        .map_err(|reason: String| invalid(key, format!("`{v}`"), &reason))
+                })
+                .collect()
+        }
+        if let Some(v) = file.include.as_ref().filter(|_| from_file("include")) {
+            self.include = list(v, "include", &invalid)?;
+        }
+        if let Some(v) = file.exclude.as_ref().filter(|_| from_file("exclude")) {
+            self.exclude = list(v, "exclude", &invalid)?;
+        }
+        if let Some(v) = file
+            .service_names
+            .as_ref()
+            .filter(|_| from_file("service_names"))
+        {
+            self.service_names = list(v, "service_names", &invalid)?;
+        }
+        if let Some(v) = file
+            .http_routes
+            .as_ref()
+            .filter(|_| from_file("http_routes"))
+        {
+            self.http_routes = list(v, "http_routes", &invalid)?;
+        }
+        if let Some(v) = file.payload_bytes.filter(|_| from_file("payload_bytes")) {
+            if !(64..=4096).contains(&v) {
+                let reason = "must be between 64 and 4096";
+                return Err(invalid("payload_bytes", v.to_string(), reason));
+            }
+            self.payload_bytes = v;
         }
         if let Some(v) = file
             .summary_interval
@@ -329,6 +410,20 @@ impl Config {
         crate::sampler::Sampler::new(self.traces_sampler, self.traces_sampler_arg)
     }
 
+    /// Which connections are captured (`include`, `exclude`).
+    pub fn capture_filter(&self) -> CaptureFilter {
+        CaptureFilter {
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+        }
+    }
+
+    pub fn service_name_rules(&self) -> ServiceNames {
+        ServiceNames {
+            rules: self.service_names.clone(),
+        }
+    }
+
     /// The kernel program's `PROTOCOLS` mask.
     pub fn protocol_bits(&self) -> u32 {
         self.protocols
@@ -343,6 +438,11 @@ impl Config {
             print_spans: self.print_spans,
             quiet: Some(self.quiet),
             protocols: Some(self.protocols.clone()),
+            include: Some(strings(&self.include)),
+            exclude: Some(strings(&self.exclude)),
+            service_names: Some(strings(&self.service_names)),
+            http_routes: Some(strings(&self.http_routes)),
+            payload_bytes: Some(self.payload_bytes),
             summary_interval: Some(self.summary_interval),
             conn_idle_timeout: Some(self.conn_idle_timeout),
             ring_buffer_mib: Some(self.ring_buffer_mib),
@@ -378,6 +478,10 @@ impl FileConfig {
         }
         serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
     }
+}
+
+fn strings<T: ToString>(values: &[T]) -> Vec<String> {
+    values.iter().map(T::to_string).collect()
 }
 
 fn parse_ring_mib(v: &str) -> Result<u32, String> {
@@ -468,8 +572,79 @@ mod tests {
     }
 
     #[test]
+    fn selectors_names_and_routes_from_file_and_flags() {
+        let yaml = "include: [exe=nginx, port=6379]\nexclude: [container=*]\n\
+                    service_names: ['exe=nginx*:gateway', 'port=6379:queue']\n\
+                    http_routes: ['gateway=/users/{id}']\npayload_bytes: 512\n";
+        let c = load(&[], yaml).unwrap();
+        assert_eq!(strings(&c.include), ["exe=nginx", "port=6379"]);
+        assert_eq!(strings(&c.exclude), ["container=*"]);
+        assert_eq!(
+            strings(&c.service_names),
+            ["exe=nginx*:gateway", "port=6379:queue"]
+        );
+        assert_eq!(strings(&c.http_routes), ["gateway=/users/{id}"]);
+        assert_eq!(c.payload_bytes, 512);
+        let c = load(
+            &["--exclude", "port=22,exe=sshd", "--payload-bytes", "64"],
+            yaml,
+        )
+        .unwrap();
+        assert_eq!(strings(&c.exclude), ["port=22", "exe=sshd"]);
+        assert_eq!(c.payload_bytes, 64);
+        assert_eq!(strings(&c.include), ["exe=nginx", "port=6379"]);
+
+        for (yaml, key, value, why) in [
+            ("include: [nginx]", "include", "`nginx`", "is not exe=GLOB"),
+            (
+                "exclude: [port=99999]",
+                "exclude",
+                "`port=99999`",
+                "not a number",
+            ),
+            (
+                "service_names: [exe=nginx]",
+                "service_names",
+                "`exe=nginx`",
+                "SELECTOR:NAME",
+            ),
+            (
+                "http_routes: ['web=users/{id}']",
+                "http_routes",
+                "`web=users/{id}`",
+                "start with `/`",
+            ),
+            (
+                "payload_bytes: 10",
+                "payload_bytes",
+                "10",
+                "between 64 and 4096",
+            ),
+        ] {
+            let err = load(&[], yaml).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(value) && err.contains(why),
+                "{yaml}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn printed_configuration_reads_back_the_same() {
-        let c = load(&["--print-spans", "json", "--summary-interval", "7"], "").unwrap();
+        let c = load(
+            &[
+                "--print-spans",
+                "json",
+                "--summary-interval",
+                "7",
+                "--include",
+                "exe=nginx",
+                "--http-route",
+                "web=/a/{b}",
+            ],
+            "",
+        )
+        .unwrap();
         let again = load(&[], &c.to_yaml()).unwrap();
         assert_eq!(again.to_yaml(), c.to_yaml());
         assert_eq!(again.print_spans, Some(SpanFormat::Json));

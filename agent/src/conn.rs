@@ -17,6 +17,7 @@ use crate::protocols::http1::{
     request_kind, Head, HttpEvent, HttpStream, ParseError, RequestHead, StreamKind,
 };
 use crate::redis::RedisSession;
+use crate::selector::{CaptureFilter, ServiceNames};
 use crate::sockets::{resolve_fd, FdKind, ListenerCache};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,6 +54,9 @@ pub struct HttpCall {
     /// Monotonic ns: first byte of the request, end of the response.
     pub start_ts: u64,
     pub end_ts: u64,
+    /// `http.route`: the configured pattern the path matched (server side only; see
+    /// `routes`). Set by the sink, never guessed.
+    pub route: Option<Arc<str>>,
 }
 
 /// Where the connection table reports what it finds.
@@ -111,12 +115,22 @@ pub struct ConnTable {
     /// Keyed by (tgid, fd); FxHash because SipHash showed in profiles of this hot lookup.
     conns: FxHashMap<(u32, i32), Connection>,
     processes: ProcessTable,
+    filter: CaptureFilter,
     listeners: ListenerCache,
     scratch: Vec<HttpEvent>,
     db_done: Vec<DbOperation>,
 }
 
 impl ConnTable {
+    /// A table that captures only what `filter` admits and names services by `names`.
+    pub fn new(filter: CaptureFilter, names: ServiceNames) -> ConnTable {
+        ConnTable {
+            processes: ProcessTable::new(names),
+            filter,
+            ..ConnTable::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -156,7 +170,7 @@ impl ConnTable {
                 c
             }
             Entry::Vacant(v) => {
-                let c = open_connection(&mut self.processes, &mut self.listeners, ev);
+                let c = open_connection(&mut self.processes, &mut self.listeners, &self.filter, ev);
                 if c.ignored {
                     sink.ignore_connection(kernel_key, h.conn.conn_id);
                 } else if needs_resolve(&h.conn) {
@@ -220,11 +234,12 @@ fn feed_session<S: DbSession>(
 fn open_connection(
     processes: &mut ProcessTable,
     listeners: &mut ListenerCache,
+    filter: &CaptureFilter,
     ev: &Event<'_>,
 ) -> Connection {
     let h = &ev.header;
     let info = &h.conn;
-    let process = processes.get(h.tgid, &ev.comm(), true);
+    let mut process = processes.get(h.tgid, &ev.comm(), true);
     let mut role = match info.role {
         role::CLIENT => Role::Client,
         role::SERVER => Role::Server,
@@ -258,6 +273,17 @@ fn open_connection(
     }
     if info.role == role::UNKNOWN && ignored {
         role = Role::Client;
+    }
+    // The port of the service this connection talks to.
+    let service_port = match role {
+        Role::Server => local.map(|a| a.port()),
+        Role::Client => peer.map(|a| a.port()),
+    };
+    if !filter.admits(&process, service_port) {
+        ignored = true;
+    }
+    if let (Role::Server, Some(port)) = (role, service_port) {
+        process = processes.serving_on(process, port);
     }
     let db = match info.proto {
         proto::REDIS => Some(Box::new(Database::Redis(RedisSession::new()))),
@@ -475,6 +501,7 @@ impl Connection {
             failure,
             start_ts: req.start_ts,
             end_ts,
+            route: None,
         }
     }
 

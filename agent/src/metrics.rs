@@ -23,12 +23,13 @@ pub const HTTP_BUCKETS: [f64; 14] = [
 ];
 
 /// Labels of `http.server.request.duration`.
-pub const HTTP_SERVER_LABELS: [&str; 5] = [
+pub const HTTP_SERVER_LABELS: [&str; 6] = [
     "service.name",
     "http.request.method",
     "http.response.status_code",
     "url.scheme",
     "error.type",
+    "http.route",
 ];
 
 /// Labels of `http.client.request.duration`.
@@ -100,6 +101,7 @@ struct HttpKey<'a> {
     failure: Option<&'a str>,
     host: Option<&'a str>,
     peer: Option<SocketAddr>,
+    route: Option<&'a str>,
 }
 
 impl<'a> HttpKey<'a> {
@@ -113,6 +115,7 @@ impl<'a> HttpKey<'a> {
             failure: call.failure.as_deref(),
             host: call.request.host.as_deref().filter(|_| client),
             peer: call.peer.filter(|_| client),
+            route: call.route.as_deref(),
         }
     }
 }
@@ -126,6 +129,7 @@ struct OwnedHttpKey {
     failure: Option<String>,
     host: Option<String>,
     peer: Option<SocketAddr>,
+    route: Option<String>,
 }
 
 impl OwnedHttpKey {
@@ -138,6 +142,7 @@ impl OwnedHttpKey {
             failure: self.failure.as_deref(),
             host: self.host.as_deref(),
             peer: self.peer,
+            route: self.route.as_deref(),
         }
     }
 }
@@ -152,6 +157,7 @@ impl From<HttpKey<'_>> for OwnedHttpKey {
             failure: k.failure.map(str::to_string),
             host: k.host.map(str::to_string),
             peer: k.peer,
+            route: k.route.map(str::to_string),
         }
     }
 }
@@ -479,6 +485,7 @@ impl Metrics {
                 status,
                 "http".into(),
                 error_type,
+                call.route.as_deref().unwrap_or_default().to_string(),
             ]),
             Role::Client => {
                 let (addr, port) = server_endpoint(call.request.host.as_deref(), call.peer);

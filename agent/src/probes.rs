@@ -91,10 +91,18 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Loads the kernel programs (telling them sonde's own pid) and attaches them.
-/// Loads and attaches the kernel program with a ring of `ring_bytes` that captures the
-/// protocols whose `proto::bit`s are set in `protocols`.
-pub fn load_and_attach(ring_bytes: u32, protocols: u32) -> Result<Ebpf, ProbeError> {
+/// What the kernel program is told at load time.
+pub struct KernelSettings {
+    /// Size of the ring buffer.
+    pub ring_bytes: u32,
+    /// The protocols to capture, as `proto::bit`s.
+    pub protocols: u32,
+    /// Payload bytes copied per syscall (at most `MAX_PAYLOAD`).
+    pub payload_bytes: u32,
+}
+
+/// Loads the kernel program (telling it sonde's own pid and `settings`) and attaches it.
+pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
     if !Path::new(BTF_VMLINUX).exists() {
         return Err(ProbeError::NoBtf);
     }
@@ -103,8 +111,9 @@ pub fn load_and_attach(ring_bytes: u32, protocols: u32) -> Result<Ebpf, ProbeErr
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("SONDE_TGID", &own_pid, true)
-        .override_global("PROTOCOLS", &protocols, true)
-        .map_max_entries("EVENTS", ring_bytes)
+        .override_global("PROTOCOLS", &settings.protocols, true)
+        .override_global("PAYLOAD_BYTES", &settings.payload_bytes, true)
+        .map_max_entries("EVENTS", settings.ring_bytes)
         .load(EBPF_OBJECT)?;
     let name = "sonde_sys_exit";
     let prog: &mut BtfTracePoint = ebpf

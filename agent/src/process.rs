@@ -2,12 +2,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::selector::ServiceNames;
+use crate::sockets::listening_ports;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub exe_name: String,
     pub exe_path: String,
+    /// The name the program was started as (see `program_name`).
+    pub program: String,
     pub service_name: String,
+    /// Whether `service_name` comes from a configured rule (see `ServiceNames`).
+    pub name_from_rule: bool,
     pub container_id: Option<String>,
     /// Arguments joined by spaces (at most 4 KiB). Exported only when asked for: command
     /// lines can hold secrets.
@@ -21,9 +28,17 @@ pub struct ProcessInfo {
 #[derive(Default)]
 pub struct ProcessTable {
     by_pid: HashMap<u32, Arc<ProcessInfo>>,
+    names: ServiceNames,
 }
 
 impl ProcessTable {
+    pub fn new(names: ServiceNames) -> ProcessTable {
+        ProcessTable {
+            by_pid: HashMap::new(),
+            names,
+        }
+    }
+
     /// Identity of `pid`. `comm` (the kernel's command name) stands in for the executable
     /// name when /proc no longer has the process.
     pub fn get(&mut self, pid: u32, comm: &str, recheck: bool) -> Arc<ProcessInfo> {
@@ -32,12 +47,46 @@ impl ProcessTable {
                 return p.clone();
             }
         }
-        let info = Arc::new(read_process(pid, comm));
+        let mut info = read_process(pid, comm);
+        self.apply_rules(&mut info);
+        let info = Arc::new(info);
         if self.by_pid.len() > 100_000 {
             self.by_pid.clear();
         }
         self.by_pid.insert(pid, info.clone());
         info
+    }
+
+    /// Applies the service-name rules: the first rule that matches the executable or
+    /// container, or a port the process listens on, names it.
+    fn apply_rules(&self, info: &mut ProcessInfo) {
+        let ports = if self.names.has_port_rules() {
+            listening_ports(info.pid)
+        } else {
+            Vec::new()
+        };
+        if let Some(name) = self.names.for_process(info, &ports) {
+            info.service_name = name.to_string();
+            info.name_from_rule = true;
+        }
+    }
+
+    /// `pid` was seen serving on `port`: if a port rule names that port and no rule named
+    /// the process yet (it may have listened only after sonde identified it), it takes
+    /// that name from now on. Returns the identity to use.
+    pub fn serving_on(&mut self, process: Arc<ProcessInfo>, port: u16) -> Arc<ProcessInfo> {
+        if process.name_from_rule {
+            return process;
+        }
+        let Some(name) = self.names.for_port(port) else {
+            return process;
+        };
+        let mut renamed = (*process).clone();
+        renamed.service_name = name.to_string();
+        renamed.name_from_rule = true;
+        let renamed = Arc::new(renamed);
+        self.by_pid.insert(renamed.pid, renamed.clone());
+        renamed
     }
 
     pub fn forget(&mut self, pid: u32) {
@@ -61,8 +110,8 @@ fn read_process(pid: u32, comm: &str) -> ProcessInfo {
         .to_string();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let main_comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let service_name = service_name_from_environ(&environ)
-        .unwrap_or_else(|| program_name(&exe_name, main_comm.trim_end()));
+    let program = program_name(&exe_name, main_comm.trim_end());
+    let service_name = service_name_from_environ(&environ).unwrap_or_else(|| program.clone());
     let container_id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
         .and_then(|c| container_id(&c));
@@ -70,7 +119,9 @@ fn read_process(pid: u32, comm: &str) -> ProcessInfo {
         pid,
         exe_name,
         exe_path,
+        program,
         service_name,
+        name_from_rule: false,
         container_id,
         command_line: read_command_line(pid),
         start_time: read_start_time(pid).unwrap_or(0),

@@ -187,6 +187,9 @@ impl Span {
             a.push(("http.request.method_original", s(&req.method)));
         }
         a.push(("url.path", s(&req.path)));
+        if let Some(route) = &call.route {
+            a.push(("http.route", s(route)));
+        }
         a.push(("url.scheme", s("http")));
         if let Some(status) = call.status {
             a.push(("http.response.status_code", AttrValue::Int(status as i64)));
@@ -231,10 +234,12 @@ impl Span {
             trace_id: ids.trace_id,
             span_id: ids.span_id,
             parent_span_id: ids.parent_span_id,
-            name: if method == "_OTHER" {
-                "HTTP".to_string()
-            } else {
-                method.to_string()
+            // `{method} {http.route}` when a route is known, as the conventions ask.
+            name: match (method, &call.route) {
+                ("_OTHER", Some(route)) => format!("HTTP {route}"),
+                ("_OTHER", None) => "HTTP".to_string(),
+                (m, Some(route)) => format!("{m} {route}"),
+                (m, None) => m.to_string(),
             },
             kind: SpanKind::of(call.role),
             start_unix_nano: clock.to_unix(call.start_ts),

@@ -122,6 +122,14 @@ pub fn http_get(host_port: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by tests of one file that must not run at the same time (each sonde sees every
+/// process on the host, so one test's traffic would land in another's metrics).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A running sonde with `--print-spans json`, its spans collected as they arrive.
 pub struct Sonde {
     pub pid: u32,
