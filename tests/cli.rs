@@ -111,6 +111,9 @@ fn configuration_layers_file_env_and_flags() {
                     http_routes:\n\
                     - web=/users/{id}\n\
                     payload_bytes: 512\n\
+                    gpu: true\n\
+                    gpu_interval: 10\n\
+                    gpu_dcgm_names: false\n\
                     summary_interval: 20\n\
                     conn_idle_timeout: 300\n\
                     ring_buffer_mib: 64\n\
@@ -219,4 +222,76 @@ fn bpf_prog_count() -> usize {
     out.lines()
         .filter(|l| l.contains("name sonde_sys_exit"))
         .count()
+}
+
+/// Without an NVIDIA driver (as in CI) GPU statistics turn themselves off in one info
+/// line and sonde runs as usual: no warning, no error, no GPU series. With a driver, one
+/// line names the GPUs instead.
+#[test]
+fn gpu_statistics_without_a_driver_are_off_in_one_line() {
+    let nvml_present = Command::new("sh")
+        .args(["-c", "ldconfig -p | grep -q 'libnvidia-ml.so.1 '"])
+        .status()
+        .unwrap()
+        .success();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(sonde_bin());
+    cmd.args(["--quiet", "--metrics-addr", &addr, "--gpu-interval", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = spawn_owned(cmd);
+    wait_http_ok(&addr, "/readyz", 60);
+    // Three GPU intervals.
+    std::thread::sleep(Duration::from_millis(3200));
+    let (status, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let gpu_lines: Vec<&str> = log.lines().filter(|l| l.contains("GPU")).collect();
+    assert_eq!(gpu_lines.len(), 1, "{log}");
+    if nvml_present {
+        assert!(gpu_lines[0].contains("GPU statistics every 1 s"), "{log}");
+        assert!(metrics.contains("hw_gpu_memory_usage_bytes{"));
+    } else {
+        assert!(
+            gpu_lines[0].contains("INFO")
+                && gpu_lines[0].contains("GPU statistics off: NVML unavailable"),
+            "{log}"
+        );
+        assert!(!metrics.contains("hw_gpu") && !metrics.contains("sonde_gpu"));
+        assert!(metrics.contains("sonde_events_received_total"));
+    }
+    assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "{log}");
+}
+
+/// Under systemd (`Type=notify`), sonde says READY=1 once its probes are attached and
+/// STOPPING=1 on SIGTERM, through the datagram socket NOTIFY_SOCKET names.
+#[test]
+fn tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let path = tempdir("cli-notify").join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(sonde_bin());
+    cmd.args(["--quiet", "--metrics-addr", &addr])
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(Stdio::null());
+    let mut child = spawn_owned(cmd);
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 within 60 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means ready: the probes are attached and /readyz says so.
+    assert_eq!(http_get(&addr, "/readyz").map(|r| r.0), Some(200));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }

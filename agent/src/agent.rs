@@ -18,6 +18,7 @@ use crate::export::otlp::encode::ResourceBase;
 use crate::export::otlp::settings::{self, OtlpSettings, SettingsError};
 use crate::export::otlp::transport::HeaderError;
 use crate::export::otlp::{Exporter, SpanQueue};
+use crate::gpu::{self, nvml::NvmlBackend};
 use crate::metrics::{HistogramCaches, Metrics};
 use crate::probes::{self, ProbeError};
 use crate::routes::Routes;
@@ -102,6 +103,9 @@ fn host_name() -> String {
 
 async fn run_async(config: Config, otlp: Option<OtlpSettings>) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new(config.max_label_sets as usize));
+    if config.gpu {
+        start_gpu(&config, &metrics);
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let addr = config.metrics_addr;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -157,6 +161,7 @@ async fn run_async(config: Config, otlp: Option<OtlpSettings>) -> Result<(), Age
         })?;
     ready.store(true, Ordering::Relaxed);
     log::info!("probes attached; serving http://{addr}/metrics");
+    notify_systemd("READY=1");
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let capture = {
@@ -171,6 +176,7 @@ async fn run_async(config: Config, otlp: Option<OtlpSettings>) -> Result<(), Age
 
     wait_for_signal().await;
     log::info!("shutting down");
+    notify_systemd("STOPPING=1");
     ready.store(false, Ordering::Relaxed);
     shutdown.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || capture.join()).await;
@@ -179,6 +185,57 @@ async fn run_async(config: Config, otlp: Option<OtlpSettings>) -> Result<(), Age
         exporter.shutdown().await;
     }
     Ok(())
+}
+
+/// Starts the GPU collector; without a driver or a GPU, says so once and goes on.
+fn start_gpu(config: &Config, metrics: &Metrics) {
+    let collector = NvmlBackend::load().and_then(|backend| {
+        gpu::Collector::new(
+            Box::new(backend),
+            config.service_name_rules(),
+            host_name(),
+            config.gpu_dcgm_names,
+        )
+    });
+    match collector {
+        Ok(c) => {
+            let models: Vec<String> = c.devices().map(|d| d.model.clone()).collect();
+            log::info!(
+                "GPU statistics every {} s from {} GPU(s) ({}), driver {}",
+                config.gpu_interval,
+                models.len(),
+                models.join(", "),
+                c.driver_version()
+            );
+            gpu::spawn(
+                c,
+                Duration::from_secs(config.gpu_interval),
+                metrics.gpu.clone(),
+            );
+        }
+        Err(e) => log::info!("GPU statistics off: {e}"),
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit) how sonde is doing, when it runs under systemd.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        // `@name` is a socket in the abstract namespace.
+        let addr = match path.as_bytes().strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        log::warn!("cannot tell systemd {state} through NOTIFY_SOCKET={path:?}: {e}");
+    }
 }
 
 async fn wait_for_signal() {

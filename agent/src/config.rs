@@ -119,6 +119,20 @@ pub struct Config {
     #[arg(long, env = "SONDE_PAYLOAD_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=4096))]
     pub payload_bytes: u32,
 
+    /// Read NVIDIA GPU statistics through NVML. Where there is no driver or no GPU this
+    /// says so in one line and turns itself off.
+    #[arg(long, env = "SONDE_GPU", default_value_t = true, action = clap::ArgAction::Set)]
+    pub gpu: bool,
+
+    /// Seconds between GPU readings.
+    #[arg(long, env = "SONDE_GPU_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub gpu_interval: u64,
+
+    /// Also serve dcgm-exporter's GPU metric names, labels and units on /metrics
+    /// (DCGM_FI_DEV_*), so that dcgm dashboards and alerts keep working.
+    #[arg(long, env = "SONDE_GPU_DCGM_NAMES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub gpu_dcgm_names: bool,
+
     /// Seconds between summary tables.
     #[arg(long, env = "SONDE_SUMMARY_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub summary_interval: u64,
@@ -186,6 +200,9 @@ pub struct FileConfig {
     pub service_names: Option<Vec<String>>,
     pub http_routes: Option<Vec<String>>,
     pub payload_bytes: Option<u32>,
+    pub gpu: Option<bool>,
+    pub gpu_interval: Option<u64>,
+    pub gpu_dcgm_names: Option<bool>,
     pub summary_interval: Option<u64>,
     pub conn_idle_timeout: Option<u64>,
     pub ring_buffer_mib: Option<u32>,
@@ -307,6 +324,19 @@ impl Config {
                 return Err(invalid("payload_bytes", v.to_string(), reason));
             }
             self.payload_bytes = v;
+        }
+        if let Some(v) = file.gpu.filter(|_| from_file("gpu")) {
+            self.gpu = v;
+        }
+        if let Some(v) = file.gpu_interval.filter(|_| from_file("gpu_interval")) {
+            if !(1..=3600).contains(&v) {
+                let reason = "must be between 1 and 3600 seconds";
+                return Err(invalid("gpu_interval", v.to_string(), reason));
+            }
+            self.gpu_interval = v;
+        }
+        if let Some(v) = file.gpu_dcgm_names.filter(|_| from_file("gpu_dcgm_names")) {
+            self.gpu_dcgm_names = v;
         }
         if let Some(v) = file
             .summary_interval
@@ -443,6 +473,9 @@ impl Config {
             service_names: Some(strings(&self.service_names)),
             http_routes: Some(strings(&self.http_routes)),
             payload_bytes: Some(self.payload_bytes),
+            gpu: Some(self.gpu),
+            gpu_interval: Some(self.gpu_interval),
+            gpu_dcgm_names: Some(self.gpu_dcgm_names),
             summary_interval: Some(self.summary_interval),
             conn_idle_timeout: Some(self.conn_idle_timeout),
             ring_buffer_mib: Some(self.ring_buffer_mib),

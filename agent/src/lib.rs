@@ -6,6 +6,7 @@ pub mod config;
 pub mod conn;
 pub mod db;
 pub mod export;
+pub mod gpu;
 pub mod metrics;
 pub mod postgres;
 pub mod probes;

@@ -14,6 +14,7 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use crate::conn::{HttpCall, Role};
 use crate::db::DbCall;
 use crate::export::otlp::settings::Signal;
+use crate::gpu::SharedSnapshot;
 use crate::red::{HistogramFamily, Series};
 use crate::span::{http_error_type, normalize_method, server_endpoint};
 
@@ -295,6 +296,8 @@ pub struct Metrics {
     pub spans: Counter,
     pub spans_exported: Counter,
     pub export_dropped: Family<ExportDropLabels, Counter>,
+    /// The GPU collector's newest snapshot (empty without GPUs).
+    pub gpu: SharedSnapshot,
 }
 
 impl Default for Metrics {
@@ -416,6 +419,7 @@ impl Metrics {
             }));
         }
         Metrics {
+            gpu: SharedSnapshot::default(),
             registry,
             http_server,
             http_client,

@@ -1,4 +1,5 @@
-//! Developer commands: `cargo xtask setup | build | run | test | bench http|redis|postgres`.
+//! Developer commands: `cargo xtask setup | build | run | test | bench http|redis|postgres |
+//! gpu-check`.
 //!
 //! Every command sets up what it needs first (idempotently, saying what it does), so a fresh
 //! machine needs nothing but cargo.
@@ -8,6 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod gpu_check;
 
 /// Debian packages the build, the tests and the benchmarks use.
 const DEB_PACKAGES: &[&str] = &[
@@ -38,12 +40,18 @@ commands:
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
                  (bench options: --pairs N (3), --seconds S (10); reports in target/bench/)
+  gpu-check      on a host with an NVIDIA GPU and PyTorch: sonde beside a GPU workload,
+                 its figures compared with nvidia-smi's (--sonde PATH uses a built binary
+                 and skips setup and build; --seconds S (40) of workload)
 ";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
-    std::env::set_current_dir(&root)?;
+    // A prebuilt xtask copied to another machine (gpu-check there) runs where it is.
+    if root.exists() {
+        std::env::set_current_dir(&root)?;
+    }
     match args.first().map(String::as_str) {
         Some("setup") => setup(),
         Some("build") => {
@@ -75,6 +83,18 @@ fn main() -> Result<()> {
                     bail!("usage: cargo xtask bench http|redis|postgres [--pairs N] [--seconds S]")
                 }
             }
+        }
+        Some("gpu-check") => {
+            let rest = &args[1..];
+            let sonde = match rest.iter().position(|a| a == "--sonde") {
+                Some(i) => PathBuf::from(rest.get(i + 1).context("--sonde needs a path")?),
+                None => {
+                    setup()?;
+                    build()?;
+                    root.join("target/release/sonde")
+                }
+            };
+            gpu_check::run(&sonde, rest)
         }
         _ => {
             eprint!("{USAGE}");

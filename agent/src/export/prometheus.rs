@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::gpu::names::{Kind, MetricDef};
+use crate::gpu::Snapshot;
 use crate::metrics::Metrics;
 use crate::red::{HistogramFamily, OVERFLOW_LABEL};
 
@@ -24,8 +26,63 @@ pub fn encode(metrics: &Metrics) -> String {
     for family in metrics.histograms() {
         encode_histogram(&mut out, family);
     }
+    let gpu = metrics
+        .gpu
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    encode_gpu(&mut out, &gpu);
     out.push_str("# EOF\n");
     out
+}
+
+/// The GPU snapshot: one family per metric, in the order the collector wrote them, then
+/// the dcgm-exporter series (as gauges: their counters carry no `_total`).
+fn encode_gpu(out: &mut String, snap: &Snapshot) {
+    let mut defs: Vec<&'static MetricDef> = Vec::new();
+    for p in &snap.points {
+        if !defs.iter().any(|d| std::ptr::eq(*d, p.metric)) {
+            defs.push(p.metric);
+        }
+    }
+    for def in defs {
+        let (family, kind) = match def.kind {
+            Kind::Counter => (def.prom.trim_end_matches("_total"), "counter"),
+            Kind::Gauge => (def.prom, "gauge"),
+        };
+        let _ = writeln!(out, "# HELP {family} {}", def.help);
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        for p in snap.points.iter().filter(|p| std::ptr::eq(p.metric, def)) {
+            let labels = label_text(p.labels.iter().map(|(k, v)| (prom_label(k), v.as_str())));
+            let _ = writeln!(out, "{}{labels} {}", def.prom, float(p.value));
+        }
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for p in &snap.dcgm {
+        if !names.contains(&p.name) {
+            names.push(p.name);
+        }
+    }
+    for name in names {
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for p in snap.dcgm.iter().filter(|p| p.name == name) {
+            let labels = label_text(p.labels.iter().map(|(k, v)| (k.to_string(), v.as_str())));
+            let _ = writeln!(out, "{name}{labels} {}", float(p.value));
+        }
+    }
+}
+
+/// `{k="v",...}`, or nothing for no labels.
+fn label_text<'a>(labels: impl Iterator<Item = (String, &'a str)>) -> String {
+    let mut text = String::new();
+    for (k, v) in labels {
+        text.push(if text.is_empty() { '{' } else { ',' });
+        let _ = write!(text, "{k}=\"{}\"", escape(v));
+    }
+    if !text.is_empty() {
+        text.push('}');
+    }
+    text
 }
 
 fn encode_histogram(out: &mut String, family: &HistogramFamily) {
@@ -171,4 +228,95 @@ async fn handle(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::fake::{FakeGpu, FakeNvml};
+    use crate::gpu::Collector;
+    use crate::selector::ServiceNames;
+
+    const UUID: &str = "GPU-5c3b3fa4-2b6e-7c4d-a1e0-96e2f3a1b7c9";
+
+    fn gpu_metrics(dcgm: bool) -> String {
+        let mut gpu = FakeGpu::h100(UUID);
+        gpu.processes = vec![(std::process::id(), Some(1 << 30))];
+        let fake = FakeNvml::new(vec![gpu]);
+        fake.xids.lock().unwrap().push((0, 79));
+        let mut c =
+            Collector::new(Box::new(fake), ServiceNames::default(), "h".into(), dcgm).unwrap();
+        let metrics = Metrics::default();
+        *metrics.gpu.lock().unwrap() = Arc::new(c.tick(Duration::from_secs(10)));
+        encode(&metrics)
+    }
+
+    #[test]
+    fn gpu_series_are_openmetrics_families() {
+        let text = gpu_metrics(false);
+        let id = format!(
+            "hw_id=\"{UUID}\",hw_type=\"gpu\",hw_model=\"NVIDIA H100 80GB HBM3\",hw_vendor=\"NVIDIA\",hw_driver_version=\"550.54.15\""
+        );
+        for line in [
+            "# TYPE hw_gpu_memory_usage_bytes gauge".to_string(),
+            format!("hw_gpu_memory_usage_bytes{{{id}}} 42949672960.0"),
+            format!("hw_gpu_utilization_ratio{{{id},hw_gpu_task=\"general\"}} 0.87"),
+            "# TYPE hw_energy_joules counter".to_string(),
+            format!("hw_energy_joules_total{{{id}}} 123456.789"),
+            format!("hw_errors_total{{{id},error_type=\"xid\"}} 1.0"),
+            format!("sonde_gpu_xid_errors_total{{{id},sonde_gpu_xid=\"79\"}} 1.0"),
+            format!("hw_temperature_celsius{{{id}}} 61.0"),
+            "# TYPE sonde_gpu_read_errors counter".to_string(),
+            "sonde_gpu_read_errors_total 0.0".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        let process = text
+            .lines()
+            .find(|l| l.starts_with("sonde_gpu_process_memory_usage_bytes{"))
+            .unwrap();
+        assert!(process.contains(&format!("process_pid=\"{}\"", std::process::id())));
+        assert!(process.ends_with(" 1073741824.0"), "{process}");
+        assert!(!text.contains("DCGM_"));
+        // Every sample belongs to a family declared before it, and the text ends once.
+        let mut declared = Vec::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                declared.push(rest.split(' ').next().unwrap().to_string());
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                assert!(
+                    declared.iter().any(|d| name == d
+                        || name.strip_prefix(d.as_str()).is_some_and(|s| {
+                            ["_total", "_bucket", "_sum", "_count", "_created"].contains(&s)
+                        })),
+                    "{l}"
+                );
+            }
+        }
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
+    }
+
+    #[test]
+    fn dcgm_names_when_asked_for() {
+        let text = gpu_metrics(true);
+        let labels = format!(
+            "gpu=\"0\",UUID=\"{UUID}\",device=\"nvidia3\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"h\""
+        );
+        for line in [
+            "# TYPE DCGM_FI_DEV_FB_USED gauge".to_string(),
+            format!("DCGM_FI_DEV_FB_USED{{{labels}}} 40960.0"),
+            format!("DCGM_FI_DEV_FB_FREE{{{labels}}} 40599.0"),
+            format!("DCGM_FI_DEV_GPU_UTIL{{{labels}}} 87.0"),
+            format!("DCGM_FI_DEV_GPU_TEMP{{{labels}}} 61.0"),
+            format!("DCGM_FI_DEV_POWER_USAGE{{{labels}}} 412.5"),
+            format!("DCGM_FI_DEV_SM_CLOCK{{{labels}}} 1980.0"),
+            format!("DCGM_FI_DEV_MEM_CLOCK{{{labels}}} 2619.0"),
+            format!("DCGM_FI_DEV_XID_ERRORS{{{labels}}} 79.0"),
+            format!("DCGM_FI_DEV_PCIE_REPLAY_COUNTER{{{labels}}} 0.0"),
+            format!("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} 123456789.0"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
 }

@@ -7,13 +7,15 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    exemplar, metric, number_data_point, AggregationTemporality, Exemplar, Histogram,
+    exemplar, metric, number_data_point, AggregationTemporality, Exemplar, Gauge, Histogram,
     HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
 
 use super::settings::Temporality;
+use crate::gpu::names::Kind;
+use crate::gpu::GpuPoint;
 use crate::process::ProcessInfo;
 use crate::red::{HistogramData, HistogramFamily, OVERFLOW_LABEL};
 use crate::span::{AttrValue, Span, SpanKind};
@@ -192,7 +194,10 @@ pub struct CounterPoint {
 pub struct DeltaState {
     histograms: HashMap<(&'static str, Vec<String>), HistogramData>,
     counters: HashMap<(&'static str, Vec<String>), u64>,
+    gpu_counters: HashMap<(&'static str, Vec<String>), f64>,
     last_export_unix_nano: u64,
+    /// The export before the last one: the start of the window `append_gpu` writes.
+    previous_export_unix_nano: u64,
 }
 
 /// Every histogram and counter as one request: a ResourceMetrics per service, and sonde's
@@ -343,6 +348,7 @@ pub fn metrics_request(
         Some((_, metrics)) => metrics.extend(own),
         None => services.push((own_service, own)),
     }
+    delta.previous_export_unix_nano = delta.last_export_unix_nano;
     delta.last_export_unix_nano = now_unix_nano;
     ExportMetricsServiceRequest {
         resource_metrics: services
@@ -360,10 +366,102 @@ pub fn metrics_request(
     }
 }
 
-/// A metric attribute: ports and status codes are integers in the semantic conventions.
+/// Adds the GPU points to `req`: device metrics under sonde's own resource (which carries
+/// `host.name`), per-process metrics under their service's.
+pub fn append_gpu(
+    req: &mut ExportMetricsServiceRequest,
+    points: &[GpuPoint],
+    base: &ResourceBase,
+    temporality: Temporality,
+    start_unix_nano: u64,
+    now_unix_nano: u64,
+    delta: &mut DeltaState,
+) {
+    let (start, agg) = match temporality {
+        Temporality::Cumulative => (start_unix_nano, AggregationTemporality::Cumulative),
+        // `metrics_request` has already moved the delta window to now.
+        Temporality::Delta => (
+            delta.previous_export_unix_nano.max(start_unix_nano),
+            AggregationTemporality::Delta,
+        ),
+    };
+    for p in points {
+        let service = p.service.as_deref().unwrap_or("sonde");
+        let ri = match req.resource_metrics.iter().position(|r| {
+            r.resource.as_ref().is_some_and(|res| {
+                res.attributes.iter().any(|a| {
+                    a.key == "service.name"
+                        && matches!(
+                            a.value.as_ref().and_then(|v| v.value.as_ref()),
+                            Some(any_value::Value::StringValue(s)) if s == service
+                        )
+                })
+            })
+        }) {
+            Some(i) => i,
+            None => {
+                req.resource_metrics.push(ResourceMetrics {
+                    resource: Some(base.service(service)),
+                    scope_metrics: vec![ScopeMetrics {
+                        scope: Some(scope()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+                req.resource_metrics.len() - 1
+            }
+        };
+        let metrics = &mut req.resource_metrics[ri].scope_metrics[0].metrics;
+        let mut value = p.value;
+        if p.metric.kind == Kind::Counter && temporality == Temporality::Delta {
+            let key = (
+                p.metric.otel,
+                p.labels.iter().map(|(_, v)| v.clone()).collect(),
+            );
+            let prev = delta.gpu_counters.insert(key, p.value).unwrap_or(0.0);
+            value = (p.value - prev).max(0.0);
+        }
+        let point = NumberDataPoint {
+            attributes: p.labels.iter().map(|(k, v)| attribute(k, v)).collect(),
+            start_time_unix_nano: start,
+            time_unix_nano: now_unix_nano,
+            value: Some(number_data_point::Value::AsDouble(value)),
+            ..Default::default()
+        };
+        let at = match metrics.iter().position(|m| m.name == p.metric.otel) {
+            Some(i) => i,
+            None => {
+                let data = match p.metric.kind {
+                    Kind::Gauge => metric::Data::Gauge(Gauge::default()),
+                    Kind::Counter => metric::Data::Sum(Sum {
+                        data_points: Vec::new(),
+                        aggregation_temporality: agg as i32,
+                        is_monotonic: true,
+                    }),
+                };
+                metrics.push(Metric {
+                    name: p.metric.otel.into(),
+                    description: p.metric.help.into(),
+                    unit: p.metric.unit.into(),
+                    data: Some(data),
+                    ..Default::default()
+                });
+                metrics.len() - 1
+            }
+        };
+        match &mut metrics[at].data {
+            Some(metric::Data::Gauge(g)) => g.data_points.push(point),
+            Some(metric::Data::Sum(s)) => s.data_points.push(point),
+            _ => {}
+        }
+    }
+}
+
+/// A metric attribute: ports, status codes and pids are integers in the semantic
+/// conventions.
 fn attribute(k: &str, v: &str) -> KeyValue {
     match k {
-        "server.port" | "http.response.status_code" => match v.parse::<i64>() {
+        "server.port" | "http.response.status_code" | "process.pid" => match v.parse::<i64>() {
             Ok(n) => kv_int(k, n),
             Err(_) => kv_str(k, v),
         },
@@ -482,5 +580,115 @@ mod tests {
         assert_eq!(points[0].count, 1);
         assert_eq!(points[0].start_time_unix_nano, 2_000);
         assert!(points[0].exemplars.is_empty());
+    }
+
+    #[test]
+    fn gpu_points_go_to_the_host_or_their_service_with_kinds_and_units() {
+        use crate::gpu::names;
+        let point =
+            |metric, labels: Vec<(&'static str, &str)>, value, service: Option<&str>| GpuPoint {
+                metric,
+                labels: labels
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_string()))
+                    .collect(),
+                value,
+                service: service.map(str::to_string),
+            };
+        let mut points = vec![
+            point(&names::MEMORY_USAGE, vec![("hw.id", "GPU-1")], 4e10, None),
+            point(&names::ENERGY, vec![("hw.id", "GPU-1")], 100.0, None),
+            point(
+                &names::PROCESS_MEMORY,
+                vec![("process.pid", "4242"), ("hw.id", "GPU-1")],
+                1e9,
+                Some("vllm"),
+            ),
+        ];
+        let mut delta = DeltaState::default();
+        let mut export = |points: &[GpuPoint], now| {
+            let mut req = metrics_request(
+                &[],
+                &[],
+                &base(),
+                Temporality::Delta,
+                1_000,
+                now,
+                &mut delta,
+            );
+            append_gpu(
+                &mut req,
+                points,
+                &base(),
+                Temporality::Delta,
+                1_000,
+                now,
+                &mut delta,
+            );
+            req
+        };
+        export(&points, 2_000);
+        points[1].value = 130.0;
+        let req = export(&points, 3_000);
+        let resource = |svc: &str| {
+            req.resource_metrics
+                .iter()
+                .find(|r| {
+                    resource_attr(r.resource.as_ref().unwrap(), "service.name").as_deref()
+                        == Some(svc)
+                })
+                .unwrap()
+        };
+        let host = resource("sonde");
+        assert_eq!(
+            resource_attr(host.resource.as_ref().unwrap(), "host.name").as_deref(),
+            Some("node1")
+        );
+        let metric = |r: &ResourceMetrics, name: &str| {
+            r.scope_metrics[0]
+                .metrics
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap()
+                .clone()
+        };
+        let usage = metric(host, "hw.gpu.memory.usage");
+        assert_eq!(usage.unit, "By");
+        let Some(metric::Data::Gauge(g)) = usage.data else {
+            panic!("{usage:?}")
+        };
+        assert_eq!(
+            g.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(4e10))
+        );
+        let energy = metric(host, "hw.energy");
+        assert_eq!(energy.unit, "J");
+        let Some(metric::Data::Sum(sum)) = energy.data else {
+            panic!("{energy:?}")
+        };
+        assert!(sum.is_monotonic);
+        assert_eq!(
+            sum.aggregation_temporality,
+            AggregationTemporality::Delta as i32
+        );
+        // 130 J now, 100 J at the previous export.
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(30.0))
+        );
+        assert_eq!(sum.data_points[0].start_time_unix_nano, 2_000);
+        let process = metric(resource("vllm"), "sonde.gpu.process.memory.usage");
+        let Some(metric::Data::Gauge(g)) = process.data else {
+            panic!()
+        };
+        let pid = g.data_points[0]
+            .attributes
+            .iter()
+            .find(|a| a.key == "process.pid")
+            .unwrap();
+        assert_eq!(
+            pid.value.as_ref().unwrap().value,
+            Some(any_value::Value::IntValue(4242))
+        );
     }
 }

@@ -171,13 +171,28 @@ async fn metric_task(
             _ = stopped.changed() => true,
         };
         let counters = own_counters(&metrics);
-        let req = encode::metrics_request(
+        let now = unix_now();
+        let mut req = encode::metrics_request(
             &metrics.histograms(),
             &counters,
             &base,
             settings.temporality,
             start,
-            unix_now(),
+            now,
+            &mut delta,
+        );
+        let gpu = metrics
+            .gpu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        encode::append_gpu(
+            &mut req,
+            &gpu.points,
+            &base,
+            settings.temporality,
+            start,
+            now,
             &mut delta,
         );
         let points: u64 = req
