@@ -1,6 +1,8 @@
 //! The roll-out material under deploy/: the systemd unit passes `systemd-analyze verify`
 //! and its install script lays out what the unit expects.
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 use sonde_tests::*;
 
@@ -60,4 +62,252 @@ fn install_script_lays_out_binary_unit_and_configuration() {
     std::fs::write(&config, "quiet: true\n").unwrap();
     assert!(install().contains("kept the existing"));
     assert_eq!(std::fs::read_to_string(&config).unwrap(), "quiet: true\n");
+}
+
+fn prometheus_dir() -> std::path::PathBuf {
+    workspace_root().join("deploy/prometheus")
+}
+
+#[test]
+fn prometheus_rules_check_and_their_unit_tests_pass() {
+    let dir = prometheus_dir();
+    let out = run(Command::new("promtool")
+        .args(["check", "rules", "sonde-rules.yaml"])
+        .current_dir(&dir));
+    assert!(out.contains("SUCCESS: 15 rules found"), "{out}");
+    let out = run(Command::new("promtool")
+        .args(["test", "rules", "sonde-rules.test.yaml"])
+        .current_dir(&dir));
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// Every expression of the rules, with the names recording rules define.
+fn rule_expressions() -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(prometheus_dir().join("sonde-rules.yaml")).unwrap();
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let (mut exprs, mut recorded) = (Vec::new(), Vec::new());
+    for group in doc["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            exprs.push(rule["expr"].as_str().unwrap().to_string());
+            if let Some(r) = rule["record"].as_str() {
+                recorded.push(r.to_string());
+            }
+        }
+    }
+    (exprs, recorded)
+}
+
+/// What sonde's /metrics holds for GPUs: the real encoder fed by the fake NVML (CI has no
+/// GPU), as with `gpu_dcgm_names: true`.
+fn gpu_exposition() -> String {
+    use sonde::gpu::fake::{FakeGpu, FakeNvml};
+    let mut gpu = FakeGpu::h100("GPU-5c3b3fa4-2b6e-7c4d-a1e0-96e2f3a1b7c9");
+    gpu.processes = vec![(std::process::id(), Some(1 << 30))];
+    let mut collector = sonde::gpu::Collector::new(
+        Box::new(FakeNvml::new(vec![gpu])),
+        Default::default(),
+        "h".into(),
+        true,
+    )
+    .unwrap();
+    let metrics = sonde::metrics::Metrics::default();
+    *metrics.gpu.lock().unwrap() = Arc::new(collector.tick(Duration::from_secs(10)));
+    sonde::export::prometheus::encode(&metrics)
+}
+
+/// The rules name only series and labels sonde exports: a real scrape of a sonde that saw
+/// HTTP (200 and 500), Redis and PostgreSQL traffic (errors included), plus the GPU series.
+#[test]
+fn rules_name_only_metrics_and_labels_sonde_exports() {
+    let port = free_port();
+    let _nginx = Nginx::start(
+        "deploy-nginx",
+        &[format!("127.0.0.1:{port}")],
+        port,
+        "location /fail { return 500; }\nlocation / { return 200 \"ok\\n\"; }",
+    );
+    let redis = Redis::start("deploy-redis");
+    let pg = Postgres::start("deploy-postgres", &[]);
+    let sonde = Sonde::start();
+    for path in ["/", "/fail"] {
+        run(Command::new("curl")
+            .args(["-s", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}{path}")));
+    }
+    redis.cli(&["SET", "deploy:k", "v"]);
+    redis.cli(&["LPUSH", "deploy:k", "x"]); // WRONGTYPE
+    pg.psql("postgres", "SELECT 1");
+    let _ = pg
+        .client("psql")
+        .args(["-d", "postgres", "-c", "SELECT nope"])
+        .output();
+    let count = "db_client_operation_duration_seconds_count";
+    let start = std::time::Instant::now();
+    let mut scrape = sonde.metrics();
+    while (scrape.sum(count, &[("db_system_name", "postgresql")]) < 2.0
+        || scrape.sum(count, &[("db_system_name", "redis")]) < 2.0
+        || scrape.sum("http_server_request_duration_seconds_count", &[]) < 2.0)
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        scrape = sonde.metrics();
+    }
+    let text = format!("{}\n{}", scrape.0, gpu_exposition());
+    let (metrics, mut labels) = promql::exposition_names(&text);
+    // Added by Prometheus to every series it scrapes.
+    labels.extend(["job".to_string(), "instance".to_string()]);
+    let (exprs, recorded) = rule_expressions();
+    let mut unknown = Vec::new();
+    for expr in &exprs {
+        let (used_metrics, used_labels) = promql::names(expr);
+        for m in used_metrics {
+            if !(metrics.contains(&m) || recorded.contains(&m) || m == "up") {
+                unknown.push(format!("metric {m} in {expr}"));
+            }
+        }
+        for l in used_labels {
+            if !labels.contains(&l) {
+                unknown.push(format!("label {l} in {expr}"));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "not exported by sonde:\n{}",
+        unknown.join("\n")
+    );
+    // The check itself can fail: a name sonde does not export is caught.
+    let (m, _) = promql::names("dcgm_fb_used_bytes / dcgm_fb_total_bytes");
+    assert!(m.iter().all(|m| !metrics.contains(m)));
+}
+
+/// A real Prometheus loads the rules and scrapes a running sonde; while nginx answers
+/// 500s the 5xx-ratio alert goes pending (its `for: 5m` keeps it from firing in a test).
+#[test]
+fn prometheus_scrapes_sonde_and_the_5xx_alert_goes_pending() {
+    let port = free_port();
+    let _nginx = Nginx::start(
+        "deploy-prom-nginx",
+        &[format!("127.0.0.1:{port}")],
+        port,
+        "location /fail { return 503; }\nlocation / { return 200 \"ok\\n\"; }",
+    );
+    let sonde = Sonde::start();
+    let dir = tempdir("deploy-prometheus");
+    std::fs::copy(
+        prometheus_dir().join("sonde-rules.yaml"),
+        dir.join("sonde-rules.yaml"),
+    )
+    .unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         rule_files: [sonde-rules.yaml]\n\
+         scrape_configs:\n  - job_name: sonde\n    static_configs:\n      - targets: ['{}']\n",
+        sonde.metrics_addr
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let web = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!(
+        "--config.file={}",
+        dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.join("data").display()
+    ))
+    .arg(format!("--web.listen-address={web}"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut prometheus = spawn_owned(cmd);
+    wait_http_ok(&web, "/-/ready", 60);
+    let outcome = wait_for_pending_5xx_alert(&web, port);
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    if let Err(alerts) = outcome {
+        panic!("ServiceHigh5xxRatio never went pending for nginx; last /api/v1/alerts: {alerts}");
+    }
+}
+
+/// Sends 200s and 503s to nginx until Prometheus shows the alert pending (Ok) or 90 s
+/// pass (Err with the last alerts answer).
+fn wait_for_pending_5xx_alert(web: &str, port: u16) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let mut alerts = String::new();
+    while start.elapsed() < Duration::from_secs(90) {
+        for path in ["/", "/fail"] {
+            run(Command::new("curl")
+                .args(["-s", "-o", "/dev/null"])
+                .arg(format!("http://127.0.0.1:{port}{path}")));
+        }
+        alerts = http_get(web, "/api/v1/alerts")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&alerts).unwrap_or_default();
+        let pending = v["data"]["alerts"].as_array().is_some_and(|a| {
+            a.iter().any(|x| {
+                x["labels"]["alertname"] == "ServiceHigh5xxRatio"
+                    && x["labels"]["service_name"] == "nginx"
+                    && x["state"] == "pending"
+            })
+        });
+        if pending {
+            // The scrape it came from is sonde's, with the job the rules expect.
+            let up = http_get(web, "/api/v1/query?query=up%7Bjob%3D%22sonde%22%7D")
+                .unwrap()
+                .1;
+            assert!(up.contains("\"value\":[") && up.contains("\"1\"]"), "{up}");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(alerts)
+}
+
+/// The collector example is valid YAML whose pipelines use only components it defines,
+/// limit memory first, batch last, and delete the sensitive attributes.
+#[test]
+fn otel_collector_example_is_consistent() {
+    let path = workspace_root().join("deploy/otel-collector/config.yaml");
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let pipelines = doc["service"]["pipelines"].as_mapping().unwrap();
+    assert_eq!(pipelines.len(), 2, "traces and metrics");
+    for (name, p) in pipelines {
+        for kind in ["receivers", "processors", "exporters"] {
+            for c in p[kind].as_sequence().unwrap() {
+                assert!(
+                    !doc[kind][c.as_str().unwrap()].is_null(),
+                    "{name:?}: {kind} {c:?} undefined"
+                );
+            }
+        }
+        let processors: Vec<&str> = p["processors"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(processors.first(), Some(&"memory_limiter"), "{name:?}");
+        assert_eq!(processors.last(), Some(&"batch"), "{name:?}");
+        assert!(
+            processors.contains(&"attributes/drop-sensitive"),
+            "{name:?}"
+        );
+    }
+    let deleted: Vec<&str> = doc["processors"]["attributes/drop-sensitive"]["actions"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "delete")
+        .map(|a| a["key"].as_str().unwrap())
+        .collect();
+    for key in ["api_key", "user_email", "token", "authorization"] {
+        assert!(deleted.contains(&key), "{key}");
+    }
+    assert!(!doc["exporters"]["prometheus"].is_null());
+    assert_eq!(
+        doc["receivers"]["otlp"]["protocols"]["http"]["endpoint"],
+        "0.0.0.0:4318"
+    );
 }

@@ -25,6 +25,9 @@ const DEB_PACKAGES: &[&str] = &[
     // Server, psql and pgbench (postgresql-NN and its client package).
     "postgresql",
     "openssl",
+    // promtool and a Prometheus server for the deploy/prometheus tests; systemd-analyze.
+    "prometheus",
+    "systemd",
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

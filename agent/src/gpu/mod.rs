@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub mod collector;
-#[cfg(test)]
+#[cfg(any(test, feature = "fake-gpu"))]
 pub mod fake;
 pub mod names;
 pub mod nvml;
