@@ -97,28 +97,57 @@ fn rule_expressions() -> (Vec<String>, Vec<String>) {
     (exprs, recorded)
 }
 
+/// Every panel query of the Grafana dashboards, and the (metric, label) of every
+/// `label_values` variable.
+fn dashboard_queries() -> (Vec<String>, Vec<(String, String)>) {
+    let (mut exprs, mut variables) = (Vec::new(), Vec::new());
+    let dir = workspace_root().join("deploy/grafana");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    files.sort_by_key(|f| f.path());
+    assert_eq!(files.len(), 4, "services, databases, GPUs, health");
+    for f in files {
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f.path()).unwrap()).unwrap();
+        assert_eq!(d["__inputs"][0]["name"], "DS_PROMETHEUS", "{:?}", f.path());
+        for panel in d["panels"].as_array().unwrap() {
+            assert_eq!(panel["datasource"]["uid"], "${DS_PROMETHEUS}");
+            for t in panel["targets"].as_array().unwrap() {
+                exprs.push(t["expr"].as_str().unwrap().to_string());
+            }
+        }
+        for v in d["templating"]["list"].as_array().unwrap() {
+            let q = v["definition"].as_str().unwrap();
+            let args = q
+                .strip_prefix("label_values(")
+                .unwrap()
+                .trim_end_matches(')');
+            let (metric, label) = args.split_once(',').unwrap();
+            variables.push((metric.trim().to_string(), label.trim().to_string()));
+        }
+    }
+    (exprs, variables)
+}
+
 /// What sonde's /metrics holds for GPUs: the real encoder fed by the fake NVML (CI has no
 /// GPU), as with `gpu_dcgm_names: true`.
 fn gpu_exposition() -> String {
     use sonde::gpu::fake::{FakeGpu, FakeNvml};
     let mut gpu = FakeGpu::h100("GPU-5c3b3fa4-2b6e-7c4d-a1e0-96e2f3a1b7c9");
     gpu.processes = vec![(std::process::id(), Some(1 << 30))];
-    let mut collector = sonde::gpu::Collector::new(
-        Box::new(FakeNvml::new(vec![gpu])),
-        Default::default(),
-        "h".into(),
-        true,
-    )
-    .unwrap();
+    let fake = FakeNvml::new(vec![gpu]);
+    fake.xids.lock().unwrap().push((0, 79));
+    let mut collector =
+        sonde::gpu::Collector::new(Box::new(fake), Default::default(), "h".into(), true).unwrap();
     let metrics = sonde::metrics::Metrics::default();
     *metrics.gpu.lock().unwrap() = Arc::new(collector.tick(Duration::from_secs(10)));
     sonde::export::prometheus::encode(&metrics)
 }
 
-/// The rules name only series and labels sonde exports: a real scrape of a sonde that saw
-/// HTTP (200 and 500), Redis and PostgreSQL traffic (errors included), plus the GPU series.
+/// The rules and the dashboards name only series and labels sonde exports: a real scrape
+/// of a sonde that saw HTTP (200 and 500), Redis and PostgreSQL traffic (errors included),
+/// plus the GPU series.
 #[test]
-fn rules_name_only_metrics_and_labels_sonde_exports() {
+fn rules_and_dashboards_name_only_metrics_and_labels_sonde_exports() {
     let port = free_port();
     let _nginx = Nginx::start(
         "deploy-nginx",
@@ -134,6 +163,11 @@ fn rules_name_only_metrics_and_labels_sonde_exports() {
             .args(["-s", "-o", "/dev/null"])
             .arg(format!("http://127.0.0.1:{port}{path}")));
     }
+    // A malformed request (a header without a colon): nginx answers 400, sonde counts a
+    // parse error.
+    run(Command::new("bash").arg("-c").arg(format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET / HTTP/1.1\\r\\nBad Header\\r\\n\\r\\n' >&3; cat <&3 >/dev/null"
+    )));
     redis.cli(&["SET", "deploy:k", "v"]);
     redis.cli(&["LPUSH", "deploy:k", "x"]); // WRONGTYPE
     pg.psql("postgres", "SELECT 1");
@@ -146,7 +180,8 @@ fn rules_name_only_metrics_and_labels_sonde_exports() {
     let mut scrape = sonde.metrics();
     while (scrape.sum(count, &[("db_system_name", "postgresql")]) < 2.0
         || scrape.sum(count, &[("db_system_name", "redis")]) < 2.0
-        || scrape.sum("http_server_request_duration_seconds_count", &[]) < 2.0)
+        || scrape.sum("http_server_request_duration_seconds_count", &[]) < 2.0
+        || scrape.sum("sonde_parse_errors_total", &[("protocol", "http")]) < 1.0)
         && start.elapsed() < Duration::from_secs(20)
     {
         std::thread::sleep(Duration::from_millis(200));
@@ -156,8 +191,15 @@ fn rules_name_only_metrics_and_labels_sonde_exports() {
     let (metrics, mut labels) = promql::exposition_names(&text);
     // Added by Prometheus to every series it scrapes.
     labels.extend(["job".to_string(), "instance".to_string()]);
-    let (exprs, recorded) = rule_expressions();
+    let (mut exprs, recorded) = rule_expressions();
+    let (panel_exprs, variables) = dashboard_queries();
+    exprs.extend(panel_exprs);
     let mut unknown = Vec::new();
+    for (m, l) in variables {
+        if !metrics.contains(&m) || !labels.contains(&l) {
+            unknown.push(format!("variable label_values({m}, {l})"));
+        }
+    }
     for expr in &exprs {
         let (used_metrics, used_labels) = promql::names(expr);
         for m in used_metrics {
@@ -310,4 +352,103 @@ fn otel_collector_example_is_consistent() {
         doc["receivers"]["otlp"]["protocols"]["http"]["endpoint"],
         "0.0.0.0:4318"
     );
+}
+
+fn kubernetes_validate(path: &std::path::Path) {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(path)
+        .output()
+        .expect("kubernetes-validate (installed by cargo xtask setup)");
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The manifests validate against the Kubernetes schemas (strict: no unknown fields),
+/// the least-privilege patch included, and hold what a DaemonSet of sonde needs.
+#[test]
+fn kubernetes_manifests_validate_against_the_schemas() {
+    let dir = workspace_root().join("deploy/kubernetes");
+    let kustomization: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
+            .unwrap();
+    for r in kustomization["resources"].as_sequence().unwrap() {
+        kubernetes_validate(&dir.join(r.as_str().unwrap()));
+    }
+    let ds: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("daemonset.yaml")).unwrap())
+            .unwrap();
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true);
+    assert_eq!(
+        pod["tolerations"][0]["operator"], "Exists",
+        "GPU nodes included"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for m in ["/sys/kernel/tracing", "/sys/kernel/btf", "/sys/fs/cgroup"] {
+        assert!(mounts.contains(&m), "{m}");
+    }
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+
+    // The least-privilege variant: the JSON patch applied, then validated.
+    let patch: Vec<serde_json::Value> = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("least-privilege/capabilities.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut least = ds.clone();
+    for op in &patch {
+        assert_eq!(op["op"], "replace");
+        *least.pointer_mut(op["path"].as_str().unwrap()).unwrap() = op["value"].clone();
+    }
+    let sc = &least["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"])
+    );
+    let patched = tempdir("deploy-k8s").join("least-privilege-daemonset.json");
+    std::fs::write(&patched, least.to_string()).unwrap();
+    kubernetes_validate(&patched);
+
+    // The Prometheus Operator's copy of the rules is the rules file.
+    let rule: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("prometheus-operator/prometheusrule.yaml")).unwrap(),
+    )
+    .unwrap();
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(prometheus_dir().join("sonde-rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(
+        rule["spec"]["groups"], rules["groups"],
+        "prometheusrule.yaml drifted"
+    );
+    let monitor: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("prometheus-operator/podmonitor.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let name = "app.kubernetes.io/name";
+    assert_eq!(monitor["spec"]["selector"]["matchLabels"][name], "sonde");
+    assert_eq!(ds["spec"]["selector"]["matchLabels"][name], "sonde");
 }

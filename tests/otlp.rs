@@ -279,8 +279,8 @@ fn clock_unix_ns() -> u64 {
 #[test]
 fn sampler_ratio_and_parent_flags() {
     let _g = serial();
-    let port = free_port();
-    let mut http = HttpCollector::start(port);
+    let mut http = HttpCollector::start();
+    let port = http.port;
     let nginx = nginx("otlp-sampler-nginx");
     let endpoint = format!("http://127.0.0.1:{port}");
     let _sonde = Sonde::start_with_env(
@@ -345,8 +345,8 @@ fn sampler_ratio_and_parent_flags() {
 #[test]
 fn collector_down_for_30s_then_back() {
     let _g = serial();
-    let port = free_port();
-    let mut http = HttpCollector::start(port);
+    let mut http = HttpCollector::start();
+    let port = http.port;
     let nginx = nginx("otlp-down-nginx");
     let endpoint = format!("http://127.0.0.1:{port}");
     let sonde = Sonde::start_with_env(

@@ -412,10 +412,16 @@ impl Metrics {
                 }));
             }
         }
-        // Every drop reason is exported from the start, at zero.
+        // Every drop reason, and the overflow count of every histogram, is exported from
+        // the start, at zero.
         for reason in drop_reasons() {
             drop(events_dropped.get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
+            }));
+        }
+        for family in [&http_server, &http_client, &db_client, &db_server] {
+            drop(label_set_overflow.get_or_create(&MetricLabels {
+                metric: family.otel_name.to_string(),
             }));
         }
         Metrics {

@@ -257,14 +257,17 @@ pub struct HttpCollector {
 }
 
 impl HttpCollector {
-    pub fn start(port: u16) -> HttpCollector {
+    /// Listens on a port the kernel picks (a port chosen first and bound later can be
+    /// taken in between by any connection's ephemeral port).
+    pub fn start() -> HttpCollector {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind HTTP port");
         let mut c = HttpCollector {
-            port,
+            port: listener.local_addr().unwrap().port(),
             collector: Collector::default(),
             running: Arc::new(AtomicBool::new(false)),
             thread: None,
         };
-        c.resume();
+        c.serve(listener);
         c
     }
 
@@ -279,6 +282,10 @@ impl HttpCollector {
     /// Listens again on the same port.
     pub fn resume(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("bind HTTP port");
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
         listener.set_nonblocking(true).unwrap();
         self.running.store(true, Ordering::SeqCst);
         let running = self.running.clone();

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod dashboards;
 mod gpu_check;
 
 /// Debian packages the build, the tests and the benchmarks use.
@@ -28,6 +29,7 @@ const DEB_PACKAGES: &[&str] = &[
     // promtool and a Prometheus server for the deploy/prometheus tests; systemd-analyze.
     "prometheus",
     "systemd",
+    "python3-pip",
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -43,6 +45,7 @@ commands:
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
                  (bench options: --pairs N (3), --seconds S (10); reports in target/bench/)
+  dashboards     write the Grafana dashboards under deploy/grafana/ (from xtask/src/dashboards.rs)
   gpu-check      on a host with an NVIDIA GPU and PyTorch: sonde beside a GPU workload,
                  its figures compared with nvidia-smi's (--sonde PATH uses a built binary
                  and skips setup and build; --seconds S (40) of workload)
@@ -87,6 +90,7 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Some("dashboards") => dashboards::write(&root.join("deploy/grafana")),
         Some("gpu-check") => {
             let rest = &args[1..];
             let sonde = match rest.iter().position(|a| a == "--sonde") {
@@ -134,8 +138,31 @@ fn succeeds(cmd: &mut Command) -> bool {
 
 fn setup() -> Result<()> {
     setup_debian_packages()?;
+    setup_python_tools()?;
     setup_nightly()?;
     setup_bpf_linker()
+}
+
+/// kubernetes-validate (PyPI) checks the Kubernetes manifests against the API schemas.
+fn setup_python_tools() -> Result<()> {
+    if succeeds(Command::new("kubernetes-validate").arg("--version")) {
+        step("kubernetes-validate: present");
+        return Ok(());
+    }
+    step("installing kubernetes-validate from PyPI");
+    let pip = |extra: &[&str]| {
+        succeeds(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
+                .args(extra),
+        )
+    };
+    // Debian's own python3 refuses system-wide installs unless told (PEP 668).
+    if pip(&[]) || pip(&["--break-system-packages"]) {
+        Ok(())
+    } else {
+        bail!("`python3 -m pip install kubernetes-validate` failed: install python3-pip and retry")
+    }
 }
 
 fn setup_debian_packages() -> Result<()> {
