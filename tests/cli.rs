@@ -114,6 +114,8 @@ fn configuration_layers_file_env_and_flags() {
                     gpu: true\n\
                     gpu_interval: 10\n\
                     gpu_dcgm_names: false\n\
+                    kubernetes_api: null\n\
+                    node_name: null\n\
                     summary_interval: 20\n\
                     conn_idle_timeout: 300\n\
                     ring_buffer_mib: 64\n\

@@ -2,7 +2,6 @@
 //! selectors (executable, port, container), service-name overrides, `http.route`
 //! patterns, and `payload_bytes`. The tests run one at a time: each counts requests in
 //! metrics that would also see another test's servers.
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
@@ -11,26 +10,6 @@ use sonde_tests::*;
 /// A container id as a runtime would make it; the test puts a process in a cgroup named
 /// after it, so /proc/PID/cgroup shows it exactly as under docker.
 const CONTAINER: &str = "5e1ec7105e1ec7105e1ec7105e1ec7105e1ec7105e1ec7105e1ec7105e1ec710";
-
-/// The cgroup directory standing in for the container: the v1 `pids` hierarchy where the
-/// host has one, else a cgroup2 scope as docker's systemd driver names it.
-fn container_cgroup() -> PathBuf {
-    let v1 = PathBuf::from("/sys/fs/cgroup/pids");
-    let dir = if v1.join("cgroup.procs").exists() {
-        v1.join("docker").join(CONTAINER)
-    } else {
-        PathBuf::from(format!("/sys/fs/cgroup/docker-{CONTAINER}.scope"))
-    };
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-    dir
-}
-
-/// Runs `command` (a shell command line) inside the stand-in container.
-fn in_container(command: &str) -> String {
-    let procs = container_cgroup().join("cgroup.procs");
-    let script = format!("echo $$ > {} && exec {command}", procs.display());
-    run(Command::new("sh").args(["-c", &script]))
-}
 
 /// curl's status code for http://127.0.0.1:port/path, with extra curl arguments.
 fn curl(port: u16, path: &str, extra: &[&str]) -> String {
@@ -76,7 +55,7 @@ fn include_and_exclude_select_by_executable_port_and_container() {
          for _ in range(2):\n    print(urllib.request.urlopen('http://127.0.0.1:{a}/sel-c').status)\n\
          time.sleep(1)\n"
     );
-    let statuses = in_container(&format!("python3 -c \"{script}\""));
+    let statuses = in_container(CONTAINER, &format!("python3 -c \"{script}\""));
     assert_eq!(
         statuses.split_whitespace().collect::<Vec<_>>(),
         ["200", "200"]

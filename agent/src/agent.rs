@@ -19,6 +19,7 @@ use crate::export::otlp::settings::{self, OtlpSettings, SettingsError};
 use crate::export::otlp::transport::HeaderError;
 use crate::export::otlp::{Exporter, SpanQueue};
 use crate::gpu::{self, nvml::NvmlBackend};
+use crate::k8s;
 use crate::metrics::{HistogramCaches, Metrics};
 use crate::probes::{self, ProbeError};
 use crate::routes::Routes;
@@ -48,6 +49,8 @@ pub enum AgentError {
     OtlpSettings(#[from] SettingsError),
     #[error("OTLP configuration: {0}")]
     OtlpHeader(#[from] HeaderError),
+    #[error("configuration: {0}")]
+    Kubernetes(String),
 }
 
 /// Exit codes: 0 after a clean shutdown, 1 on any start-up failure, 2 when privileges miss.
@@ -56,6 +59,7 @@ impl AgentError {
         match self {
             AgentError::Probe(ProbeError::MissingPrivileges { .. }) => 2,
             AgentError::OtlpSettings(_) | AgentError::OtlpHeader(_) => 2,
+            AgentError::Kubernetes(_) => 2,
             _ => 1,
         }
     }
@@ -64,13 +68,24 @@ impl AgentError {
 pub fn run(config: Config) -> Result<(), AgentError> {
     // Configuration mistakes are reported before anything else is tried.
     let otlp = otlp_settings(&config)?;
+    let kubernetes = config.kubernetes().map_err(AgentError::Kubernetes)?;
     probes::check_privileges()?;
     probes::ensure_tracefs()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    rt.block_on(run_async(config, otlp))
+    let pods = kubernetes.map(|api| {
+        log::info!(
+            "pod metadata: watching the pods of node {} through http://{}",
+            api.node_name,
+            api.host_port
+        );
+        let index = k8s::SharedPodIndex::default();
+        k8s::spawn(api, index.clone());
+        index
+    });
+    rt.block_on(run_async(config, otlp, pods))
 }
 
 /// The OTLP settings when OTLP export is on.
@@ -101,7 +116,11 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
-async fn run_async(config: Config, otlp: Option<OtlpSettings>) -> Result<(), AgentError> {
+async fn run_async(
+    config: Config,
+    otlp: Option<OtlpSettings>,
+    pods: Option<k8s::SharedPodIndex>,
+) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new(config.max_label_sets as usize));
     if config.gpu {
         start_gpu(&config, &metrics);
@@ -169,7 +188,11 @@ async fn run_async(config: Config, otlp: Option<OtlpSettings>) -> Result<(), Age
         std::thread::Builder::new()
             .name("sonde-capture".into())
             .spawn(move || {
-                capture_loop(ring, drops, conns, &metrics, &config, span_queue, &shutdown)
+                let table =
+                    ConnTable::new(config.capture_filter(), config.service_name_rules(), pods);
+                capture_loop(
+                    ring, drops, conns, table, &metrics, &config, span_queue, &shutdown,
+                )
             })
             .map_err(AgentError::Runtime)?
     };
@@ -411,16 +434,17 @@ impl RingWaiter {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn capture_loop(
     mut ring: RingBuf<MapData>,
     drops: PerCpuArray<MapData, u64>,
     mut conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
+    mut table: ConnTable,
     metrics: &Metrics,
     config: &Config,
     otlp: Option<SpanQueue>,
     shutdown: &AtomicBool,
 ) {
-    let mut table = ConnTable::new(config.capture_filter(), config.service_name_rules());
     let show_summary = !config.quiet && config.print_spans.is_none();
     let mut sink = Sink {
         metrics,

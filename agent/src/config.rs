@@ -133,6 +133,16 @@ pub struct Config {
     #[arg(long, env = "SONDE_GPU_DCGM_NAMES", default_value_t = false, action = clap::ArgAction::Set)]
     pub gpu_dcgm_names: bool,
 
+    /// The Kubernetes API as http://HOST:PORT, normally a `kubectl proxy` sidecar
+    /// (http://127.0.0.1:8001): pods of this node are watched for pod metadata and service
+    /// names. Unset: no pod metadata.
+    #[arg(long, env = "SONDE_KUBERNETES_API")]
+    pub kubernetes_api: Option<String>,
+
+    /// This node's name, for the pods watched (the DaemonSet sets it from spec.nodeName).
+    #[arg(long, env = "K8S_NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// Seconds between summary tables.
     #[arg(long, env = "SONDE_SUMMARY_INTERVAL", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub summary_interval: u64,
@@ -203,6 +213,8 @@ pub struct FileConfig {
     pub gpu: Option<bool>,
     pub gpu_interval: Option<u64>,
     pub gpu_dcgm_names: Option<bool>,
+    pub kubernetes_api: Option<String>,
+    pub node_name: Option<String>,
     pub summary_interval: Option<u64>,
     pub conn_idle_timeout: Option<u64>,
     pub ring_buffer_mib: Option<u32>,
@@ -339,6 +351,16 @@ impl Config {
             self.gpu_dcgm_names = v;
         }
         if let Some(v) = file
+            .kubernetes_api
+            .as_ref()
+            .filter(|_| from_file("kubernetes_api"))
+        {
+            self.kubernetes_api = Some(v.clone());
+        }
+        if let Some(v) = file.node_name.as_ref().filter(|_| from_file("node_name")) {
+            self.node_name = Some(v.clone());
+        }
+        if let Some(v) = file
             .summary_interval
             .filter(|_| from_file("summary_interval"))
         {
@@ -440,6 +462,19 @@ impl Config {
         crate::sampler::Sampler::new(self.traces_sampler, self.traces_sampler_arg)
     }
 
+    /// The Kubernetes API settings when pod metadata is asked for; an error names the key.
+    pub fn kubernetes(&self) -> Result<Option<crate::k8s::ApiConfig>, String> {
+        let Some(url) = &self.kubernetes_api else {
+            return Ok(None);
+        };
+        let node = self.node_name.as_deref().filter(|n| !n.is_empty()).ok_or(
+            "key `node_name` (K8S_NODE_NAME): required with `kubernetes_api`, to watch this node's pods",
+        )?;
+        crate::k8s::ApiConfig::new(url, node)
+            .map(Some)
+            .map_err(|reason| format!("key `kubernetes_api`: {reason}"))
+    }
+
     /// Which connections are captured (`include`, `exclude`).
     pub fn capture_filter(&self) -> CaptureFilter {
         CaptureFilter {
@@ -476,6 +511,8 @@ impl Config {
             gpu: Some(self.gpu),
             gpu_interval: Some(self.gpu_interval),
             gpu_dcgm_names: Some(self.gpu_dcgm_names),
+            kubernetes_api: self.kubernetes_api.clone(),
+            node_name: self.node_name.clone(),
             summary_interval: Some(self.summary_interval),
             conn_idle_timeout: Some(self.conn_idle_timeout),
             ring_buffer_mib: Some(self.ring_buffer_mib),

@@ -11,6 +11,7 @@ use sonde_ebpf::{conn_flags, proto, role, ConnKey};
 
 use crate::capture::{needs_resolve, peer_addr, Event, EventKind};
 use crate::db::{DbCall, DbOperation, DbSession};
+use crate::k8s::SharedPodIndex;
 use crate::postgres::PostgresSession;
 use crate::process::{ProcessInfo, ProcessTable};
 use crate::protocols::http1::{
@@ -123,9 +124,13 @@ pub struct ConnTable {
 
 impl ConnTable {
     /// A table that captures only what `filter` admits and names services by `names`.
-    pub fn new(filter: CaptureFilter, names: ServiceNames) -> ConnTable {
+    pub fn new(
+        filter: CaptureFilter,
+        names: ServiceNames,
+        pods: Option<SharedPodIndex>,
+    ) -> ConnTable {
         ConnTable {
-            processes: ProcessTable::new(names),
+            processes: ProcessTable::new(names, pods),
             filter,
             ..ConnTable::default()
         }

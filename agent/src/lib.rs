@@ -7,6 +7,7 @@ pub mod conn;
 pub mod db;
 pub mod export;
 pub mod gpu;
+pub mod k8s;
 pub mod metrics;
 pub mod postgres;
 pub mod probes;

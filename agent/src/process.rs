@@ -2,6 +2,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::k8s::{PodMeta, SharedPodIndex};
 use crate::selector::ServiceNames;
 use crate::sockets::listening_ports;
 
@@ -15,6 +16,10 @@ pub struct ProcessInfo {
     pub service_name: String,
     /// Whether `service_name` comes from a configured rule (see `ServiceNames`).
     pub name_from_rule: bool,
+    /// Whether `service_name` comes from the process's own OTEL variables.
+    pub name_from_env: bool,
+    /// The pod the process's container belongs to (Kubernetes, when enabled).
+    pub pod: Option<Arc<PodMeta>>,
     pub container_id: Option<String>,
     /// Arguments joined by spaces (at most 4 KiB). Exported only when asked for: command
     /// lines can hold secrets.
@@ -29,13 +34,15 @@ pub struct ProcessInfo {
 pub struct ProcessTable {
     by_pid: HashMap<u32, Arc<ProcessInfo>>,
     names: ServiceNames,
+    pods: Option<SharedPodIndex>,
 }
 
 impl ProcessTable {
-    pub fn new(names: ServiceNames) -> ProcessTable {
+    pub fn new(names: ServiceNames, pods: Option<SharedPodIndex>) -> ProcessTable {
         ProcessTable {
             by_pid: HashMap::new(),
             names,
+            pods,
         }
     }
 
@@ -43,11 +50,20 @@ impl ProcessTable {
     /// name when /proc no longer has the process.
     pub fn get(&mut self, pid: u32, comm: &str, recheck: bool) -> Arc<ProcessInfo> {
         if let Some(p) = self.by_pid.get(&pid) {
-            if !recheck || read_start_time(pid).is_none_or(|t| t == p.start_time) {
+            let same = !recheck || read_start_time(pid).is_none_or(|t| t == p.start_time);
+            // A pod that was not listed yet when the process was first met may be now.
+            let pod_pending = p.pod.is_none() && self.pod_of(p).is_some();
+            if same && !pod_pending {
                 return p.clone();
             }
         }
         let mut info = read_process(pid, comm);
+        if let Some(pod) = self.pod_of(&info) {
+            if !info.name_from_env {
+                info.service_name = pod.service_name.clone();
+            }
+            info.pod = Some(pod);
+        }
         self.apply_rules(&mut info);
         let info = Arc::new(info);
         if self.by_pid.len() > 100_000 {
@@ -55,6 +71,12 @@ impl ProcessTable {
         }
         self.by_pid.insert(pid, info.clone());
         info
+    }
+
+    fn pod_of(&self, info: &ProcessInfo) -> Option<Arc<PodMeta>> {
+        let index = self.pods.as_ref()?;
+        let id = info.container_id.as_deref()?;
+        index.read().unwrap_or_else(|e| e.into_inner()).get(id)
     }
 
     /// Applies the service-name rules: the first rule that matches the executable or
@@ -111,7 +133,9 @@ fn read_process(pid: u32, comm: &str) -> ProcessInfo {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let main_comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let program = program_name(&exe_name, main_comm.trim_end());
-    let service_name = service_name_from_environ(&environ).unwrap_or_else(|| program.clone());
+    let from_env = service_name_from_environ(&environ);
+    let name_from_env = from_env.is_some();
+    let service_name = from_env.unwrap_or_else(|| program.clone());
     let container_id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
         .and_then(|c| container_id(&c));
@@ -122,6 +146,8 @@ fn read_process(pid: u32, comm: &str) -> ProcessInfo {
         program,
         service_name,
         name_from_rule: false,
+        name_from_env,
+        pod: None,
         container_id,
         command_line: read_command_line(pid),
         start_time: read_start_time(pid).unwrap_or(0),

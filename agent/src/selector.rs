@@ -207,6 +207,8 @@ mod tests {
             program: program.to_string(),
             service_name: program.to_string(),
             name_from_rule: false,
+            name_from_env: false,
+            pod: None,
             container_id: container.map(str::to_string),
             command_line: None,
             start_time: 0,

@@ -313,7 +313,7 @@ impl Span {
             };
             attrs.insert((*k).to_string(), v);
         }
-        json!({
+        let mut v = json!({
             "trace_id": format!("{:032x}", self.trace_id),
             "span_id": format!("{:016x}", self.span_id),
             "parent_span_id": self.parent_span_id.map(|p| format!("{p:016x}")).unwrap_or_default(),
@@ -326,7 +326,13 @@ impl Span {
             "process.executable.name": self.process.exe_name,
             "container.id": self.process.container_id,
             "attributes": attrs,
-        })
+        });
+        if let Some(pod) = &self.process.pod {
+            for (k, val) in crate::export::otlp::encode::pod_attributes(pod) {
+                v[k] = Value::String(val.to_string());
+            }
+        }
+        v
     }
 
     pub fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {

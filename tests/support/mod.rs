@@ -551,3 +551,24 @@ fn postgres_user() -> (u32, u32) {
         ((*pw).pw_uid, (*pw).pw_gid)
     }
 }
+
+/// The cgroup directory standing in for the container: the v1 `pids` hierarchy where the
+/// host has one, else a cgroup2 scope as docker's systemd driver names it.
+fn container_cgroup(id: &str) -> PathBuf {
+    let v1 = PathBuf::from("/sys/fs/cgroup/pids");
+    let dir = if v1.join("cgroup.procs").exists() {
+        v1.join("docker").join(id)
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup/docker-{id}.scope"))
+    };
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    dir
+}
+
+/// Runs `command` (a shell command line) inside a stand-in container with this id (64 hex
+/// digits): a cgroup named as docker names it, so /proc/PID/cgroup shows the id.
+pub fn in_container(id: &str, command: &str) -> String {
+    let procs = container_cgroup(id).join("cgroup.procs");
+    let script = format!("echo $$ > {} && exec {command}", procs.display());
+    run(Command::new("sh").args(["-c", &script]))
+}

@@ -103,7 +103,7 @@ impl Collector {
             host_name,
             dcgm,
             xid_supported: true,
-            processes: ProcessTable::new(names),
+            processes: ProcessTable::new(names, None),
             read_errors: 0,
             last_error_log: None,
         })

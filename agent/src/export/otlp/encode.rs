@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSp
 use super::settings::Temporality;
 use crate::gpu::names::Kind;
 use crate::gpu::GpuPoint;
+use crate::k8s::PodMeta;
 use crate::process::ProcessInfo;
 use crate::red::{HistogramData, HistogramFamily, OVERFLOW_LABEL};
 use crate::span::{AttrValue, Span, SpanKind};
@@ -72,6 +73,11 @@ impl ResourceBase {
         if let Some(c) = &p.container_id {
             own.push(kv_str("container.id", c));
         }
+        if let Some(pod) = &p.pod {
+            for (k, v) in pod_attributes(pod) {
+                own.push(kv_str(k, v));
+            }
+        }
         if self.command_line {
             if let Some(c) = p.command_line.as_deref().filter(|c| !c.is_empty()) {
                 own.push(kv_str("process.command_line", c));
@@ -84,6 +90,21 @@ impl ResourceBase {
     pub fn service(&self, service_name: &str) -> Resource {
         self.attributes(vec![kv_str("service.name", service_name)])
     }
+}
+
+/// The `k8s.*` resource attributes of a pod.
+pub fn pod_attributes(pod: &PodMeta) -> Vec<(&'static str, &str)> {
+    let mut a = vec![
+        ("k8s.namespace.name", pod.namespace.as_str()),
+        ("k8s.pod.name", pod.pod_name.as_str()),
+        ("k8s.pod.uid", pod.pod_uid.as_str()),
+        ("k8s.container.name", pod.container_name.as_str()),
+        ("k8s.node.name", pod.node_name.as_str()),
+    ];
+    if let Some((k, v)) = &pod.owner {
+        a.push((k, v.as_str()));
+    }
+    a
 }
 
 fn scope() -> InstrumentationScope {

@@ -1,0 +1,459 @@
+//! Pod metadata from the Kubernetes API: the pods of this node (listed, then watched with a
+//! `spec.nodeName` field selector), indexed by container id, so that a process's
+//! container id (from /proc/PID/cgroup) gives its pod, namespace, container, owner and
+//! service name.
+//!
+//! sonde speaks plain HTTP to the API: in a cluster it reaches it through a `kubectl proxy`
+//! sidecar on 127.0.0.1 that holds the ServiceAccount's credentials and the TLS session
+//! (see deploy/kubernetes/daemonset.yaml).
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+
+/// What a process learns from its pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub container_name: String,
+    pub node_name: String,
+    /// The workload that owns the pod: (`k8s.deployment.name`-style attribute, name).
+    pub owner: Option<(&'static str, String)>,
+    /// Annotation, then labels, then owner, then container name.
+    pub service_name: String,
+}
+
+/// Pods of this node by container id (64 hex digits, runtime prefix removed).
+#[derive(Default)]
+pub struct PodIndex {
+    by_container: HashMap<String, Arc<PodMeta>>,
+    /// Container ids of each pod uid, to forget a deleted pod's containers.
+    by_pod: HashMap<String, Vec<String>>,
+}
+
+pub type SharedPodIndex = Arc<RwLock<PodIndex>>;
+
+impl PodIndex {
+    pub fn get(&self, container_id: &str) -> Option<Arc<PodMeta>> {
+        self.by_container.get(container_id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_container.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_container.is_empty()
+    }
+
+    /// Adds or replaces a pod (a JSON `v1.Pod`).
+    pub fn upsert(&mut self, pod: &Value) {
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.remove_uid(&uid);
+        let mut ids = Vec::new();
+        for (id, meta) in containers_of(pod) {
+            self.by_container.insert(id.clone(), Arc::new(meta));
+            ids.push(id);
+        }
+        self.by_pod.insert(uid, ids);
+    }
+
+    pub fn remove(&mut self, pod: &Value) {
+        self.remove_uid(pod["metadata"]["uid"].as_str().unwrap_or_default());
+    }
+
+    fn remove_uid(&mut self, uid: &str) {
+        for id in self.by_pod.remove(uid).unwrap_or_default() {
+            self.by_container.remove(&id);
+        }
+    }
+
+    /// Replaces everything with a pod list's items.
+    pub fn replace_all(&mut self, items: &[Value]) {
+        *self = PodIndex::default();
+        for pod in items {
+            self.upsert(pod);
+        }
+    }
+}
+
+/// (container id, metadata) for every container of a pod that has started.
+fn containers_of(pod: &Value) -> Vec<(String, PodMeta)> {
+    let md = &pod["metadata"];
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let owner = owner_of(pod);
+    let statuses = ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .filter_map(|k| pod["status"][k].as_array())
+        .flatten();
+    statuses
+        .filter_map(|c| {
+            // "containerd://<id>", "docker://<id>", "cri-o://<id>".
+            let id = c["containerID"].as_str()?.rsplit("://").next()?.to_string();
+            let container_name = s(&c["name"]);
+            let service_name = service_name(pod, owner.as_ref(), &container_name);
+            Some((
+                id,
+                PodMeta {
+                    namespace: s(&md["namespace"]),
+                    pod_name: s(&md["name"]),
+                    pod_uid: s(&md["uid"]),
+                    container_name,
+                    node_name: s(&pod["spec"]["nodeName"]),
+                    owner: owner.clone(),
+                    service_name,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The workload owning a pod. A ReplicaSet named `<deployment>-<pod-template-hash>` is
+/// reported as its Deployment; a Job named `<cronjob>-<digits>` with a CronJob-style
+/// name as the CronJob's.
+fn owner_of(pod: &Value) -> Option<(&'static str, String)> {
+    let owner = pod["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|o| o["controller"].as_bool() == Some(true))?;
+    let name = owner["name"].as_str()?.to_string();
+    let hash = pod["metadata"]["labels"]["pod-template-hash"].as_str();
+    Some(match owner["kind"].as_str()? {
+        "ReplicaSet" => match hash.and_then(|h| name.strip_suffix(&format!("-{h}"))) {
+            Some(deployment) => ("k8s.deployment.name", deployment.to_string()),
+            None => ("k8s.replicaset.name", name),
+        },
+        "StatefulSet" => ("k8s.statefulset.name", name),
+        "DaemonSet" => ("k8s.daemonset.name", name),
+        "Job" => match name.rsplit_once('-') {
+            Some((cron, n)) if n.len() >= 8 && n.bytes().all(|b| b.is_ascii_digit()) => {
+                ("k8s.cronjob.name", cron.to_string())
+            }
+            _ => ("k8s.job.name", name),
+        },
+        _ => return None,
+    })
+}
+
+/// The annotation `resource.opentelemetry.io/service.name`, then the labels
+/// `app.kubernetes.io/name` and `app.kubernetes.io/instance`, then the owner's name,
+/// then the container's.
+fn service_name(pod: &Value, owner: Option<&(&'static str, String)>, container: &str) -> String {
+    let md = &pod["metadata"];
+    let non_empty = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    non_empty(&md["annotations"]["resource.opentelemetry.io/service.name"])
+        .or_else(|| non_empty(&md["labels"]["app.kubernetes.io/name"]))
+        .or_else(|| non_empty(&md["labels"]["app.kubernetes.io/instance"]))
+        .or_else(|| owner.map(|(_, n)| n.clone()))
+        .unwrap_or_else(|| container.to_string())
+}
+
+#[derive(Debug, Error)]
+pub enum K8sError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the API answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("bad answer: {0}")]
+    Protocol(String),
+    #[error("bad JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// `http://host:port` of the API (through the proxy) and this node's name.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub host_port: String,
+    pub node_name: String,
+}
+
+impl ApiConfig {
+    /// From `http://host:port`; anything else is refused.
+    pub fn new(url: &str, node_name: &str) -> Result<ApiConfig, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("`{url}` is not http://HOST:PORT (sonde reaches the API through a kubectl proxy sidecar)"))?;
+        let host_port = rest.trim_end_matches('/');
+        if host_port.is_empty() || host_port.contains('/') {
+            return Err(format!("`{url}` is not http://HOST:PORT"));
+        }
+        Ok(ApiConfig {
+            host_port: host_port.to_string(),
+            node_name: node_name.to_string(),
+        })
+    }
+
+    fn pods_path(&self, watch_from: Option<&str>) -> String {
+        let mut p = format!(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+            self.node_name
+        );
+        if let Some(rv) = watch_from {
+            p.push_str(&format!(
+                "&watch=1&allowWatchBookmarks=true&resourceVersion={rv}"
+            ));
+        }
+        p
+    }
+}
+
+/// One GET; returns the status and a reader positioned at the (de-chunked) body.
+fn get(api: &ApiConfig, path: &str, timeout: Option<Duration>) -> Result<Body, K8sError> {
+    let mut stream = TcpStream::connect(&api.host_port)?;
+    stream.set_read_timeout(timeout)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: sonde\r\nConnection: close\r\n\r\n",
+        api.host_port
+    )?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| K8sError::Protocol(format!("status line {line:?}")))?;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut body = Body {
+        reader,
+        chunked,
+        chunk_left: 0,
+        done: false,
+    };
+    if status != 200 {
+        let mut text = String::new();
+        let _ = body.read_to_string(&mut text);
+        text.truncate(300);
+        return Err(K8sError::Status { status, body: text });
+    }
+    Ok(body)
+}
+
+/// A response body, chunked or not.
+struct Body {
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+    chunk_left: usize,
+    done: bool,
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.chunked {
+            return self.reader.read(buf);
+        }
+        if self.done {
+            return Ok(0);
+        }
+        if self.chunk_left == 0 {
+            let mut size = String::new();
+            if self.reader.read_line(&mut size)? == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            let size = size.trim();
+            if size.is_empty() {
+                // The CRLF after the previous chunk's data.
+                return self.read(buf);
+            }
+            let hex = size.split(';').next().unwrap_or("");
+            self.chunk_left = usize::from_str_radix(hex, 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
+            if self.chunk_left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.chunk_left);
+        let n = self.reader.read(&mut buf[..n])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.chunk_left -= n;
+        Ok(n)
+    }
+}
+
+/// Lists the node's pods into `index`; returns the list's resourceVersion.
+pub fn list(api: &ApiConfig, index: &SharedPodIndex) -> Result<String, K8sError> {
+    let body = get(api, &api.pods_path(None), Some(Duration::from_secs(30)))?;
+    let list: Value = serde_json::from_reader(body)?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    index
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace_all(&items);
+    Ok(list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Applies watch events until the stream ends; returns the last resourceVersion seen, or
+/// None when the API says it is too old (410 Gone: list again).
+pub fn watch(
+    api: &ApiConfig,
+    from: &str,
+    index: &SharedPodIndex,
+) -> Result<Option<String>, K8sError> {
+    let body = get(
+        api,
+        &api.pods_path(Some(from)),
+        Some(Duration::from_secs(600)),
+    )?;
+    let mut version = from.to_string();
+    for line in BufReader::new(body).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: Value = serde_json::from_str(&line)?;
+        let object = &event["object"];
+        if let Some(rv) = object["metadata"]["resourceVersion"].as_str() {
+            version = rv.to_string();
+        }
+        let mut index = index.write().unwrap_or_else(|e| e.into_inner());
+        match event["type"].as_str() {
+            Some("ADDED" | "MODIFIED") => index.upsert(object),
+            Some("DELETED") => index.remove(object),
+            Some("ERROR") if object["code"].as_u64() == Some(410) => return Ok(None),
+            _ => {} // BOOKMARK
+        }
+    }
+    Ok(Some(version))
+}
+
+/// Keeps `index` current on its own thread: list, then watch, and list again after an
+/// error (backing off to 30 s). Failures are logged at most once a minute.
+pub fn spawn(api: ApiConfig, index: SharedPodIndex) {
+    let run = move || {
+        let mut backoff = Duration::from_secs(1);
+        let mut last_log: Option<std::time::Instant> = None;
+        loop {
+            let result = list(&api, &index).and_then(|mut rv| loop {
+                match watch(&api, &rv, &index)? {
+                    Some(next) => rv = next,
+                    None => return Ok(()),
+                }
+            });
+            match result {
+                Ok(()) => backoff = Duration::from_secs(1),
+                Err(e) => {
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        last_log = Some(std::time::Instant::now());
+                        log::warn!(
+                            "Kubernetes API at {}: {e}; pod metadata may be stale",
+                            api.host_port
+                        );
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("sonde-k8s".into())
+        .spawn(run)
+    {
+        log::warn!("pod metadata off: cannot start its thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(uid: &str, labels: Value, annotations: Value, owner: Value, ids: &[&str]) -> Value {
+        json!({
+            "metadata": {"name": "web-7d4b9c8f6-x2x9q", "namespace": "shop", "uid": uid,
+                         "labels": labels, "annotations": annotations, "ownerReferences": owner},
+            "spec": {"nodeName": "node-a"},
+            "status": {"containerStatuses": ids.iter().enumerate().map(|(i, id)| json!({
+                "name": format!("c{i}"), "containerID": format!("containerd://{id}")
+            })).collect::<Vec<_>>()}
+        })
+    }
+
+    fn rs_owner() -> Value {
+        json!([{"kind": "ReplicaSet", "name": "web-7d4b9c8f6", "controller": true}])
+    }
+
+    #[test]
+    fn service_name_precedence_and_owner() {
+        let hash = json!({"pod-template-hash": "7d4b9c8f6"});
+        let mut labels = hash.clone();
+        labels["app.kubernetes.io/instance"] = json!("web-prod");
+        let p = pod("u1", labels.clone(), json!({}), rs_owner(), &["a1"]);
+        let (_, meta) = &containers_of(&p)[0];
+        assert_eq!(meta.service_name, "web-prod");
+        assert_eq!(meta.owner, Some(("k8s.deployment.name", "web".into())));
+        assert_eq!(
+            (meta.namespace.as_str(), meta.container_name.as_str()),
+            ("shop", "c0")
+        );
+        labels["app.kubernetes.io/name"] = json!("web-name");
+        let p = pod("u1", labels.clone(), json!({}), rs_owner(), &["a1"]);
+        assert_eq!(containers_of(&p)[0].1.service_name, "web-name");
+        let ann = json!({"resource.opentelemetry.io/service.name": "checkout"});
+        let p = pod("u1", labels, ann, rs_owner(), &["a1"]);
+        assert_eq!(containers_of(&p)[0].1.service_name, "checkout");
+        let p = pod("u1", hash, json!({}), rs_owner(), &["a1"]);
+        assert_eq!(containers_of(&p)[0].1.service_name, "web", "the owner");
+        let p = pod("u1", json!({}), json!({}), json!([]), &["a1"]);
+        assert_eq!(containers_of(&p)[0].1.service_name, "c0", "the container");
+        let job = json!([{"kind": "Job", "name": "report-28891440", "controller": true}]);
+        let p = pod("u1", json!({}), json!({}), job, &["a1"]);
+        assert_eq!(
+            containers_of(&p)[0].1.owner,
+            Some(("k8s.cronjob.name", "report".into()))
+        );
+    }
+
+    #[test]
+    fn index_follows_upserts_and_deletes() {
+        let mut index = PodIndex::default();
+        let p = pod("u1", json!({}), json!({}), json!([]), &["a1", "a2"]);
+        index.upsert(&p);
+        assert_eq!(index.len(), 2);
+        // A restarted container has a new id: the old one is forgotten.
+        index.upsert(&pod("u1", json!({}), json!({}), json!([]), &["a3"]));
+        assert!(index.get("a1").is_none() && index.get("a3").is_some());
+        index.remove(&p);
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn api_urls() {
+        let api = ApiConfig::new("http://127.0.0.1:8001/", "node-a").unwrap();
+        assert_eq!(api.host_port, "127.0.0.1:8001");
+        assert_eq!(
+            api.pods_path(Some("42")),
+            "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a&watch=1&allowWatchBookmarks=true&resourceVersion=42"
+        );
+        assert!(ApiConfig::new("https://10.0.0.1", "n")
+            .unwrap_err()
+            .contains("kubectl proxy"));
+    }
+}
