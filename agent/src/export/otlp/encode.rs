@@ -217,15 +217,21 @@ pub struct DeltaState {
     counters: HashMap<(&'static str, Vec<String>), u64>,
     gpu_counters: HashMap<(&'static str, Vec<String>), f64>,
     last_export_unix_nano: u64,
-    /// The export before the last one: the start of the window `append_gpu` writes.
-    previous_export_unix_nano: u64,
 }
 
-/// Every histogram and counter as one request: a ResourceMetrics per service, and sonde's
-/// own counters (and any overflow series) under the resource of sonde itself.
+/// What one metrics export holds.
+pub struct MetricInputs<'a> {
+    pub histograms: &'a [&'a HistogramFamily],
+    /// sonde's own counters.
+    pub counters: &'a [CounterPoint],
+    pub gpu: &'a [GpuPoint],
+}
+
+/// Everything as one request: a ResourceMetrics per service, and sonde's own counters, any
+/// overflow series and the GPU devices under the resource of sonde itself (which carries
+/// `host.name`); per-process GPU points go under their service.
 pub fn metrics_request(
-    families: &[&HistogramFamily],
-    counters: &[CounterPoint],
+    inputs: MetricInputs<'_>,
     base: &ResourceBase,
     temporality: Temporality,
     start_unix_nano: u64,
@@ -246,13 +252,7 @@ pub fn metrics_request(
                      service: &str,
                      family: &HistogramFamily|
      -> usize {
-        let si = match services.iter().position(|(s, _)| s == service) {
-            Some(i) => i,
-            None => {
-                services.push((service.to_string(), Vec::new()));
-                services.len() - 1
-            }
-        };
+        let si = service_index(services, service);
         let metrics = &mut services[si].1;
         let mi = match metrics.iter().position(|m| m.name == family.otel_name) {
             Some(i) => i,
@@ -272,7 +272,7 @@ pub fn metrics_request(
         };
         si << 16 | mi
     };
-    for family in families {
+    for family in inputs.histograms {
         for series in family.all_series() {
             let mut d = series.snapshot();
             if temporality == Temporality::Delta {
@@ -334,7 +334,7 @@ pub fn metrics_request(
         }
     }
     let mut own: Vec<Metric> = Vec::new();
-    for c in counters {
+    for c in inputs.counters {
         let mut value = c.value;
         if temporality == Temporality::Delta {
             let key = (c.name, c.labels.iter().map(|(_, v)| v.clone()).collect());
@@ -365,11 +365,20 @@ pub fn metrics_request(
             }),
         }
     }
-    match services.iter_mut().find(|(s, _)| *s == own_service) {
-        Some((_, metrics)) => metrics.extend(own),
-        None => services.push((own_service, own)),
+    let si = service_index(&mut services, &own_service);
+    services[si].1.extend(own);
+    for p in inputs.gpu {
+        let si = service_index(&mut services, p.service.as_deref().unwrap_or(&own_service));
+        push_gpu_point(
+            &mut services[si].1,
+            p,
+            temporality,
+            agg,
+            start,
+            now_unix_nano,
+            delta,
+        );
     }
-    delta.previous_export_unix_nano = delta.last_export_unix_nano;
     delta.last_export_unix_nano = now_unix_nano;
     ExportMetricsServiceRequest {
         resource_metrics: services
@@ -387,94 +396,68 @@ pub fn metrics_request(
     }
 }
 
-/// Adds the GPU points to `req`: device metrics under sonde's own resource (which carries
-/// `host.name`), per-process metrics under their service's.
-pub fn append_gpu(
-    req: &mut ExportMetricsServiceRequest,
-    points: &[GpuPoint],
-    base: &ResourceBase,
+/// Where `service`'s metrics go in `services`, added when new.
+fn service_index(services: &mut Vec<(String, Vec<Metric>)>, service: &str) -> usize {
+    match services.iter().position(|(s, _)| s == service) {
+        Some(i) => i,
+        None => {
+            services.push((service.to_string(), Vec::new()));
+            services.len() - 1
+        }
+    }
+}
+
+/// One GPU point as a gauge or a monotonic sum in `metrics`.
+fn push_gpu_point(
+    metrics: &mut Vec<Metric>,
+    p: &GpuPoint,
     temporality: Temporality,
-    start_unix_nano: u64,
+    agg: AggregationTemporality,
+    start: u64,
     now_unix_nano: u64,
     delta: &mut DeltaState,
 ) {
-    let (start, agg) = match temporality {
-        Temporality::Cumulative => (start_unix_nano, AggregationTemporality::Cumulative),
-        // `metrics_request` has already moved the delta window to now.
-        Temporality::Delta => (
-            delta.previous_export_unix_nano.max(start_unix_nano),
-            AggregationTemporality::Delta,
-        ),
+    let mut value = p.value;
+    if p.metric.kind == Kind::Counter && temporality == Temporality::Delta {
+        let key = (
+            p.metric.otel,
+            p.labels.iter().map(|(_, v)| v.clone()).collect(),
+        );
+        let prev = delta.gpu_counters.insert(key, p.value).unwrap_or(0.0);
+        value = (p.value - prev).max(0.0);
+    }
+    let point = NumberDataPoint {
+        attributes: p.labels.iter().map(|(k, v)| attribute(k, v)).collect(),
+        start_time_unix_nano: start,
+        time_unix_nano: now_unix_nano,
+        value: Some(number_data_point::Value::AsDouble(value)),
+        ..Default::default()
     };
-    for p in points {
-        let service = p.service.as_deref().unwrap_or("sonde");
-        let ri = match req.resource_metrics.iter().position(|r| {
-            r.resource.as_ref().is_some_and(|res| {
-                res.attributes.iter().any(|a| {
-                    a.key == "service.name"
-                        && matches!(
-                            a.value.as_ref().and_then(|v| v.value.as_ref()),
-                            Some(any_value::Value::StringValue(s)) if s == service
-                        )
-                })
-            })
-        }) {
-            Some(i) => i,
-            None => {
-                req.resource_metrics.push(ResourceMetrics {
-                    resource: Some(base.service(service)),
-                    scope_metrics: vec![ScopeMetrics {
-                        scope: Some(scope()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                });
-                req.resource_metrics.len() - 1
-            }
-        };
-        let metrics = &mut req.resource_metrics[ri].scope_metrics[0].metrics;
-        let mut value = p.value;
-        if p.metric.kind == Kind::Counter && temporality == Temporality::Delta {
-            let key = (
-                p.metric.otel,
-                p.labels.iter().map(|(_, v)| v.clone()).collect(),
-            );
-            let prev = delta.gpu_counters.insert(key, p.value).unwrap_or(0.0);
-            value = (p.value - prev).max(0.0);
+    let at = match metrics.iter().position(|m| m.name == p.metric.otel) {
+        Some(i) => i,
+        None => {
+            let data = match p.metric.kind {
+                Kind::Gauge => metric::Data::Gauge(Gauge::default()),
+                Kind::Counter => metric::Data::Sum(Sum {
+                    data_points: Vec::new(),
+                    aggregation_temporality: agg as i32,
+                    is_monotonic: true,
+                }),
+            };
+            metrics.push(Metric {
+                name: p.metric.otel.into(),
+                description: p.metric.help.into(),
+                unit: p.metric.unit.into(),
+                data: Some(data),
+                ..Default::default()
+            });
+            metrics.len() - 1
         }
-        let point = NumberDataPoint {
-            attributes: p.labels.iter().map(|(k, v)| attribute(k, v)).collect(),
-            start_time_unix_nano: start,
-            time_unix_nano: now_unix_nano,
-            value: Some(number_data_point::Value::AsDouble(value)),
-            ..Default::default()
-        };
-        let at = match metrics.iter().position(|m| m.name == p.metric.otel) {
-            Some(i) => i,
-            None => {
-                let data = match p.metric.kind {
-                    Kind::Gauge => metric::Data::Gauge(Gauge::default()),
-                    Kind::Counter => metric::Data::Sum(Sum {
-                        data_points: Vec::new(),
-                        aggregation_temporality: agg as i32,
-                        is_monotonic: true,
-                    }),
-                };
-                metrics.push(Metric {
-                    name: p.metric.otel.into(),
-                    description: p.metric.help.into(),
-                    unit: p.metric.unit.into(),
-                    data: Some(data),
-                    ..Default::default()
-                });
-                metrics.len() - 1
-            }
-        };
-        match &mut metrics[at].data {
-            Some(metric::Data::Gauge(g)) => g.data_points.push(point),
-            Some(metric::Data::Sum(s)) => s.data_points.push(point),
-            _ => {}
-        }
+    };
+    match &mut metrics[at].data {
+        Some(metric::Data::Gauge(g)) => g.data_points.push(point),
+        Some(metric::Data::Sum(s)) => s.data_points.push(point),
+        _ => {}
     }
 }
 
@@ -540,8 +523,11 @@ mod tests {
         a.observe(0.2, None);
         let mut delta = DeltaState::default();
         let req = metrics_request(
-            &[&fam],
-            &[],
+            MetricInputs {
+                histograms: &[&fam],
+                counters: &[],
+                gpu: &[],
+            },
             &base(),
             Temporality::Delta,
             1_000,
@@ -579,8 +565,11 @@ mod tests {
         // The next delta holds only what came since.
         a.observe(0.002, None);
         let req = metrics_request(
-            &[&fam],
-            &[],
+            MetricInputs {
+                histograms: &[&fam],
+                counters: &[],
+                gpu: &[],
+            },
             &base(),
             Temporality::Delta,
             1_000,
@@ -628,25 +617,12 @@ mod tests {
         ];
         let mut delta = DeltaState::default();
         let mut export = |points: &[GpuPoint], now| {
-            let mut req = metrics_request(
-                &[],
-                &[],
-                &base(),
-                Temporality::Delta,
-                1_000,
-                now,
-                &mut delta,
-            );
-            append_gpu(
-                &mut req,
-                points,
-                &base(),
-                Temporality::Delta,
-                1_000,
-                now,
-                &mut delta,
-            );
-            req
+            let inputs = MetricInputs {
+                histograms: &[],
+                counters: &[],
+                gpu: points,
+            };
+            metrics_request(inputs, &base(), Temporality::Delta, 1_000, now, &mut delta)
         };
         export(&points, 2_000);
         points[1].value = 130.0;

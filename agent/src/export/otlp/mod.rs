@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 use crate::span::{clock_ns, Span};
-use encode::{CounterPoint, DeltaState, ResourceBase};
+use encode::{CounterPoint, DeltaState, MetricInputs, ResourceBase};
 use settings::{OtlpSettings, Signal};
 use transport::{SendError, Transport};
 
@@ -171,28 +171,22 @@ async fn metric_task(
             _ = stopped.changed() => true,
         };
         let counters = own_counters(&metrics);
-        let now = unix_now();
-        let mut req = encode::metrics_request(
-            &metrics.histograms(),
-            &counters,
-            &base,
-            settings.temporality,
-            start,
-            now,
-            &mut delta,
-        );
         let gpu = metrics
             .gpu
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        encode::append_gpu(
-            &mut req,
-            &gpu.points,
+        let inputs = MetricInputs {
+            histograms: &metrics.histograms(),
+            counters: &counters,
+            gpu: &gpu.points,
+        };
+        let req = encode::metrics_request(
+            inputs,
             &base,
             settings.temporality,
             start,
-            now,
+            unix_now(),
             &mut delta,
         );
         let points: u64 = req
