@@ -22,6 +22,7 @@ use crate::gpu::{self, nvml::NvmlBackend};
 use crate::k8s;
 use crate::metrics::{HistogramCaches, Metrics};
 use crate::probes::{self, ProbeError};
+use crate::process::ProcessTable;
 use crate::routes::Routes;
 use crate::sampler::Sampler;
 use crate::span::{clock_ns, http_error_type, Clock, Span, SpanIds};
@@ -123,7 +124,7 @@ async fn run_async(
 ) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new(config.max_label_sets as usize));
     if config.gpu {
-        start_gpu(&config, &metrics);
+        start_gpu(&config, &metrics, pods.clone());
     }
     let ready = Arc::new(AtomicBool::new(false));
     let addr = config.metrics_addr;
@@ -211,11 +212,11 @@ async fn run_async(
 }
 
 /// Starts the GPU collector; without a driver or a GPU, says so once and goes on.
-fn start_gpu(config: &Config, metrics: &Metrics) {
+fn start_gpu(config: &Config, metrics: &Metrics, pods: Option<k8s::SharedPodIndex>) {
     let collector = NvmlBackend::load().and_then(|backend| {
         gpu::Collector::new(
             Box::new(backend),
-            config.service_name_rules(),
+            ProcessTable::new(config.service_name_rules(), pods),
             host_name(),
             config.gpu_dcgm_names,
         )

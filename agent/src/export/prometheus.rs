@@ -235,7 +235,7 @@ mod tests {
     use super::*;
     use crate::gpu::fake::{FakeGpu, FakeNvml};
     use crate::gpu::Collector;
-    use crate::selector::ServiceNames;
+    use crate::process::ProcessTable;
 
     const UUID: &str = "GPU-5c3b3fa4-2b6e-7c4d-a1e0-96e2f3a1b7c9";
 
@@ -245,7 +245,7 @@ mod tests {
         let fake = FakeNvml::new(vec![gpu]);
         fake.xids.lock().unwrap().push((0, 79));
         let mut c =
-            Collector::new(Box::new(fake), ServiceNames::default(), "h".into(), dcgm).unwrap();
+            Collector::new(Box::new(fake), ProcessTable::default(), "h".into(), dcgm).unwrap();
         let metrics = Metrics::default();
         *metrics.gpu.lock().unwrap() = Arc::new(c.tick(Duration::from_secs(10)));
         encode(&metrics)

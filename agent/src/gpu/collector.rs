@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use super::names::{self, dcgm, MetricDef};
 use super::{DeviceIdentity, Field, GpuBackend, GpuError};
 use crate::process::ProcessTable;
-use crate::selector::ServiceNames;
 
 /// One value of one series.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,9 +67,10 @@ pub struct Collector {
 
 impl Collector {
     /// Finds the devices; fails when there are none (the caller turns GPU statistics off).
+    /// `processes` names the processes using a GPU as the capture path names them.
     pub fn new(
         mut backend: Box<dyn GpuBackend>,
-        names: ServiceNames,
+        processes: ProcessTable,
         host_name: String,
         dcgm: bool,
     ) -> Result<Collector, GpuError> {
@@ -103,7 +103,7 @@ impl Collector {
             host_name,
             dcgm,
             xid_supported: true,
-            processes: ProcessTable::new(names, None),
+            processes,
             read_errors: 0,
             last_error_log: None,
         })
@@ -461,7 +461,7 @@ mod tests {
     fn collector(fake: FakeNvml, dcgm: bool) -> Collector {
         Collector::new(
             Box::new(fake),
-            ServiceNames::default(),
+            ProcessTable::default(),
             "host-a".into(),
             dcgm,
         )
@@ -706,7 +706,7 @@ mod tests {
     fn no_gpu_is_an_error_for_the_caller() {
         let err = Collector::new(
             Box::new(FakeNvml::new(Vec::new())),
-            ServiceNames::default(),
+            ProcessTable::default(),
             String::new(),
             false,
         )
