@@ -115,6 +115,8 @@ fn configuration_layers_file_env_and_flags() {
                     gpu_interval: 10\n\
                     gpu_dcgm_names: false\n\
                     kubernetes_api: null\n\
+                    kubernetes_token_file: /var/run/secrets/kubernetes.io/serviceaccount/token\n\
+                    kubernetes_ca_file: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt\n\
                     node_name: null\n\
                     summary_interval: 20\n\
                     conn_idle_timeout: 300\n\
@@ -175,6 +177,50 @@ fn bad_configuration_files_name_the_key_value_and_reason() {
             err.contains(message) && err.contains("bad"),
             "{yaml}: {err}"
         );
+    }
+}
+
+#[test]
+fn kubernetes_settings_name_the_key_and_reason() {
+    let dir = tempdir("cli-k8s");
+    let ca = workspace_root().join("tests/fixtures/k8s/test-ca.crt");
+    let cases = [
+        (
+            "kubernetes_api: in-cluster\n".to_string(),
+            "key `kubernetes_api`: `in-cluster` needs KUBERNETES_SERVICE_HOST".to_string(),
+        ),
+        (
+            "kubernetes_api: ftp://10.0.0.1\n".to_string(),
+            "key `kubernetes_api`: `ftp://10.0.0.1` is not in-cluster, https://HOST[:PORT] or http://HOST[:PORT]".to_string(),
+        ),
+        (
+            "kubernetes_api: https://10.0.0.1\nkubernetes_ca_file: /nonexistent/ca.crt\n"
+                .to_string(),
+            "key `kubernetes_ca_file`: CA file /nonexistent/ca.crt: No such file or directory"
+                .to_string(),
+        ),
+        (
+            format!(
+                "kubernetes_api: https://10.0.0.1\nkubernetes_ca_file: {}\n\
+                 kubernetes_token_file: /nonexistent/token\n",
+                ca.display()
+            ),
+            "key `kubernetes_token_file`: cannot read the token file /nonexistent/token"
+                .to_string(),
+        ),
+    ];
+    for (i, (yaml, message)) in cases.iter().enumerate() {
+        let file = dir.join(format!("k8s{i}.yaml"));
+        std::fs::write(&file, format!("node_name: node-a\n{yaml}")).unwrap();
+        let out = Command::new(sonde_bin())
+            .arg("--config")
+            .arg(&file)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{yaml}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{yaml}: {err}");
     }
 }
 

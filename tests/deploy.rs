@@ -389,7 +389,21 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         pod["tolerations"][0]["operator"], "Exists",
         "GPU nodes included"
     );
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(
+        pod["containers"].as_array().map(Vec::len),
+        Some(1),
+        "sonde alone: it holds the ServiceAccount credentials itself"
+    );
     let c = &pod["containers"][0];
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "SONDE_KUBERNETES_API" && e["value"] == "in-cluster"),
+        "pod metadata through the in-cluster ServiceAccount"
+    );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(

@@ -78,8 +78,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .map_err(AgentError::Runtime)?;
     let pods = kubernetes.map(|api| {
         log::info!(
-            "pod metadata: watching the pods of node {} through http://{}",
+            "pod metadata: watching the pods of node {} through {}://{}",
             api.node_name,
+            if api.is_https() { "https" } else { "http" },
             api.host_port
         );
         let index = k8s::SharedPodIndex::default();

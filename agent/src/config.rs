@@ -133,11 +133,22 @@ pub struct Config {
     #[arg(long, env = "SONDE_GPU_DCGM_NAMES", default_value_t = false, action = clap::ArgAction::Set)]
     pub gpu_dcgm_names: bool,
 
-    /// The Kubernetes API as http://HOST:PORT, normally a `kubectl proxy` sidecar
-    /// (http://127.0.0.1:8001): pods of this node are watched for pod metadata and service
-    /// names. Unset: no pod metadata.
+    /// The Kubernetes API, for pod metadata and service names (the pods of this node are
+    /// listed and watched): `in-cluster` (the pod's ServiceAccount: HTTPS to
+    /// KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT with its token and CA),
+    /// https://HOST[:PORT] (the token and CA files below) or http://HOST[:PORT] (a local
+    /// proxy, no credentials). Unset: no pod metadata.
     #[arg(long, env = "SONDE_KUBERNETES_API")]
     pub kubernetes_api: Option<String>,
+
+    /// Bearer token for an HTTPS Kubernetes API; read again at every connection, as the
+    /// kubelet rotates it.
+    #[arg(long, env = "SONDE_KUBERNETES_TOKEN_FILE", default_value = crate::k8s::SERVICE_ACCOUNT_TOKEN)]
+    pub kubernetes_token_file: PathBuf,
+
+    /// PEM certificates that an HTTPS Kubernetes API's certificate must chain to.
+    #[arg(long, env = "SONDE_KUBERNETES_CA_FILE", default_value = crate::k8s::SERVICE_ACCOUNT_CA)]
+    pub kubernetes_ca_file: PathBuf,
 
     /// This node's name, for the pods watched (the DaemonSet sets it from spec.nodeName).
     #[arg(long, env = "K8S_NODE_NAME")]
@@ -214,6 +225,8 @@ pub struct FileConfig {
     pub gpu_interval: Option<u64>,
     pub gpu_dcgm_names: Option<bool>,
     pub kubernetes_api: Option<String>,
+    pub kubernetes_token_file: Option<PathBuf>,
+    pub kubernetes_ca_file: Option<PathBuf>,
     pub node_name: Option<String>,
     pub summary_interval: Option<u64>,
     pub conn_idle_timeout: Option<u64>,
@@ -357,6 +370,20 @@ impl Config {
         {
             self.kubernetes_api = Some(v.clone());
         }
+        if let Some(v) = file
+            .kubernetes_token_file
+            .as_ref()
+            .filter(|_| from_file("kubernetes_token_file"))
+        {
+            self.kubernetes_token_file = v.clone();
+        }
+        if let Some(v) = file
+            .kubernetes_ca_file
+            .as_ref()
+            .filter(|_| from_file("kubernetes_ca_file"))
+        {
+            self.kubernetes_ca_file = v.clone();
+        }
         if let Some(v) = file.node_name.as_ref().filter(|_| from_file("node_name")) {
             self.node_name = Some(v.clone());
         }
@@ -470,9 +497,26 @@ impl Config {
         let node = self.node_name.as_deref().filter(|n| !n.is_empty()).ok_or(
             "key `node_name` (K8S_NODE_NAME): required with `kubernetes_api`, to watch this node's pods",
         )?;
-        crate::k8s::ApiConfig::new(url, node)
+        let settings = crate::k8s::ApiSettings {
+            api: url,
+            node_name: node,
+            token_file: &self.kubernetes_token_file,
+            ca_file: &self.kubernetes_ca_file,
+        };
+        let env = |k: &str| std::env::var(k).ok();
+        crate::k8s::ApiConfig::new(&settings, &env)
             .map(Some)
-            .map_err(|reason| format!("key `kubernetes_api`: {reason}"))
+            .map_err(|reason| {
+                // Which key the reason is about: the files have keys of their own.
+                let key = if reason.starts_with("CA file") {
+                    "kubernetes_ca_file"
+                } else if reason.starts_with("cannot read the token file") {
+                    "kubernetes_token_file"
+                } else {
+                    "kubernetes_api"
+                };
+                format!("key `{key}`: {reason}")
+            })
     }
 
     /// Which connections are captured (`include`, `exclude`).
@@ -512,6 +556,8 @@ impl Config {
             gpu_interval: Some(self.gpu_interval),
             gpu_dcgm_names: Some(self.gpu_dcgm_names),
             kubernetes_api: self.kubernetes_api.clone(),
+            kubernetes_token_file: Some(self.kubernetes_token_file.clone()),
+            kubernetes_ca_file: Some(self.kubernetes_ca_file.clone()),
             node_name: self.node_name.clone(),
             summary_interval: Some(self.summary_interval),
             conn_idle_timeout: Some(self.conn_idle_timeout),

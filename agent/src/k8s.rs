@@ -3,17 +3,25 @@
 //! container id (from /proc/PID/cgroup) gives its pod, namespace, container, owner and
 //! service name.
 //!
-//! sonde speaks plain HTTP to the API: in a cluster it reaches it through a `kubectl proxy`
-//! sidecar on 127.0.0.1 that holds the ServiceAccount's credentials and the TLS session
-//! (see deploy/kubernetes/daemonset.yaml).
+//! In a cluster sonde uses its pod's ServiceAccount (`kubernetes_api: in-cluster`): HTTPS to
+//! `KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT`, the server checked against the
+//! ServiceAccount's CA, and its token sent as a bearer token (read again at every connection,
+//! since the kubelet rotates it). Plain `http://` is for a local proxy and for tests.
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use thiserror::Error;
+
+/// Where Kubernetes mounts a pod's ServiceAccount token and the cluster's CA.
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const SERVICE_ACCOUNT_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 
 /// What a process learns from its pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -167,29 +175,119 @@ pub enum K8sError {
     Protocol(String),
     #[error("bad JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The token's content is never part of a message.
+    #[error("cannot read the token file {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// `http://host:port` of the API (through the proxy) and this node's name.
+/// How sonde reaches the API, and this node's name.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
+    /// `host:port`, connected to and sent as `Host`.
     pub host_port: String,
     pub node_name: String,
+    /// Set for `https://`: the server is verified and a bearer token is sent.
+    tls: Option<Tls>,
+}
+
+#[derive(Clone)]
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    token_file: PathBuf,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+/// Where the API is, as configured: `in-cluster`, `https://HOST[:PORT]` or
+/// `http://HOST[:PORT]`, with the files an `https` API needs.
+pub struct ApiSettings<'a> {
+    pub api: &'a str,
+    pub node_name: &'a str,
+    pub token_file: &'a Path,
+    pub ca_file: &'a Path,
 }
 
 impl ApiConfig {
-    /// From `http://host:port`; anything else is refused.
-    pub fn new(url: &str, node_name: &str) -> Result<ApiConfig, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("`{url}` is not http://HOST:PORT (sonde reaches the API through a kubectl proxy sidecar)"))?;
-        let host_port = rest.trim_end_matches('/');
-        if host_port.is_empty() || host_port.contains('/') {
-            return Err(format!("`{url}` is not http://HOST:PORT"));
+    /// Checks the settings (and, for HTTPS, loads the CA and reads the token once); an error
+    /// says what is wrong in words a configuration message can carry. `env` reads the
+    /// `KUBERNETES_SERVICE_*` variables for `in-cluster`.
+    pub fn new(
+        s: &ApiSettings<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ApiConfig, String> {
+        let url = if s.api == "in-cluster" {
+            let var = |name: &str| {
+                env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    format!("`in-cluster` needs {name}, which Kubernetes sets in every pod; it is not set")
+                })
+            };
+            let (host, port) = (
+                var("KUBERNETES_SERVICE_HOST")?,
+                var("KUBERNETES_SERVICE_PORT")?,
+            );
+            if host.contains(':') {
+                format!("https://[{host}]:{port}")
+            } else {
+                format!("https://{host}:{port}")
+            }
+        } else {
+            s.api.to_string()
+        };
+        let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!(
+                "`{url}` is not in-cluster, https://HOST[:PORT] or http://HOST[:PORT]"
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        let (host, port) =
+            split_authority(authority, if https { 443 } else { 80 }).ok_or_else(|| {
+                format!("`{url}` is not in-cluster, https://HOST[:PORT] or http://HOST[:PORT]")
+            })?;
+        let host_port = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let tls = if https {
+            Some(Tls {
+                config: Arc::new(client_config(s.ca_file)?),
+                server_name: ServerName::try_from(host.to_string())
+                    .map_err(|e| format!("`{host}` is not a valid server name: {e}"))?,
+                token_file: s.token_file.to_path_buf(),
+            })
+        } else {
+            None
+        };
+        if let Some(t) = &tls {
+            read_token(&t.token_file).map_err(|e| e.to_string())?;
         }
         Ok(ApiConfig {
-            host_port: host_port.to_string(),
-            node_name: node_name.to_string(),
+            host_port,
+            node_name: s.node_name.to_string(),
+            tls,
         })
+    }
+
+    /// Whether requests go over TLS with the ServiceAccount's token.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
     }
 
     fn pods_path(&self, watch_from: Option<&str>) -> String {
@@ -206,15 +304,89 @@ impl ApiConfig {
     }
 }
 
+/// `host[:port]` or `[v6][:port]` into the host (without brackets) and the port.
+fn split_authority(authority: &str, default_port: u16) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default_port,
+    };
+    (!host.is_empty() && !host.contains('/')).then_some((host, port))
+}
+
+/// A TLS client that trusts only the certificates in `ca_file` (the cluster's CA).
+fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
+    let what = |reason: String| format!("CA file {}: {reason}", ca_file.display());
+    let pem = std::fs::read(ca_file).map_err(|e| what(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| what(e.to_string()))?;
+        roots.add(cert).map_err(|e| what(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(what("no PEM certificate in it".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| what(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The bearer token, trimmed. Read at every connection: the kubelet rotates the file.
+fn read_token(path: &Path) -> Result<String, K8sError> {
+    let token = std::fs::read_to_string(path).map_err(|source| K8sError::Token {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(K8sError::Token {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("the file is empty"),
+        });
+    }
+    Ok(token)
+}
+
+/// A connection to the API, plain or TLS.
+trait Connection: Read + Write + Send {}
+impl<T: Read + Write + Send> Connection for T {}
+
 /// One GET; returns the status and a reader positioned at the (de-chunked) body.
 fn get(api: &ApiConfig, path: &str, timeout: Option<Duration>) -> Result<Body, K8sError> {
-    let mut stream = TcpStream::connect(&api.host_port)?;
-    stream.set_read_timeout(timeout)?;
+    let tcp = TcpStream::connect(&api.host_port)?;
+    tcp.set_read_timeout(timeout)?;
+    tcp.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let (mut stream, auth): (Box<dyn Connection>, String) = match &api.tls {
+        Some(tls) => {
+            let token = read_token(&tls.token_file)?;
+            let conn = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())?;
+            (
+                Box::new(rustls::StreamOwned::new(conn, tcp)),
+                format!("Authorization: Bearer {token}\r\n"),
+            )
+        }
+        None => (Box::new(tcp), String::new()),
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: sonde\r\nConnection: close\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: {}\r\n{auth}Accept: application/json\r\nUser-Agent: sonde\r\nConnection: close\r\n\r\n",
         api.host_port
     )?;
+    stream.flush()?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -224,6 +396,7 @@ fn get(api: &ApiConfig, path: &str, timeout: Option<Duration>) -> Result<Body, K
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| K8sError::Protocol(format!("status line {line:?}")))?;
     let mut chunked = false;
+    let mut length = None;
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
@@ -233,13 +406,22 @@ fn get(api: &ApiConfig, path: &str, timeout: Option<Duration>) -> Result<Body, K
         if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
             chunked = true;
         }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
     }
     let mut body = Body {
         reader,
         chunked,
-        chunk_left: 0,
+        // A body with a length ends there, whether or not the peer closes cleanly.
+        chunk_left: length.unwrap_or(0),
+        last_chunk: false,
         done: false,
     };
+    if !chunked && length.is_some() {
+        body.chunked = true;
+        body.last_chunk = true;
+    }
     if status != 200 {
         let mut text = String::new();
         let _ = body.read_to_string(&mut text);
@@ -251,9 +433,11 @@ fn get(api: &ApiConfig, path: &str, timeout: Option<Duration>) -> Result<Body, K
 
 /// A response body, chunked or not.
 struct Body {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Connection>>,
+    /// Framed: chunked, or one chunk of Content-Length bytes (`last_chunk`).
     chunked: bool,
     chunk_left: usize,
+    last_chunk: bool,
     done: bool,
 }
 
@@ -263,6 +447,10 @@ impl Read for Body {
             return self.reader.read(buf);
         }
         if self.done {
+            return Ok(0);
+        }
+        if self.chunk_left == 0 && self.last_chunk {
+            self.done = true;
             return Ok(0);
         }
         if self.chunk_left == 0 {
@@ -444,16 +632,76 @@ mod tests {
         assert!(index.is_empty());
     }
 
+    fn settings<'a>(api: &'a str, token_file: &'a Path, ca_file: &'a Path) -> ApiSettings<'a> {
+        ApiSettings {
+            api,
+            node_name: "node-a",
+            token_file,
+            ca_file,
+        }
+    }
+
     #[test]
     fn api_urls() {
-        let api = ApiConfig::new("http://127.0.0.1:8001/", "node-a").unwrap();
-        assert_eq!(api.host_port, "127.0.0.1:8001");
+        let no_env = |_: &str| None;
+        let none = Path::new("/nonexistent");
+        let api = ApiConfig::new(&settings("http://127.0.0.1:8001/", none, none), &no_env).unwrap();
+        assert_eq!(
+            (api.host_port.as_str(), api.is_https()),
+            ("127.0.0.1:8001", false)
+        );
         assert_eq!(
             api.pods_path(Some("42")),
             "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a&watch=1&allowWatchBookmarks=true&resourceVersion=42"
         );
-        assert!(ApiConfig::new("https://10.0.0.1", "n")
+        let v6 = ApiConfig::new(&settings("http://[::1]", none, none), &no_env).unwrap();
+        assert_eq!(v6.host_port, "[::1]:80");
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://a/b",
+            "http://a:port",
+            "10.0.0.1",
+        ] {
+            let err = ApiConfig::new(&settings(bad, none, none), &no_env).unwrap_err();
+            assert!(err.contains("is not in-cluster"), "{bad}: {err}");
+        }
+        let err = ApiConfig::new(&settings("in-cluster", none, none), &no_env).unwrap_err();
+        assert!(err.contains("needs KUBERNETES_SERVICE_HOST"), "{err}");
+    }
+
+    #[test]
+    fn in_cluster_needs_a_ca_and_a_token() {
+        let dir = std::env::temp_dir().join(format!("sonde-k8s-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = |k: &str| match k {
+            "KUBERNETES_SERVICE_HOST" => Some("10.96.0.1".to_string()),
+            "KUBERNETES_SERVICE_PORT" => Some("443".to_string()),
+            _ => None,
+        };
+        let (token, ca) = (dir.join("token"), dir.join("ca.crt"));
+        let s = settings("in-cluster", &token, &ca);
+        let err = ApiConfig::new(&s, &env).unwrap_err();
+        assert!(
+            err.starts_with(&format!("CA file {}", ca.display())),
+            "{err}"
+        );
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        assert!(ApiConfig::new(&s, &env)
             .unwrap_err()
-            .contains("kubectl proxy"));
+            .contains("no PEM certificate"));
+        std::fs::write(&ca, include_str!("../../tests/fixtures/k8s/test-ca.crt")).unwrap();
+        let err = ApiConfig::new(&s, &env).unwrap_err();
+        assert!(err.starts_with("cannot read the token file"), "{err}");
+        std::fs::write(&token, "  \n").unwrap();
+        assert!(ApiConfig::new(&s, &env).unwrap_err().contains("empty"));
+        std::fs::write(&token, "secret-token-value\n").unwrap();
+        let api = ApiConfig::new(&s, &env).unwrap();
+        assert_eq!(
+            (api.host_port.as_str(), api.is_https()),
+            ("10.96.0.1:443", true)
+        );
+        assert!(!format!("{api:?}").contains("secret-token-value"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
