@@ -34,10 +34,11 @@ impl Row {
     }
 }
 
-/// Keyed by (service, protocol, role).
+/// Rows by service, then by (protocol, role): a call looks its service up by `&str`, so the
+/// hot path allocates nothing once a service has a row in the window.
 #[derive(Default)]
 pub struct Summary {
-    rows: BTreeMap<(String, &'static str, &'static str), Row>,
+    rows: BTreeMap<String, Vec<(&'static str, &'static str, Row)>>,
 }
 
 impl Summary {
@@ -49,8 +50,21 @@ impl Summary {
         duration_ns: u64,
         error: bool,
     ) {
-        let key = (service.to_string(), protocol, role);
-        let row = self.rows.entry(key).or_insert_with(Row::new);
+        if !self.rows.contains_key(service) {
+            self.rows.insert(service.to_string(), Vec::new());
+        }
+        let rows = self.rows.get_mut(service).expect("inserted above");
+        let at = match rows
+            .iter()
+            .position(|(p, r, _)| *p == protocol && *r == role)
+        {
+            Some(at) => at,
+            None => {
+                rows.push((protocol, role, Row::new()));
+                rows.len() - 1
+            }
+        };
+        let row = &mut rows[at].2;
         row.count += 1;
         row.errors += error as u64;
         let idx = ((duration_ns.max(1) as f64).log2() * 4.0) as usize;
@@ -68,18 +82,21 @@ impl Summary {
         if self.rows.is_empty() {
             let _ = writeln!(out, "(no requests seen in the last {secs:.0}s)");
         }
-        for ((service, proto, role), row) in &self.rows {
-            let _ = writeln!(
-                out,
-                "{:<24} {:<8} {:<7} {:>10.1} {:>6.1}% {:>10} {:>10}",
-                truncate(service, 24),
-                proto,
-                role,
-                row.count as f64 / secs,
-                100.0 * row.errors as f64 / row.count.max(1) as f64,
-                format_seconds(row.quantile(0.5)),
-                format_seconds(row.quantile(0.95)),
-            );
+        for (service, rows) in &mut self.rows {
+            rows.sort_by_key(|(proto, role, _)| (*proto, *role));
+            for (proto, role, row) in rows.iter() {
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<8} {:<7} {:>10.1} {:>6.1}% {:>10} {:>10}",
+                    truncate(service, 24),
+                    proto,
+                    role,
+                    row.count as f64 / secs,
+                    100.0 * row.errors as f64 / row.count.max(1) as f64,
+                    format_seconds(row.quantile(0.5)),
+                    format_seconds(row.quantile(0.95)),
+                );
+            }
         }
         self.rows.clear();
         out
@@ -128,5 +145,32 @@ mod tests {
             .unwrap();
         assert!((50.0..=60.0).contains(&p50), "{t}");
         assert!(s.take_table(10.0).contains("no requests"));
+    }
+
+    #[test]
+    fn rows_per_service_protocol_and_role_in_order() {
+        let mut s = Summary::default();
+        for _ in 0..3 {
+            s.observe("web", "http", "server", 1_000_000, false);
+            s.observe("api", "redis", "client", 1_000_000, false);
+            s.observe("api", "http", "server", 1_000_000, true);
+        }
+        s.observe("api", "http", "client", 1_000_000, false);
+        let t = s.take_table(1.0);
+        let rows: Vec<Vec<&str>> = t
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().take(5).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec!["api", "http", "client", "1.0", "0.0%"],
+                vec!["api", "http", "server", "3.0", "100.0%"],
+                vec!["api", "redis", "client", "3.0", "0.0%"],
+                vec!["web", "http", "server", "3.0", "0.0%"],
+            ],
+            "{t}"
+        );
     }
 }

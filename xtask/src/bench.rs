@@ -38,9 +38,12 @@ struct Options {
 }
 
 fn options(args: &[String]) -> Result<Options> {
+    // Many short pairs rather than a few long ones: this machine is shared, its speed
+    // drifts by more than 10 % within minutes, and only the two runs of a pair are close
+    // enough in time to compare.
     let mut o = Options {
-        pairs: 3,
-        seconds: 10,
+        pairs: 6,
+        seconds: 5,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -105,6 +108,10 @@ fn compare(
     };
     let off_rate = med(&off, |r| Some(r.rate)).unwrap_or(f64::NAN);
     let on_rate = med(&on, |r| Some(r.rate)).unwrap_or(f64::NAN);
+    // Each pair's own ratio: its two runs were measured back to back.
+    let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a.rate / b.rate).collect();
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let cpu_per_op = median(
         on.iter()
             .zip(&usage)
@@ -117,9 +124,9 @@ fn compare(
         "{title} ({} pairs, medians)\n\
          throughput off  {off_rate:.0} {unit}/s\n\
          throughput on   {on_rate:.0} {unit}/s\n\
-         ratio on/off    {:.3}\n",
+         ratio on/off    {:.3} (median of the pairs' ratios; lowest {lowest:.3}, highest {highest:.3})\n",
         o.pairs,
-        on_rate / off_rate,
+        median(ratios.clone()),
     );
     let pairs_of = |name: &str, f: fn(&LoadResult) -> Option<f64>| match (med(&off, f), med(&on, f))
     {

@@ -44,7 +44,7 @@ commands:
   bench http     build, then wrk against nginx with sonde off and on, interleaved
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
-                 (bench options: --pairs N (3), --seconds S (10); reports in target/bench/)
+                 (bench options: --pairs N (6), --seconds S (5); reports in target/bench/)
   dashboards     write the Grafana dashboards under deploy/grafana/ (from xtask/src/dashboards.rs)
   gpu-check      on a host with an NVIDIA GPU and PyTorch: sonde beside a GPU workload,
                  its figures compared with nvidia-smi's (--sonde PATH uses a built binary
