@@ -506,17 +506,7 @@ impl Config {
         let env = |k: &str| std::env::var(k).ok();
         crate::k8s::ApiConfig::new(&settings, &env)
             .map(Some)
-            .map_err(|reason| {
-                // Which key the reason is about: the files have keys of their own.
-                let key = if reason.starts_with("CA file") {
-                    "kubernetes_ca_file"
-                } else if reason.starts_with("cannot read the token file") {
-                    "kubernetes_token_file"
-                } else {
-                    "kubernetes_api"
-                };
-                format!("key `{key}`: {reason}")
-            })
+            .map_err(|e| format!("key `{}`: {e}", e.key()))
     }
 
     /// Which connections are captured (`include`, `exclude`).

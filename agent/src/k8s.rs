@@ -211,6 +211,31 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// A setting of the API that cannot work, with the configuration key it is about.
+#[derive(Debug, Error)]
+pub enum ApiSettingsError {
+    /// `kubernetes_api`: the address, or the variables `in-cluster` needs.
+    #[error("{0}")]
+    Api(String),
+    /// `kubernetes_ca_file`.
+    #[error("CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    /// `kubernetes_token_file`.
+    #[error(transparent)]
+    Token(K8sError),
+}
+
+impl ApiSettingsError {
+    /// The configuration key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ApiSettingsError::Api(_) => "kubernetes_api",
+            ApiSettingsError::CaFile { .. } => "kubernetes_ca_file",
+            ApiSettingsError::Token(_) => "kubernetes_token_file",
+        }
+    }
+}
+
 /// Where the API is, as configured: `in-cluster`, `https://HOST[:PORT]` or
 /// `http://HOST[:PORT]`, with the files an `https` API needs.
 pub struct ApiSettings<'a> {
@@ -227,11 +252,11 @@ impl ApiConfig {
     pub fn new(
         s: &ApiSettings<'_>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<ApiConfig, String> {
+    ) -> Result<ApiConfig, ApiSettingsError> {
         let url = if s.api == "in-cluster" {
             let var = |name: &str| {
                 env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
-                    format!("`in-cluster` needs {name}, which Kubernetes sets in every pod; it is not set")
+                    ApiSettingsError::Api(format!("`in-cluster` needs {name}, which Kubernetes sets in every pod; it is not set"))
                 })
             };
             let (host, port) = (
@@ -251,15 +276,11 @@ impl ApiConfig {
         } else if let Some(rest) = url.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err(format!(
-                "`{url}` is not in-cluster, https://HOST[:PORT] or http://HOST[:PORT]"
-            ));
+            return Err(not_an_api(&url));
         };
         let authority = rest.trim_end_matches('/');
-        let (host, port) =
-            split_authority(authority, if https { 443 } else { 80 }).ok_or_else(|| {
-                format!("`{url}` is not in-cluster, https://HOST[:PORT] or http://HOST[:PORT]")
-            })?;
+        let (host, port) = split_authority(authority, if https { 443 } else { 80 })
+            .ok_or_else(|| not_an_api(&url))?;
         let host_port = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -268,15 +289,16 @@ impl ApiConfig {
         let tls = if https {
             Some(Tls {
                 config: Arc::new(client_config(s.ca_file)?),
-                server_name: ServerName::try_from(host.to_string())
-                    .map_err(|e| format!("`{host}` is not a valid server name: {e}"))?,
+                server_name: ServerName::try_from(host.to_string()).map_err(|e| {
+                    ApiSettingsError::Api(format!("`{host}` is not a valid server name: {e}"))
+                })?,
                 token_file: s.token_file.to_path_buf(),
             })
         } else {
             None
         };
         if let Some(t) = &tls {
-            read_token(&t.token_file).map_err(|e| e.to_string())?;
+            read_token(&t.token_file).map_err(ApiSettingsError::Token)?;
         }
         Ok(ApiConfig {
             host_port,
@@ -304,6 +326,12 @@ impl ApiConfig {
     }
 }
 
+fn not_an_api(url: &str) -> ApiSettingsError {
+    ApiSettingsError::Api(format!(
+        "`{url}` is not in-cluster, https://HOST[:PORT] or http://HOST[:PORT]"
+    ))
+}
+
 /// `host[:port]` or `[v6][:port]` into the host (without brackets) and the port.
 fn split_authority(authority: &str, default_port: u16) -> Option<(&str, u16)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
@@ -326,8 +354,11 @@ fn split_authority(authority: &str, default_port: u16) -> Option<(&str, u16)> {
 }
 
 /// A TLS client that trusts only the certificates in `ca_file` (the cluster's CA).
-fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
-    let what = |reason: String| format!("CA file {}: {reason}", ca_file.display());
+fn client_config(ca_file: &Path) -> Result<rustls::ClientConfig, ApiSettingsError> {
+    let what = |reason: String| ApiSettingsError::CaFile {
+        path: ca_file.to_path_buf(),
+        reason,
+    };
     let pem = std::fs::read(ca_file).map_err(|e| what(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -410,18 +441,22 @@ fn get(api: &ApiConfig, path: &str, timeout: Option<Duration>) -> Result<Body, K
             length = v.trim().parse::<usize>().ok();
         }
     }
+    // A body with a length ends there, whether or not the peer then closes cleanly.
+    let framing = match (chunked, length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(_)) => Framing::Length,
+        (false, None) => Framing::UntilClose,
+    };
     let mut body = Body {
         reader,
-        chunked,
-        // A body with a length ends there, whether or not the peer closes cleanly.
-        chunk_left: length.unwrap_or(0),
-        last_chunk: false,
+        framing,
+        left: if framing == Framing::Length {
+            length.unwrap_or(0)
+        } else {
+            0
+        },
         done: false,
     };
-    if !chunked && length.is_some() {
-        body.chunked = true;
-        body.last_chunk = true;
-    }
     if status != 200 {
         let mut text = String::new();
         let _ = body.read_to_string(&mut text);
@@ -434,26 +469,28 @@ fn get(api: &ApiConfig, path: &str, timeout: Option<Duration>) -> Result<Body, K
 /// A response body, chunked or not.
 struct Body {
     reader: BufReader<Box<dyn Connection>>,
-    /// Framed: chunked, or one chunk of Content-Length bytes (`last_chunk`).
-    chunked: bool,
-    chunk_left: usize,
-    last_chunk: bool,
+    framing: Framing,
+    /// Bytes left in the current chunk, or of the Content-Length.
+    left: usize,
     done: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Chunked,
+    Length,
+    UntilClose,
 }
 
 impl Read for Body {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if !self.chunked {
+        if self.framing == Framing::UntilClose {
             return self.reader.read(buf);
         }
-        if self.done {
+        if self.done || (self.framing == Framing::Length && self.left == 0) {
             return Ok(0);
         }
-        if self.chunk_left == 0 && self.last_chunk {
-            self.done = true;
-            return Ok(0);
-        }
-        if self.chunk_left == 0 {
+        if self.left == 0 {
             let mut size = String::new();
             if self.reader.read_line(&mut size)? == 0 {
                 self.done = true;
@@ -465,19 +502,19 @@ impl Read for Body {
                 return self.read(buf);
             }
             let hex = size.split(';').next().unwrap_or("");
-            self.chunk_left = usize::from_str_radix(hex, 16)
+            self.left = usize::from_str_radix(hex, 16)
                 .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
-            if self.chunk_left == 0 {
+            if self.left == 0 {
                 self.done = true;
                 return Ok(0);
             }
         }
-        let n = buf.len().min(self.chunk_left);
+        let n = buf.len().min(self.left);
         let n = self.reader.read(&mut buf[..n])?;
         if n == 0 {
             self.done = true;
         }
-        self.chunk_left -= n;
+        self.left -= n;
         Ok(n)
     }
 }
@@ -664,10 +701,17 @@ mod tests {
             "10.0.0.1",
         ] {
             let err = ApiConfig::new(&settings(bad, none, none), &no_env).unwrap_err();
-            assert!(err.contains("is not in-cluster"), "{bad}: {err}");
+            assert_eq!(err.key(), "kubernetes_api");
+            assert!(
+                err.to_string().contains("is not in-cluster"),
+                "{bad}: {err}"
+            );
         }
         let err = ApiConfig::new(&settings("in-cluster", none, none), &no_env).unwrap_err();
-        assert!(err.contains("needs KUBERNETES_SERVICE_HOST"), "{err}");
+        assert!(
+            err.to_string().contains("needs KUBERNETES_SERVICE_HOST"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -682,19 +726,25 @@ mod tests {
         let (token, ca) = (dir.join("token"), dir.join("ca.crt"));
         let s = settings("in-cluster", &token, &ca);
         let err = ApiConfig::new(&s, &env).unwrap_err();
+        assert_eq!(err.key(), "kubernetes_ca_file");
+        let text = err.to_string();
         assert!(
-            err.starts_with(&format!("CA file {}", ca.display())),
-            "{err}"
+            text.starts_with(&format!("CA file {}", ca.display())),
+            "{text}"
         );
         std::fs::write(&ca, "not a certificate\n").unwrap();
-        assert!(ApiConfig::new(&s, &env)
-            .unwrap_err()
-            .contains("no PEM certificate"));
+        let err = ApiConfig::new(&s, &env).unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
         std::fs::write(&ca, include_str!("../../tests/fixtures/k8s/test-ca.crt")).unwrap();
         let err = ApiConfig::new(&s, &env).unwrap_err();
-        assert!(err.starts_with("cannot read the token file"), "{err}");
+        assert_eq!(err.key(), "kubernetes_token_file");
+        assert!(
+            err.to_string().starts_with("cannot read the token file"),
+            "{err}"
+        );
         std::fs::write(&token, "  \n").unwrap();
-        assert!(ApiConfig::new(&s, &env).unwrap_err().contains("empty"));
+        let err = ApiConfig::new(&s, &env).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
         std::fs::write(&token, "secret-token-value\n").unwrap();
         let api = ApiConfig::new(&s, &env).unwrap();
         assert_eq!(
@@ -703,5 +753,41 @@ mod tests {
         );
         assert!(!format!("{api:?}").contains("secret-token-value"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bodies_end_at_their_length_or_last_chunk() {
+        let body = |framing, left, wire: &str| {
+            let conn: Box<dyn Connection> =
+                Box::new(std::io::Cursor::new(wire.as_bytes().to_vec()));
+            let mut b = Body {
+                reader: BufReader::new(conn),
+                framing,
+                left,
+                done: false,
+            };
+            let mut out = String::new();
+            b.read_to_string(&mut out).map(|_| out)
+        };
+        // Bytes after Content-Length are not the body's (a peer that then closes uncleanly
+        // must not turn a complete body into an error).
+        assert_eq!(
+            body(Framing::Length, 5, "hello, and more").unwrap(),
+            "hello"
+        );
+        assert_eq!(
+            body(
+                Framing::Chunked,
+                0,
+                "4\r\n{\"a\"\r\n2;ext=1\r\n:1\r\n1\r\n}\r\n0\r\n\r\n"
+            )
+            .unwrap(),
+            "{\"a\":1}"
+        );
+        assert!(body(Framing::Chunked, 0, "zz\r\nhi\r\n").is_err());
+        assert_eq!(
+            body(Framing::UntilClose, 0, "all of it").unwrap(),
+            "all of it"
+        );
     }
 }
