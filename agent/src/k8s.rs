@@ -253,43 +253,44 @@ impl ApiConfig {
         s: &ApiSettings<'_>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ApiConfig, ApiSettingsError> {
-        let url = if s.api == "in-cluster" {
+        // (https?, host without brackets, port)
+        let (https, host, port) = if s.api == "in-cluster" {
             let var = |name: &str| {
                 env(name).filter(|v| !v.is_empty()).ok_or_else(|| {
                     ApiSettingsError::Api(format!("`in-cluster` needs {name}, which Kubernetes sets in every pod; it is not set"))
                 })
             };
-            let (host, port) = (
-                var("KUBERNETES_SERVICE_HOST")?,
-                var("KUBERNETES_SERVICE_PORT")?,
-            );
-            if host.contains(':') {
-                format!("https://[{host}]:{port}")
+            let host = var("KUBERNETES_SERVICE_HOST")?;
+            let port = var("KUBERNETES_SERVICE_PORT")?;
+            let port = port.parse().map_err(|_| {
+                ApiSettingsError::Api(format!("KUBERNETES_SERVICE_PORT `{port}` is not a port"))
+            })?;
+            (true, host, port)
+        } else {
+            let (https, rest) = if let Some(rest) = s.api.strip_prefix("https://") {
+                (true, rest)
+            } else if let Some(rest) = s.api.strip_prefix("http://") {
+                (false, rest)
             } else {
-                format!("https://{host}:{port}")
-            }
-        } else {
-            s.api.to_string()
+                return Err(not_an_api(s.api));
+            };
+            let (host, port) =
+                split_authority(rest.trim_end_matches('/'), if https { 443 } else { 80 })
+                    .ok_or_else(|| not_an_api(s.api))?;
+            (https, host.to_string(), port)
         };
-        let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
-            (true, rest)
-        } else if let Some(rest) = url.strip_prefix("http://") {
-            (false, rest)
-        } else {
-            return Err(not_an_api(&url));
-        };
-        let authority = rest.trim_end_matches('/');
-        let (host, port) = split_authority(authority, if https { 443 } else { 80 })
-            .ok_or_else(|| not_an_api(&url))?;
         let host_port = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
             format!("{host}:{port}")
         };
         let tls = if https {
+            let config = Arc::new(client_config(s.ca_file)?);
+            // Read once here too, so that a missing token is a configuration error.
+            read_token(s.token_file).map_err(ApiSettingsError::Token)?;
             Some(Tls {
-                config: Arc::new(client_config(s.ca_file)?),
-                server_name: ServerName::try_from(host.to_string()).map_err(|e| {
+                config,
+                server_name: ServerName::try_from(host.clone()).map_err(|e| {
                     ApiSettingsError::Api(format!("`{host}` is not a valid server name: {e}"))
                 })?,
                 token_file: s.token_file.to_path_buf(),
@@ -297,9 +298,6 @@ impl ApiConfig {
         } else {
             None
         };
-        if let Some(t) = &tls {
-            read_token(&t.token_file).map_err(ApiSettingsError::Token)?;
-        }
         Ok(ApiConfig {
             host_port,
             node_name: s.node_name.to_string(),
