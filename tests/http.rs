@@ -574,3 +574,94 @@ fn python_http_server_with_resource_attribute_service_name() {
         Some("200")
     );
 }
+
+/// Starts `cmd` (a server on `port`), waits until it accepts, and returns its pid.
+fn start_server(name: &str, cmd: Command, port: u16) -> u32 {
+    let child = spawn_owned(cmd);
+    let pid = child.id();
+    std::mem::forget(child);
+    let start = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pid
+}
+
+/// Five requests to a fork-per-connection server give five SERVER spans, each with the pid of
+/// the child that served it and the server's service name and port.
+fn assert_forked_server_spans(port: u16, parent_pid: u32, service: &str) {
+    let env = env();
+    for i in 0..5 {
+        curl(&[
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/index.html?i={i}"),
+        ]);
+    }
+    let on_port = |s: &Value| {
+        kind(s) == "SERVER" && attr(s, "server.port").as_deref() == Some(&port.to_string())
+    };
+    let spans = env.sonde.wait_spans(5, on_port);
+    assert_eq!(spans.len(), 5, "{spans:?}");
+    let mut pids = BTreeSet::new();
+    for s in &spans {
+        assert_eq!(s["service.name"], service, "{s}");
+        assert_eq!(attr(s, "url.path").as_deref(), Some("/index.html"), "{s}");
+        assert_eq!(
+            attr(s, "http.response.status_code").as_deref(),
+            Some("200"),
+            "{s}"
+        );
+        let pid = s["process.pid"].as_u64().expect("process.pid") as u32;
+        assert_ne!(pid, parent_pid, "served by a child, not the parent: {s}");
+        pids.insert(pid);
+    }
+    assert_eq!(pids.len(), 5, "one child per connection: {pids:?}");
+    // The client side is exact too.
+    let clients = env.sonde.wait_spans(5, |s| {
+        is_curl_client(s) && attr(s, "server.port").as_deref() == Some(&port.to_string())
+    });
+    assert_eq!(clients.len(), 5, "{clients:?}");
+}
+
+#[test]
+fn fork_per_connection_server_that_moves_the_socket_to_stdin_and_stdout() {
+    // busybox httpd accepts in the parent, which closes its copy; the child moves the socket
+    // to fd 0, copies it to fd 1, reads the request from 0 and writes the response to 1.
+    let dir = tempdir("http-busybox");
+    std::fs::write(dir.join("index.html"), "hello from busybox\n").unwrap();
+    let port = free_port();
+    let mut cmd = Command::new("busybox");
+    cmd.args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = start_server("busybox httpd", cmd, port);
+    assert_forked_server_spans(port, pid, "busybox");
+}
+
+#[test]
+fn fork_per_connection_server_whose_child_uses_the_accepted_fd() {
+    // Python's ForkingMixIn: the child serves on the fd the parent accepted.
+    let dir = tempdir("http-forking-python");
+    std::fs::write(dir.join("index.html"), "hello from a forked child\n").unwrap();
+    let port = free_port();
+    let script = format!(
+        "import functools, http.server, socketserver\n\
+         class S(socketserver.ForkingMixIn, http.server.HTTPServer): pass\n\
+         h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+         S(('127.0.0.1', {port}), h).serve_forever()\n",
+        dir = dir.display().to_string()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script])
+        .env("OTEL_SERVICE_NAME", "forking-python")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = start_server("python ForkingMixIn server", cmd, port);
+    assert_forked_server_spans(port, pid, "forking-python");
+}

@@ -8,14 +8,14 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_probe_read_user,
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
     Global,
 };
 use sonde_ebpf::{
     conn_flags, direction, drop_reason, event_kind, proto, role, ConnInfo, ConnKey, EventHeader,
-    EVENT_HEADER_LEN, MAX_CONNS, MAX_IOVECS, MAX_PAYLOAD, PROBATION_EVENTS, RING_BYTES,
+    EVENT_HEADER_LEN, MAX_CONNS, MAX_FORKS, MAX_IOVECS, MAX_PAYLOAD, PROBATION_EVENTS, RING_BYTES,
 };
 
 /// sonde's own process id, set by the loader: sonde never observes its own traffic.
@@ -31,8 +31,18 @@ static PROTOCOLS: Global<u32> = Global::new(u32::MAX);
 #[no_mangle]
 static PAYLOAD_BYTES: Global<u32> = Global::new(MAX_PAYLOAD as u32);
 
+/// Offset of `child_pid` in the `sched/sched_process_fork` record, set by the loader from
+/// the tracepoint's format file (44 on every kernel seen so far).
+#[no_mangle]
+static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(44);
+
 #[map]
 static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Child pid -> the tgid of the process that forked it. A child looks up the connections it
+/// inherited here (threads are recorded too; they never look themselves up).
+#[map]
+static FORKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_FORKS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -60,6 +70,8 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 const SYS_READ: u64 = 0;
 const SYS_WRITE: u64 = 1;
 const SYS_CLOSE: u64 = 3;
+const SYS_DUP: u64 = 32;
+const SYS_DUP2: u64 = 33;
 const SYS_READV: u64 = 19;
 const SYS_WRITEV: u64 = 20;
 const SYS_SENDFILE: u64 = 40;
@@ -70,6 +82,7 @@ const SYS_RECVFROM: u64 = 45;
 const SYS_SENDMSG: u64 = 46;
 const SYS_RECVMSG: u64 = 47;
 const SYS_ACCEPT4: u64 = 288;
+const SYS_DUP3: u64 = 292;
 const SYS_RECVMMSG: u64 = 299;
 const SYS_SENDMMSG: u64 = 307;
 
@@ -89,13 +102,47 @@ const WAKEUP_BYTES: u64 = 256 * 1024;
 const LEN_MASK: usize = 2 * MAX_PAYLOAD - 1;
 const OFF_MASK: usize = MAX_PAYLOAD - 1;
 
-/// Where a syscall's payload lives in user memory.
+/// Where a syscall's payload lives in user memory. A struct whose fields are all set on every
+/// path, not an enum: an enum leaves the other variant's stack slot unwritten, LLVM still
+/// loads it where paths merge, and the 5.10 verifier refuses that ("invalid read from
+/// stack").
 #[derive(Clone, Copy)]
-enum Source {
-    /// One contiguous buffer (read/write/recvfrom/sendto).
-    Buf(u64),
-    /// An iovec array and its length (readv/writev, and *msg through their msghdr).
-    Iov(u64, u64),
+struct Source {
+    kind: u8,
+    /// The buffer (`SRC_BUF`) or the iovec array (`SRC_IOV`).
+    ptr: u64,
+    /// The iovec count (`SRC_IOV`).
+    iovs: u64,
+}
+
+const SRC_NONE: u8 = 0;
+/// One contiguous buffer (read/write/recvfrom/sendto).
+const SRC_BUF: u8 = 1;
+/// An iovec array (readv/writev, and *msg through their msghdr).
+const SRC_IOV: u8 = 2;
+
+const NO_PAYLOAD: Source = Source {
+    kind: SRC_NONE,
+    ptr: 0,
+    iovs: 0,
+};
+
+#[inline(always)]
+fn buf(ptr: u64) -> Source {
+    Source {
+        kind: SRC_BUF,
+        ptr,
+        iovs: 0,
+    }
+}
+
+#[inline(always)]
+fn iov(ptr: u64, iovs: u64) -> Source {
+    Source {
+        kind: SRC_IOV,
+        ptr,
+        iovs,
+    }
 }
 
 #[btf_tracepoint(function = "sys_exit")]
@@ -103,6 +150,22 @@ pub fn sonde_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
     let _ = handle(regs, ret);
+    0
+}
+
+/// A process forked: remember the child's parent, so that a child serving a connection its
+/// parent accepted (busybox httpd, inetd-style servers) finds it. The program runs in the
+/// parent, so the current tgid is the parent's.
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+pub fn sonde_fork(ctx: TracePointContext) -> u32 {
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if parent == SONDE_TGID.load() {
+        return 0;
+    }
+    // SAFETY: read_at goes through bpf_probe_read, which fails cleanly on a bad offset.
+    if let Ok(child) = unsafe { ctx.read_at::<u32>(FORK_CHILD_PID_OFFSET.load() as usize) } {
+        let _ = FORKS.insert(&child, &parent, 0);
+    }
     0
 }
 
@@ -115,7 +178,7 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
     match nr {
         SYS_READ | SYS_WRITE | SYS_RECVFROM | SYS_SENDTO | SYS_READV | SYS_WRITEV | SYS_RECVMSG
         | SYS_SENDMSG | SYS_RECVMMSG | SYS_SENDMMSG | SYS_SENDFILE | SYS_CLOSE | SYS_CONNECT
-        | SYS_ACCEPT | SYS_ACCEPT4 => {}
+        | SYS_ACCEPT | SYS_ACCEPT4 | SYS_DUP | SYS_DUP2 | SYS_DUP3 => {}
         _ => return Ok(()),
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -127,6 +190,13 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
     let key = ConnKey { tgid, fd };
     match nr {
         SYS_CLOSE => on_close(&key, pid_tgid),
+        SYS_DUP | SYS_DUP2 | SYS_DUP3 => {
+            if ret >= 0 {
+                on_dup(&key, ret as i32)
+            } else {
+                Ok(())
+            }
+        }
         SYS_CONNECT => {
             if ret == 0 || ret == -EINPROGRESS {
                 let addr = unsafe { (*regs).rsi };
@@ -157,8 +227,8 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
             }
             let arg1 = unsafe { (*regs).rsi };
             let (dir, src, len) = match nr {
-                SYS_READ | SYS_RECVFROM => (direction::INGRESS, Source::Buf(arg1), ret as u64),
-                SYS_WRITE | SYS_SENDTO => (direction::EGRESS, Source::Buf(arg1), ret as u64),
+                SYS_READ | SYS_RECVFROM => (direction::INGRESS, buf(arg1), ret as u64),
+                SYS_WRITE | SYS_SENDTO => (direction::EGRESS, buf(arg1), ret as u64),
                 SYS_READV | SYS_WRITEV => {
                     let cnt = unsafe { (*regs).rdx };
                     let dir = if nr == SYS_READV {
@@ -166,30 +236,30 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
                     } else {
                         direction::EGRESS
                     };
-                    (dir, Source::Iov(arg1, cnt), ret as u64)
+                    (dir, iov(arg1, cnt), ret as u64)
                 }
                 SYS_RECVMSG | SYS_SENDMSG => {
-                    let (iov, cnt) = msghdr_iov(arg1)?;
+                    let (iovs, cnt) = msghdr_iov(arg1)?;
                     let dir = if nr == SYS_RECVMSG {
                         direction::INGRESS
                     } else {
                         direction::EGRESS
                     };
-                    (dir, Source::Iov(iov, cnt), ret as u64)
+                    (dir, iov(iovs, cnt), ret as u64)
                 }
                 SYS_RECVMMSG | SYS_SENDMMSG => {
                     // ret counts messages; take the first one (its length follows its msghdr).
-                    let (iov, cnt) = msghdr_iov(arg1)?;
+                    let (iovs, cnt) = msghdr_iov(arg1)?;
                     let first_len: u32 = read_user(arg1 + 56)?;
                     let dir = if nr == SYS_RECVMMSG {
                         direction::INGRESS
                     } else {
                         direction::EGRESS
                     };
-                    (dir, Source::Iov(iov, cnt), first_len as u64)
+                    (dir, iov(iovs, cnt), first_len as u64)
                 }
                 // sendfile(out_fd, ...): bytes we cannot see; shipped as a gap.
-                _ => (direction::EGRESS, Source::Iov(0, 0), ret as u64),
+                _ => (direction::EGRESS, NO_PAYLOAD, ret as u64),
             };
             if len == 0 {
                 return Ok(());
@@ -215,7 +285,17 @@ fn on_data(
     len: u64,
     socket_call: bool,
 ) -> Result<(), i64> {
-    let (conn, first) = match CONNS.get_ptr_mut(key) {
+    let entry = match CONNS.get_ptr_mut(key) {
+        // SAFETY (all map value derefs below): the pointer is into the map value, valid for
+        // this program run.
+        Some(info) if unsafe { (*info).flags } & conn_flags::CLOSED != 0 => {
+            // Closed before and kept for a child: this fd is something new now.
+            let _ = CONNS.remove(key);
+            None
+        }
+        other => other,
+    };
+    let (conn, first) = match entry {
         Some(info) => {
             // SAFETY: `info` points into the map value, valid for this program run.
             let mut conn = unsafe { *info };
@@ -264,13 +344,38 @@ fn on_data(
             (conn, first)
         }
         None => {
-            // Not seen connecting or accepting: a connection older than sonde, inherited
-            // across fork, or not a socket at all. Track it only if it carries a protocol.
+            // Not seen connecting or accepting: inherited across fork, older than sonde, or
+            // not a socket at all. Track it only if it carries a protocol.
             let class = classify(src, len);
             if class.proto == proto::UNKNOWN {
                 return Ok(());
             }
             let is_request = class.is_request;
+            if let Some(parent) = inherited(key.tgid, key.fd) {
+                // The parent accepted or connected it: a known socket, no probation.
+                let info = ConnInfo {
+                    proto: class.proto,
+                    flags: first_flag(is_request),
+                    probation_left: 0,
+                    lost_events: 0,
+                    ..parent
+                };
+                if CONNS.insert(key, &info, 0).is_err() {
+                    count_drop(drop_reason::CONN_TABLE_FULL);
+                    return Ok(());
+                }
+                return emit(
+                    key,
+                    pid_tgid,
+                    event_kind::DATA,
+                    dir,
+                    src,
+                    len,
+                    &info,
+                    0,
+                    true,
+                );
+            }
             let probation = if socket_call {
                 0
             } else {
@@ -284,6 +389,7 @@ fn on_data(
                 flags: conn_flags::RESOLVE | probation | first_flag(is_request),
                 probation_left: PROBATION_EVENTS - 1,
                 listen_fd: -1,
+                key_fd: key.fd,
                 ..ConnInfo::default()
             };
             if CONNS.insert(key, &info, 0).is_err() {
@@ -327,13 +433,13 @@ fn on_error(key: &ConnKey, pid_tgid: u64, ret: i64, nr: u64) -> Result<(), i64> 
     }
     if let Some(p) = CONNS.get_ptr(key) {
         let conn = unsafe { *p };
-        if is_tracked(conn.proto) {
+        if is_tracked(conn.proto) && conn.flags & conn_flags::CLOSED == 0 {
             return emit(
                 key,
                 pid_tgid,
                 event_kind::ERROR,
                 direction::INGRESS,
-                Source::Iov(0, 0),
+                NO_PAYLOAD,
                 0,
                 &conn,
                 (-ret) as u32,
@@ -346,18 +452,27 @@ fn on_error(key: &ConnKey, pid_tgid: u64, ret: i64, nr: u64) -> Result<(), i64> 
 
 #[inline(always)]
 fn on_close(key: &ConnKey, pid_tgid: u64) -> Result<(), i64> {
-    let Some(p) = CONNS.get_ptr(key) else {
+    let Some(p) = CONNS.get_ptr_mut(key) else {
         return Ok(());
     };
+    // SAFETY: `p` points into the map value, valid for this program run.
     let conn = unsafe { *p };
+    let closed_before = conn.flags & conn_flags::CLOSED != 0;
+    if !closed_before && conn.proto == proto::UNKNOWN && conn.flags & conn_flags::RESOLVE == 0 {
+        // Accepted or connected, and closed with no payload moved: a fork-per-connection
+        // server's parent handing the socket to its child. Kept for the child (see CLOSED).
+        unsafe { (*p).flags = conn.flags | conn_flags::CLOSED };
+        return Ok(());
+    }
     let _ = CONNS.remove(key);
-    if is_tracked(conn.proto) {
+    // A dup()ed copy closing is not the connection closing: only its key fd says so.
+    if !closed_before && is_tracked(conn.proto) && key.fd == conn.key_fd {
         return emit(
             key,
             pid_tgid,
             event_kind::CLOSE,
             direction::EGRESS,
-            Source::Iov(0, 0),
+            NO_PAYLOAD,
             0,
             &conn,
             0,
@@ -365,6 +480,51 @@ fn on_close(key: &ConnKey, pid_tgid: u64) -> Result<(), i64> {
         );
     }
     Ok(())
+}
+
+/// dup()/dup2()/dup3() made `new_fd` another fd of what `old.fd` is: the connection (if it is
+/// one) stays one connection under both, so an inetd-style child that moves the socket to
+/// stdin and stdout has its requests and responses paired.
+#[inline(always)]
+fn on_dup(old: &ConnKey, new_fd: i32) -> Result<(), i64> {
+    if old.fd == new_fd {
+        return Ok(());
+    }
+    let src = match CONNS.get_ptr(old) {
+        // SAFETY: `p` points into the map value, valid for this program run.
+        Some(p) if unsafe { (*p).flags } & conn_flags::CLOSED == 0 => unsafe { *p },
+        _ => match inherited(old.tgid, old.fd) {
+            Some(c) => c,
+            None => return Ok(()),
+        },
+    };
+    let copy = ConnInfo {
+        flags: src.flags & !(conn_flags::LOST | conn_flags::CLOSED),
+        lost_events: 0,
+        ..src
+    };
+    let key = ConnKey {
+        tgid: old.tgid,
+        fd: new_fd,
+    };
+    if CONNS.insert(&key, &copy, 0).is_err() {
+        count_drop(drop_reason::CONN_TABLE_FULL);
+    }
+    Ok(())
+}
+
+/// The connection a forked child inherited on `fd`, as its parent accepted or connected it
+/// (open still, or closed by the parent and kept for the child).
+#[inline(always)]
+fn inherited(tgid: u32, fd: i32) -> Option<ConnInfo> {
+    // SAFETY: the reference points into the map value, valid for this program run.
+    let parent = *unsafe { FORKS.get(&tgid) }?;
+    let p = CONNS.get_ptr(&ConnKey { tgid: parent, fd })?;
+    let conn = unsafe { *p };
+    if conn.flags & conn_flags::RESOLVE != 0 || conn.proto == proto::NONE {
+        return None;
+    }
+    Some(conn)
 }
 
 /// connect() or accept() gave a TCP connection: remember it with its peer address.
@@ -375,6 +535,8 @@ fn on_new_conn(key: ConnKey, sockaddr: u64, conn_role: u8, listen_fd: i32) -> Re
         role: conn_role,
         proto: proto::UNKNOWN,
         listen_fd,
+        key_fd: key.fd,
+        listen_tgid: key.tgid,
         ..ConnInfo::default()
     };
     if sockaddr != 0 {
@@ -434,13 +596,13 @@ fn classify_payload(src: Source, len: u64) -> Class {
     if len < 4 {
         return NOT_OURS;
     }
-    let ptr = match src {
-        Source::Buf(p) => p,
-        Source::Iov(iov, cnt) => {
-            if cnt == 0 || iov == 0 {
+    let ptr = match src.kind {
+        SRC_BUF => src.ptr,
+        SRC_IOV => {
+            if src.iovs == 0 || src.ptr == 0 {
                 return NOT_OURS;
             }
-            let Ok(first) = read_user::<[u64; 2]>(iov) else {
+            let Ok(first) = read_user::<[u64; 2]>(src.ptr) else {
                 return NOT_OURS;
             };
             if first[1] < 4 {
@@ -451,6 +613,7 @@ fn classify_payload(src: Source, len: u64) -> Class {
             }
             first[0]
         }
+        _ => return NOT_OURS,
     };
     if len < 8 {
         return classify_short(ptr);
@@ -598,61 +761,64 @@ fn emit(
     };
     let data = s.data.as_mut_ptr();
     let mut copied: usize = 0;
-    match src {
-        Source::Buf(p) => {
-            let n = want & LEN_MASK;
-            if unsafe { bpf_probe_read_user(data as *mut c_void, n as u32, p as *const c_void) }
-                == 0
-            {
-                copied = n;
-            } else {
+    // Every size and offset handed to a helper below is masked right before use, behind
+    // black_box: LLVM drops a mask it can prove redundant from the branches around it, and
+    // the 5.10 and 6.1 verifiers do not follow those branches (6.1 saw the iovec offset as
+    // unbounded and refused "invalid access to map value").
+    if src.kind == SRC_BUF {
+        let n = core::hint::black_box(want) & LEN_MASK;
+        if unsafe { bpf_probe_read_user(data as *mut c_void, n as u32, src.ptr as *const c_void) }
+            == 0
+        {
+            copied = n;
+        } else {
+            count_drop(drop_reason::READ_FAILED);
+        }
+    } else if src.kind == SRC_IOV {
+        // The whole iovec array (up to MAX_IOVECS entries) in one read, not one per entry.
+        let entries = if src.iovs > MAX_IOVECS as u64 {
+            MAX_IOVECS
+        } else {
+            src.iovs as usize
+        };
+        let iov_bytes = core::hint::black_box(entries * 16) & (MAX_IOVECS * 16 * 2 - 1);
+        let vecs = s.iov.as_mut_ptr();
+        if iov_bytes == 0
+            || unsafe {
+                bpf_probe_read_user(
+                    vecs as *mut c_void,
+                    iov_bytes as u32,
+                    src.ptr as *const c_void,
+                )
+            } != 0
+        {
+            if iov_bytes != 0 {
                 count_drop(drop_reason::READ_FAILED);
             }
-        }
-        Source::Iov(iov, cnt) => {
-            // The whole iovec array (up to MAX_IOVECS entries) in one read, not one per entry.
-            let entries = if cnt > MAX_IOVECS as u64 {
-                MAX_IOVECS
-            } else {
-                cnt as usize
-            };
-            let iov_bytes = (entries * 16) & (MAX_IOVECS * 16 * 2 - 1);
-            let vecs = s.iov.as_mut_ptr();
-            if iov_bytes == 0
-                || unsafe {
-                    bpf_probe_read_user(vecs as *mut c_void, iov_bytes as u32, iov as *const c_void)
-                } != 0
-            {
-                if iov_bytes != 0 {
+        } else {
+            for i in 0..MAX_IOVECS {
+                if i >= entries || copied >= want {
+                    break;
+                }
+                let (base, vlen) = (s.iov[i][0], s.iov[i][1]);
+                let room = want - copied;
+                let chunk = if vlen < room as u64 {
+                    vlen as usize
+                } else {
+                    room
+                };
+                let off = core::hint::black_box(copied) & OFF_MASK;
+                let n = core::hint::black_box(chunk) & LEN_MASK;
+                let dst = unsafe { data.add(off) } as *mut c_void;
+                if unsafe { bpf_probe_read_user(dst, n as u32, base as *const c_void) } != 0 {
                     count_drop(drop_reason::READ_FAILED);
+                    break;
                 }
-            } else {
-                for i in 0..MAX_IOVECS {
-                    if i >= entries || copied >= want {
-                        break;
-                    }
-                    let (base, vlen) = (s.iov[i][0], s.iov[i][1]);
-                    let room = want - copied;
-                    let chunk = if vlen < room as u64 {
-                        vlen as usize
-                    } else {
-                        room
-                    };
-                    let off = copied & OFF_MASK;
-                    // black_box keeps LLVM from dropping the mask it can prove redundant;
-                    // the verifier cannot prove it and needs the bound.
-                    let n = core::hint::black_box(chunk) & LEN_MASK;
-                    let dst = unsafe { data.add(off) } as *mut c_void;
-                    if unsafe { bpf_probe_read_user(dst, n as u32, base as *const c_void) } != 0 {
-                        count_drop(drop_reason::READ_FAILED);
-                        break;
-                    }
-                    copied += n;
-                }
+                copied += n;
             }
         }
     }
-    let copied = copied & LEN_MASK;
+    let copied = core::hint::black_box(copied) & LEN_MASK;
     s.hdr.captured_len = copied as u32;
     let total = EVENT_HEADER_LEN + copied;
     // SAFETY: `hdr` and `data` are adjacent in the repr(C) Scratch (the header is 8-aligned in
@@ -695,18 +861,21 @@ fn count_drop(reason: u32) {
 }
 
 #[inline(always)]
-fn read_user<T>(addr: u64) -> Result<T, i64> {
-    let mut v = core::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: the helper writes exactly size_of::<T>() bytes or fails.
+fn read_user<T: Copy>(addr: u64) -> Result<T, i64> {
+    // Zeroed, not uninitialised: the 5.10 verifier refuses any load of a stack slot that
+    // some path left unwritten, and a failed read leaves it so.
+    // SAFETY: only used with integer and byte-array types, for which all zeroes is valid.
+    let mut v: T = unsafe { core::mem::zeroed() };
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `v`.
     let r = unsafe {
         bpf_probe_read_user(
-            v.as_mut_ptr() as *mut c_void,
+            &mut v as *mut T as *mut c_void,
             core::mem::size_of::<T>() as u32,
             addr as *const c_void,
         )
     };
     if r == 0 {
-        Ok(unsafe { v.assume_init() })
+        Ok(v)
     } else {
         Err(r)
     }

@@ -15,6 +15,8 @@ pub const MAX_IOVECS: usize = 8;
 pub const MAX_CONNS: u32 = 65536;
 /// Ring buffer size in bytes (a power-of-two multiple of the page size).
 pub const RING_BYTES: u32 = 8 * 1024 * 1024;
+/// Capacity of the fork table (child pid -> parent tgid), an LRU map.
+pub const MAX_FORKS: u32 = 16384;
 
 /// Event kinds (`EventHeader::kind`). Read with `EventKind::try_from`, never transmuted.
 pub mod event_kind {
@@ -78,6 +80,12 @@ pub mod conn_flags {
     /// them (`probation_limit`) and restarts the connection's parsers there. A pipe or file
     /// that userspace rules out never ships again, and its refused events are not counted.
     pub const LOST: u8 = 8;
+    /// Its process closed this fd before moving any payload on it. The entry stays (until
+    /// the LRU evicts it or the fd is reused) so that a child that inherited the socket
+    /// across fork finds it: a fork-per-connection server accepts in the parent, which
+    /// closes its copy, often before the child's first read. Never shipped; a lookup by its
+    /// own process treats it as absent.
+    pub const CLOSED: u8 = 16;
 }
 
 /// Events a connection on probation may ship before userspace confirms it. Its first event
@@ -127,6 +135,12 @@ pub struct ConnInfo {
     pub listen_fd: i32,
     /// Events refused on probation since the last shipped one (sent with `LOST`).
     pub lost_events: u32,
+    /// The fd userspace tracks the connection under: the one it was accepted, connected or
+    /// first seen on. Copies made by dup()/dup2() and by a child that inherited the socket
+    /// keep it, so both directions of `dup2(sock, 0); dup2(0, 1)` land on one connection.
+    pub key_fd: i32,
+    /// The process that holds `listen_fd` (a child serving an inherited connection does not).
+    pub listen_tgid: u32,
 }
 
 /// Fixed header in front of every ring-buffer event; `captured_len` payload bytes follow.
@@ -156,8 +170,8 @@ pub struct EventHeader {
 pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 40);
-const _: () = assert!(EVENT_HEADER_LEN == 96);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 48);
+const _: () = assert!(EVENT_HEADER_LEN == 104);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
 
 #[cfg(feature = "user")]

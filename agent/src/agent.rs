@@ -181,7 +181,10 @@ async fn run_async(
             source,
         })?;
     ready.store(true, Ordering::Relaxed);
-    log::info!("probes attached; serving http://{addr}/metrics");
+    log::info!(
+        "probes attached on Linux {}; serving http://{addr}/metrics",
+        probes::kernel_release()
+    );
     notify_systemd("READY=1");
 
     let shutdown = Arc::new(AtomicBool::new(false));

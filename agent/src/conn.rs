@@ -146,7 +146,9 @@ impl ConnTable {
 
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CallSink) {
         let h = &ev.header;
-        let key = (h.tgid, h.fd);
+        // The kernel's key fd, not the event's: a dup()ed or inherited copy of a socket
+        // (inetd-style servers read fd 0 and write fd 1) is one connection.
+        let key = (h.tgid, h.conn.key_fd);
         let kernel_key = ConnKey {
             tgid: h.tgid,
             fd: h.fd,
@@ -274,7 +276,8 @@ fn open_connection(
             FdKind::Gone => ignored = info.flags & conn_flags::PROBATION != 0,
         }
     } else if info.role == role::SERVER && info.listen_fd >= 0 {
-        local = listeners.local_addr(h.tgid, info.listen_fd);
+        // The listener's process: a forked child serves what its parent accepted.
+        local = listeners.local_addr(info.listen_tgid, info.listen_fd);
     }
     if info.role == role::UNKNOWN && ignored {
         role = Role::Client;

@@ -1,7 +1,10 @@
 //! Loading and attaching the kernel programs, and the host checks that come first.
 use std::path::Path;
 
-use aya::{programs::BtfTracePoint, Btf, Ebpf, EbpfLoader};
+use aya::{
+    programs::{BtfTracePoint, ProgramError, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
 use thiserror::Error;
 
 /// The kernel object built by agent/build.rs from agent-ebpf.
@@ -27,7 +30,16 @@ pub enum ProbeError {
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,
-        source: aya::programs::ProgramError,
+        source: ProgramError,
+    },
+    #[error(
+        "the verifier of Linux {kernel} refused program {name} ({error}); its last lines:\n{log_tail}"
+    )]
+    Refused {
+        name: &'static str,
+        kernel: String,
+        error: std::io::Error,
+        log_tail: String,
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
@@ -101,29 +113,138 @@ pub struct KernelSettings {
     pub payload_bytes: u32,
 }
 
-/// Loads the kernel program (telling it sonde's own pid and `settings`) and attaches it.
+/// Loads the kernel programs (telling them sonde's own pid and `settings`) and attaches them.
 pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
     if !Path::new(BTF_VMLINUX).exists() {
         return Err(ProbeError::NoBtf);
     }
     let btf = Btf::from_sys_fs()?;
     let own_pid = std::process::id();
+    let child_pid_offset = fork_child_pid_offset();
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("SONDE_TGID", &own_pid, true)
         .override_global("PROTOCOLS", &settings.protocols, true)
         .override_global("PAYLOAD_BYTES", &settings.payload_bytes, true)
+        .override_global("FORK_CHILD_PID_OFFSET", &child_pid_offset, true)
         .map_max_entries("EVENTS", settings.ring_bytes)
         .load(EBPF_OBJECT)?;
+    // The fork program first: a child forked between the two attaches is then still known.
+    let name = "sonde_fork";
+    let fork: &mut TracePoint = program(&mut ebpf, name)?;
+    fork.load().map_err(|e| refused(name, e))?;
+    fork.attach("sched", "sched_process_fork")
+        .map_err(|source| ProbeError::Program { name, source })?;
     let name = "sonde_sys_exit";
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(ProbeError::Missing(name))?
-        .try_into()
-        .map_err(|source| ProbeError::Program { name, source })?;
-    prog.load("sys_exit", &btf)
-        .map_err(|source| ProbeError::Program { name, source })?;
-    prog.attach()
+    let exit: &mut BtfTracePoint = program(&mut ebpf, name)?;
+    exit.load("sys_exit", &btf).map_err(|e| refused(name, e))?;
+    exit.attach()
         .map_err(|source| ProbeError::Program { name, source })?;
     Ok(ebpf)
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProbeError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::Missing(name))?
+        .try_into()
+        .map_err(|source| ProbeError::Program { name, source })
+}
+
+/// Lines of the verifier's log shown when it refuses a program (its conclusion is last).
+const VERIFIER_LOG_LINES: usize = 12;
+
+/// A refused load names the program, the kernel and the verifier's last lines.
+fn refused(name: &'static str, error: ProgramError) -> ProbeError {
+    match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(VERIFIER_LOG_LINES)..].join("\n");
+            ProbeError::Refused {
+                name,
+                kernel: kernel_release(),
+                error: io_error,
+                log_tail: tail,
+            }
+        }
+        source => ProbeError::Program { name, source },
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "(unknown release)".to_string())
+}
+
+/// The offset of `child_pid` in the `sched_process_fork` record, from its format file; the
+/// layout every kernel so far has used when the file cannot be read.
+fn fork_child_pid_offset() -> u32 {
+    let path = Path::new(TRACEFS).join("events/sched/sched_process_fork/format");
+    let format = std::fs::read_to_string(&path).unwrap_or_default();
+    match child_pid_offset_in(&format) {
+        Some(offset) => offset,
+        None => {
+            log::warn!("{}: no child_pid field; assuming offset 44", path.display());
+            44
+        }
+    }
+}
+
+/// Parses `field:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;` out of a format file.
+fn child_pid_offset_in(format: &str) -> Option<u32> {
+    let line = format.lines().find(|l| l.contains(" child_pid;"))?;
+    let rest = &line[line.find("offset:")? + "offset:".len()..];
+    rest[..rest.find(';')?].trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_pid_offset_from_the_format_file() {
+        let format = "name: sched_process_fork\nID: 311\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
+            \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
+            \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
+            \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        assert_eq!(child_pid_offset_in(format), Some(44));
+        assert_eq!(child_pid_offset_in("format:\n"), None);
+    }
+
+    #[test]
+    fn a_refused_program_names_itself_the_kernel_and_the_verdict() {
+        let log: String = (0..40)
+            .map(|i| format!("{i}: (79) r1 = r{i}\n"))
+            .collect::<String>()
+            + "\ninvalid read from stack off -168+0 size 8\nprocessed 1200 insns\n";
+        let error = ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(log),
+        };
+        let message = refused("sonde_sys_exit", error).to_string();
+        assert!(
+            message.starts_with(&format!(
+                "the verifier of Linux {} refused program sonde_sys_exit (Permission denied",
+                kernel_release()
+            )),
+            "{message}"
+        );
+        let tail: Vec<&str> = message.lines().skip(1).collect();
+        assert_eq!(tail.len(), VERIFIER_LOG_LINES, "{message}");
+        assert_eq!(
+            tail[VERIFIER_LOG_LINES - 2],
+            "invalid read from stack off -168+0 size 8"
+        );
+        assert_eq!(tail[0], "30: (79) r1 = r30");
+    }
 }

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod dashboards;
 mod gpu_check;
+mod kernels;
 
 /// Debian packages the build, the tests and the benchmarks use.
 const DEB_PACKAGES: &[&str] = &[
@@ -30,6 +31,13 @@ const DEB_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "python3-pip",
+    // The kernel matrix: guests under qemu, an initramfs of static busybox and the
+    // kernel package's 9p modules; busybox httpd is also the fork-per-connection server.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "zstd",
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -45,6 +53,11 @@ commands:
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
                  (bench options: --pairs N (6), --seconds S (5); reports in target/bench/)
+  kernels        build, then boot Debian's 5.10, 6.1 and 6.12 kernels under qemu (TCG) and run
+                 sonde in each against nginx, busybox httpd (fork per connection) and Redis
+                 with exact span counts (--only 5.10,6.1 picks kernels; --sonde PATH runs
+                 a built binary and skips setup and build; packages are cached in
+                 ~/.cache/sonde/kernels)
   dashboards     write the Grafana dashboards under deploy/grafana/ (from xtask/src/dashboards.rs)
   gpu-check      on a host with an NVIDIA GPU and PyTorch: sonde beside a GPU workload,
                  its figures compared with nvidia-smi's (--sonde PATH uses a built binary
@@ -89,6 +102,22 @@ fn main() -> Result<()> {
                     bail!("usage: cargo xtask bench http|redis|postgres [--pairs N] [--seconds S]")
                 }
             }
+        }
+        Some("kernels") => {
+            let rest = &args[1..];
+            let sonde = match rest.iter().position(|a| a == "--sonde") {
+                Some(i) => PathBuf::from(rest.get(i + 1).context("--sonde needs a path")?),
+                None => {
+                    setup()?;
+                    build()?;
+                    root.join("target/release/sonde")
+                }
+            };
+            let (_, failed) = kernels::run_matrix(&root, &sonde, rest)?;
+            if failed > 0 {
+                bail!("{failed} kernel matrix checks failed");
+            }
+            Ok(())
         }
         Some("dashboards") => dashboards::write(&root.join("deploy/grafana")),
         Some("gpu-check") => {
@@ -264,9 +293,16 @@ fn setup_bpf_linker() -> Result<()> {
         });
     let prefix = cargo_home.join("sonde-llvm");
     std::fs::create_dir_all(prefix.join("lib"))?;
-    let link = prefix.join("lib/libLLVM.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&llvm, &link)?;
+    // The build links libLLVM.so; the binary then asks for the library's own file name
+    // (its soname) through its rpath, so both names point at it.
+    for name in [
+        std::ffi::OsStr::new("libLLVM.so"),
+        llvm.file_name().context("LLVM path")?,
+    ] {
+        let link = prefix.join("lib").join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link)?;
+    }
     step(&format!(
         "building bpf-linker against LLVM {major} from the nightly toolchain (a few minutes, once)"
     ));
@@ -320,9 +356,18 @@ fn test() -> Result<()> {
         }
     }
     let status = child.wait()?;
+    step("the kernel matrix: sonde on Debian's 5.10, 6.1 and 6.12 kernels under qemu");
+    let root = workspace_root();
+    let (kernel_passed, kernel_failed) =
+        kernels::run_matrix(&root, &root.join("target/release/sonde"), &[])?;
+    passed += kernel_passed as u64;
+    failed += kernel_failed as u64;
     println!("{passed} passed, {failed} failed");
     if !status.success() {
         bail!("cargo test failed with {status}");
+    }
+    if kernel_failed > 0 {
+        bail!("{kernel_failed} kernel matrix checks failed");
     }
     Ok(())
 }
