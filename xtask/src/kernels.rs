@@ -59,7 +59,8 @@ pub struct Outcome {
     pub label: String,
     pub release: String,
     pub seconds: f64,
-    pub checks: Vec<(String, Result<(), String>)>,
+    /// Each check's name and outcome: what was seen, or why it failed.
+    pub checks: Vec<(String, Result<String, String>)>,
 }
 
 impl Outcome {
@@ -118,7 +119,7 @@ pub fn run_matrix(root: &Path, sonde: &Path, args: &[String]) -> Result<(usize, 
 fn print_outcome(o: &Outcome) {
     for (name, r) in &o.checks {
         match r {
-            Ok(()) => println!("kernel {} {name} ... ok", o.label),
+            Ok(seen) => println!("kernel {} {name} ... ok ({seen})", o.label),
             Err(why) => println!("kernel {} {name} ... FAILED: {why}", o.label),
         }
     }
@@ -551,7 +552,10 @@ fn boot_and_check(
                 "the guest stopped early; see {}",
                 work.join("console.log").display()
             )),
-            (Some(_), true) => Ok(()),
+            (Some(_), true) => Ok(format!(
+                "{:.0} s from boot to power-off",
+                boot.elapsed().as_secs_f64()
+            )),
         },
     ));
     checks.extend(check_guest_output(&out));
@@ -564,7 +568,7 @@ fn boot_and_check(
 }
 
 /// What the guest left in `out`, against what its clients did.
-fn check_guest_output(out: &Path) -> Vec<(String, Result<(), String>)> {
+fn check_guest_output(out: &Path) -> Vec<(String, Result<String, String>)> {
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
     let log = read("sonde.log");
     let mut checks = Vec::new();
@@ -572,7 +576,12 @@ fn check_guest_output(out: &Path) -> Vec<(String, Result<(), String>)> {
     checks.push((
         "sonde loads and attaches".to_string(),
         if attached {
-            Ok(())
+            Ok(log
+                .lines()
+                .find(|l| l.contains("probes attached"))
+                .and_then(|l| l.split("] ").nth(1))
+                .unwrap_or("attached")
+                .to_string())
         } else {
             Err(format!("sonde's log ends:\n{}", last_lines(&log, 15)))
         },
@@ -581,7 +590,7 @@ fn check_guest_output(out: &Path) -> Vec<(String, Result<(), String>)> {
     checks.push((
         "sonde exits 0 on SIGTERM".to_string(),
         if exit.trim() == "0" {
-            Ok(())
+            Ok("exit 0".to_string())
         } else {
             Err(format!("exit status {:?}", exit.trim()))
         },
@@ -604,7 +613,7 @@ fn check_guest_output(out: &Path) -> Vec<(String, Result<(), String>)> {
     let mut expect = |name: &str, want: Option<usize>, got: usize| {
         let r = match want {
             None => Err("the guest's client did not run (see the console log)".to_string()),
-            Some(w) if w == got => Ok(()),
+            Some(w) if w == got => Ok(format!("{got} spans for {w} requests")),
             Some(w) => Err(format!("{got} spans for {w} requests")),
         };
         checks.push((name.to_string(), r));
@@ -685,7 +694,7 @@ fn check_guest_output(out: &Path) -> Vec<(String, Result<(), String>)> {
         if metrics.is_empty() {
             Err("no /metrics scrape".to_string())
         } else if dropped == 0.0 {
-            Ok(())
+            Ok("sonde_events_dropped_total 0".to_string())
         } else {
             Err(format!("sonde_events_dropped_total = {dropped}"))
         },
