@@ -252,6 +252,8 @@ fn status_codes_and_error_types_on_both_sides() {
 #[test]
 fn three_pipelined_requests_in_one_write_are_paired_in_order() {
     let env = env();
+    // nginx traffic: the histogram-count tests must not see it land mid-way.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let port = env.nginx.port;
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let h = format!("Host: 127.0.0.1:{port}\r\n");
@@ -297,6 +299,8 @@ fn three_pipelined_requests_in_one_write_are_paired_in_order() {
 #[test]
 fn ipv6_loopback_is_observed() {
     let env = env();
+    // nginx traffic: the histogram-count tests must not see it land mid-way.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let port = env.nginx.port;
     curl(&["-g", "-o", "/dev/null", &format!("http://[::1]:{port}/v6")]);
     let server = env
@@ -326,6 +330,8 @@ fn ipv6_loopback_is_observed() {
 #[test]
 fn incoming_traceparent_puts_the_server_span_in_that_trace() {
     let env = env();
+    // nginx traffic: the histogram-count tests must not see it land mid-way.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let port = env.nginx.port;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";
@@ -348,6 +354,8 @@ fn incoming_traceparent_puts_the_server_span_in_that_trace() {
 #[test]
 fn body_sizes_are_right_beyond_the_copied_prefix() {
     let env = env();
+    // nginx traffic: the histogram-count tests must not see it land mid-way.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let port = env.nginx.port;
     // 100000 bytes served by nginx with sendfile: the body never passes through write().
     curl(&[
@@ -435,6 +443,8 @@ fn body_sizes_are_right_beyond_the_copied_prefix() {
 #[test]
 fn chunked_request_body_is_framed() {
     let env = env();
+    // nginx traffic: the histogram-count tests must not see it land mid-way.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let port = env.nginx.port;
     let dir = tempdir("chunked");
     let file = dir.join("body.txt");

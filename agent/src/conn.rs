@@ -246,7 +246,12 @@ fn open_connection(
 ) -> Connection {
     let h = &ev.header;
     let info = &h.conn;
-    let mut process = processes.get(h.tgid, &ev.comm(), true);
+    let mut process = if info.role == role::SERVER && info.listen_tgid != h.tgid {
+        // Served by a child of the process that accepted it.
+        processes.get_forked(h.tgid, info.listen_tgid, &ev.comm())
+    } else {
+        processes.get(h.tgid, &ev.comm(), true)
+    };
     let mut role = match info.role {
         role::CLIENT => Role::Client,
         role::SERVER => Role::Server,

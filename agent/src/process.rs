@@ -73,6 +73,31 @@ impl ProcessTable {
         info
     }
 
+    /// Identity of `pid`, a child that `parent` forked to serve a connection the parent
+    /// accepted. If the child is gone from /proc already (one that serves a single short
+    /// request often is), it is named as its parent: a forked child that did not exec runs
+    /// its parent's executable, with its environment and in its container. A child caught
+    /// while exiting (its environment already unreadable) that runs its parent's executable
+    /// is named as its parent too.
+    pub fn get_forked(&mut self, pid: u32, parent: u32, comm: &str) -> Arc<ProcessInfo> {
+        let own = self.get(pid, comm, true);
+        if own.name_from_env || own.name_from_rule {
+            return own;
+        }
+        let parent = self.get(parent, comm, false);
+        let gone = own.exe_path.is_empty();
+        if parent.exe_path.is_empty() || !(gone || own.exe_path == parent.exe_path) {
+            return own;
+        }
+        let info = Arc::new(ProcessInfo {
+            pid,
+            start_time: own.start_time,
+            ..(*parent).clone()
+        });
+        self.by_pid.insert(pid, info.clone());
+        info
+    }
+
     fn pod_of(&self, info: &ProcessInfo) -> Option<Arc<PodMeta>> {
         let index = self.pods.as_ref()?;
         let id = info.container_id.as_deref()?;

@@ -135,14 +135,16 @@ fn cache_dir() -> PathBuf {
         .join("sonde/kernels")
 }
 
-/// The URI of the Debian archive this machine's apt uses (sources.list or deb822 .sources).
-fn debian_mirror() -> Result<String> {
+/// The Debian archive and security archive URIs this machine's apt uses (sources.list or
+/// deb822 .sources files).
+fn debian_archives() -> Result<(String, Option<String>)> {
     let mut texts = vec![std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         paths.sort();
         texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
     }
+    let (mut main, mut security) = (None, None);
     for text in &texts {
         for line in text.lines().map(str::trim) {
             let uri = if let Some(rest) = line.strip_prefix("URIs:") {
@@ -152,12 +154,23 @@ fn debian_mirror() -> Result<String> {
             } else {
                 None
             };
-            if let Some(uri) = uri.filter(|u| !u.contains("security")) {
-                return Ok(uri.trim_end_matches('/').to_string());
-            }
+            let Some(uri) = uri.map(|u| u.trim_end_matches('/').to_string()) else {
+                continue;
+            };
+            let slot = if uri.ends_with("-security") {
+                &mut security
+            } else {
+                &mut main
+            };
+            slot.get_or_insert(uri);
         }
     }
-    bail!("no Debian archive found in /etc/apt/sources.list or /etc/apt/sources.list.d")
+    match main {
+        Some(main) => Ok((main, security)),
+        None => {
+            bail!("no Debian archive found in /etc/apt/sources.list or /etc/apt/sources.list.d")
+        }
+    }
 }
 
 /// apt-get with a configuration of its own under `dir`: the suite's package lists and the
@@ -174,7 +187,22 @@ fn private_apt(dir: &Path, tool: &str) -> Command {
         .arg(opt("Dir::State::status", &dir.join("status")))
         .arg("-o")
         .arg(opt("Dir::Cache", &dir.join("cache")))
-        .args(["-o", "Debug::NoLocking=1", "-o", "APT::Get::List-Cleanup=0"]);
+        .args(["-o", "Debug::NoLocking=1", "-o", "APT::Get::List-Cleanup=0"])
+        // Root downloads into root's cache; no translations or AppStream metadata.
+        .args([
+            "-o",
+            "APT::Sandbox::User=root",
+            "-o",
+            "Acquire::Languages=none",
+        ])
+        .args([
+            "-o",
+            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false",
+        ])
+        .args([
+            "-o",
+            "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false",
+        ]);
     cmd
 }
 
@@ -189,10 +217,13 @@ fn fetch_kernel(cache: &Path, k: &Kernel) -> Result<PathBuf> {
     std::fs::create_dir_all(apt.join("lists/partial"))?;
     std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
     std::fs::write(apt.join("status"), "")?;
-    std::fs::write(
-        apt.join("sources.list"),
-        format!("deb {} {} main\n", debian_mirror()?, k.suite),
-    )?;
+    // The suite and its security updates, where the newest kernels of a release are.
+    let (archive, security) = debian_archives()?;
+    let mut sources = format!("deb {archive} {} main\n", k.suite);
+    if let Some(security) = security {
+        sources.push_str(&format!("deb {security} {}-security main\n", k.suite));
+    }
+    std::fs::write(apt.join("sources.list"), sources)?;
     step(&format!("apt-get update for {} (private lists)", k.suite));
     run(private_apt(&apt, "apt-get").args(["update", "-qq"]))?;
     let names = private_apt(&apt, "apt-cache")

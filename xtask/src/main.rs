@@ -339,7 +339,7 @@ fn test() -> Result<()> {
     ]))?;
     step("cargo test --release --workspace (unit tests, then integration tests with real servers)");
     let mut child = Command::new("cargo")
-        .args(["test", "--release", "--workspace"])
+        .args(["test", "--release", "--workspace", "--no-fail-fast"])
         .env("SONDE_BIN", "target/release/sonde")
         .stdout(Stdio::piped())
         .spawn()
