@@ -138,7 +138,7 @@ fn gpu_exposition() -> String {
     fake.xids.lock().unwrap().push((0, 79));
     let mut collector =
         sonde::gpu::Collector::new(Box::new(fake), Default::default(), "h".into(), true).unwrap();
-    let metrics = sonde::metrics::Metrics::default();
+    let metrics = sonde::telemetry::metrics::Metrics::default();
     *metrics.gpu.lock().unwrap() = Arc::new(collector.tick(Duration::from_secs(10)));
     sonde::export::prometheus::encode(&metrics)
 }

@@ -1,5 +1,4 @@
 //! Start-up, the capture loop, and shutdown.
-use std::io::{BufWriter, Stdout, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,26 +6,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use sonde_ebpf::{conn_flags, proto, ConnInfo, ConnKey};
+use sonde_ebpf::{ConnInfo, ConnKey};
 use thiserror::Error;
 
-use crate::capture::{read_drops, Event};
+use crate::capture::event::Event;
+use crate::capture::kernel_maps::{self, read_drops};
+use crate::capture::probes::{self, ProbeError};
+use crate::capture::ring::RingWaiter;
 use crate::config::{Config, OtlpSwitch};
-use crate::conn::{CallSink, ConnTable, HttpCall, Role};
-use crate::db::DbCall;
+use crate::conn::ConnTable;
 use crate::export::otlp::encode::ResourceBase;
 use crate::export::otlp::settings::{self, OtlpSettings, SettingsError};
 use crate::export::otlp::transport::HeaderError;
 use crate::export::otlp::{Exporter, SpanQueue};
 use crate::gpu::{self, nvml::NvmlBackend};
-use crate::k8s;
-use crate::metrics::{HistogramCaches, Metrics};
-use crate::probes::{self, ProbeError};
-use crate::process::ProcessTable;
-use crate::routes::Routes;
-use crate::sampler::Sampler;
-use crate::span::{clock_ns, http_error_type, Clock, Span, SpanIds};
-use crate::summary::Summary;
+use crate::identity::k8s;
+use crate::identity::table::ProcessTable;
+use crate::protocols::http1::routes::Routes;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::sink::{Sink, SpanExport};
+use crate::telemetry::span::clock_ns;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -284,160 +283,12 @@ async fn wait_for_signal() {
     }
 }
 
-/// Receives what the connection table finds: metrics, spans, the summary, and the
-/// connections the kernel should stop shipping.
-struct Sink<'a> {
-    metrics: &'a Metrics,
-    spans_out: Option<BufWriter<Stdout>>,
-    summary: Option<Summary>,
-    clock: Clock,
-    /// Kernel connection-table updates to apply after the batch: (key, conn_id, ignore?).
-    updates: Vec<(ConnKey, u64, bool)>,
-    histograms: HistogramCaches,
-    sampler: Sampler,
-    otlp: Option<SpanQueue>,
-    routes: Routes,
-}
-
-impl Sink<'_> {
-    /// Whether a sampled span goes anywhere, and so is worth building.
-    fn wants_spans(&self) -> bool {
-        self.spans_out.is_some() || self.otlp.is_some()
-    }
-
-    fn emit(&mut self, span: Span) {
-        if let Some(out) = &mut self.spans_out {
-            let _ = span.write_json(out);
-        }
-        if let Some(q) = &self.otlp {
-            q.push(span);
-        }
-    }
-}
-
-/// The exemplar of a sampled span: its trace, its id, and when it ended.
-fn exemplar(ids: SpanIds, end_ts: u64, clock: Clock) -> Option<(u128, u64, u64)> {
-    ids.sampled
-        .then(|| (ids.trace_id, ids.span_id, clock.to_unix(end_ts)))
-}
-
-impl CallSink for Sink<'_> {
-    fn http_call(&mut self, mut call: HttpCall) {
-        if call.role == Role::Server && !self.routes.is_empty() {
-            call.route = self
-                .routes
-                .route(&call.process.service_name, &call.request.path);
-        }
-        let ids = SpanIds::new(call.request.traceparent.as_deref(), &self.sampler);
-        let ex = exemplar(ids, call.end_ts, self.clock);
-        self.metrics.observe_http(&call, ex, &mut self.histograms);
-        self.metrics.spans.inc();
-        if let Some(summary) = &mut self.summary {
-            let error = http_error_type(&call).is_some();
-            summary.observe(
-                &call.process.service_name,
-                "http",
-                call.role.as_str(),
-                call.end_ts.saturating_sub(call.start_ts),
-                error,
-            );
-        }
-        if ids.sampled && self.wants_spans() {
-            self.emit(Span::from_http_call(&call, ids, self.clock));
-        }
-    }
-
-    fn db_call(&mut self, call: DbCall) {
-        let ids = SpanIds::new(None, &self.sampler);
-        let ex = exemplar(ids, call.op.end_ts, self.clock);
-        self.metrics.observe_db(&call, ex, &mut self.histograms);
-        self.metrics.spans.inc();
-        if let Some(summary) = &mut self.summary {
-            summary.observe(
-                &call.process.service_name,
-                call.op.system,
-                call.role.as_str(),
-                call.op.end_ts.saturating_sub(call.op.start_ts),
-                call.error_type().is_some(),
-            );
-        }
-        if ids.sampled && self.wants_spans() {
-            self.emit(Span::from_db_call(&call, ids, self.clock));
-        }
-    }
-
-    fn parse_error(&mut self, protocol: &'static str, kind: &'static str) {
-        self.metrics.parse_error(protocol, kind);
-    }
-
-    fn ignore_connection(&mut self, key: ConnKey, conn_id: u64) {
-        self.updates.push((key, conn_id, true));
-    }
-
-    fn confirm_connection(&mut self, key: ConnKey, conn_id: u64) {
-        self.updates.push((key, conn_id, false));
-    }
-
-    fn dropped(&mut self, reason: &'static str, n: u64) {
-        self.metrics.dropped(reason, n);
-    }
-
-    fn encrypted_connection(&mut self, protocol: &'static str) {
-        self.metrics.encrypted_connection(protocol);
-    }
-}
-
 /// How often the ring buffer is drained when the kernel has not woken us.
 const DRAIN_INTERVAL_MS: i32 = 10;
 
 /// A drain this large (or taking half the interval) means sonde is behind: drain again
 /// without waiting.
 const BACKLOG_EVENTS: u64 = 8192;
-
-/// Sleeps until the kernel wakes the ring buffer's readers or a timeout passes.
-///
-/// Edge-triggered: an event already in the ring does not end the wait, only a new wakeup
-/// does (the kernel side wakes us once per 256 KiB shipped per CPU, and for connections on
-/// probation). Between wakeups events gather for up to the timeout and are then drained
-/// in one batch, which costs far less per event than draining each as it lands.
-struct RingWaiter {
-    epoll: std::os::fd::OwnedFd,
-}
-
-impl RingWaiter {
-    fn new(ring_fd: std::os::fd::RawFd) -> std::io::Result<RingWaiter> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain syscalls; the fd returned is owned here and closed on drop.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(epoll) };
-        let mut interest = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
-            u64: 0,
-        };
-        // SAFETY: both fds are open; `interest` is a valid epoll_event.
-        if unsafe {
-            libc::epoll_ctl(
-                epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                ring_fd,
-                &mut interest,
-            )
-        } < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(RingWaiter { epoll })
-    }
-
-    fn wait(&self, timeout_ms: i32) {
-        let mut ready = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: room for one event, as passed.
-        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ready, 1, timeout_ms) };
-    }
-}
 
 #[allow(clippy::too_many_arguments)]
 fn capture_loop(
@@ -451,19 +302,14 @@ fn capture_loop(
     shutdown: &AtomicBool,
 ) {
     let show_summary = !config.quiet && config.print_spans.is_none();
-    let mut sink = Sink {
+    let mut sink = Sink::new(
         metrics,
-        spans_out: config
-            .print_spans
-            .map(|_| BufWriter::with_capacity(1 << 16, std::io::stdout())),
-        summary: show_summary.then(Summary::default),
-        clock: Clock::now(),
-        updates: Vec::new(),
-        histograms: HistogramCaches::default(),
-        sampler: config.sampler(),
-        otlp,
-        routes: Routes::new(&config.http_routes),
-    };
+        config.print_spans.is_some(),
+        show_summary,
+        config.sampler(),
+        otlp.map(|q| Box::new(q) as Box<dyn SpanExport>),
+        Routes::new(&config.http_routes),
+    );
     let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();
     let mut last_summary = Instant::now();
@@ -495,23 +341,9 @@ fn capture_loop(
         metrics.events_received.inc_by(received);
         behind = received >= BACKLOG_EVENTS
             || drain_start.elapsed() >= Duration::from_millis(DRAIN_INTERVAL_MS as u64 / 2);
-        if let Some(out) = &mut sink.spans_out {
-            let _ = out.flush();
-        }
-        for (key, conn_id, ignore) in sink.updates.drain(..) {
-            // The kernel entry may be gone already (closed), or the fd may now hold another
-            // connection: then there is nothing to do.
-            if let Ok(mut info) = conns.get(&key, 0) {
-                if info.conn_id != conn_id {
-                    continue;
-                }
-                if ignore {
-                    info.proto = proto::NONE;
-                } else {
-                    info.flags &= !conn_flags::PROBATION;
-                }
-                let _ = conns.insert(key, info, 0);
-            }
+        sink.flush();
+        for update in table.take_kernel_updates() {
+            kernel_maps::apply(&mut conns, update);
         }
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             last_housekeeping = Instant::now();
@@ -524,17 +356,11 @@ fn capture_loop(
             table.evict_idle(clock_ns(libc::CLOCK_MONOTONIC), idle_ns, &mut sink);
             metrics.connections_tracked.set(table.len() as i64);
         }
-        if let Some(summary) = &mut sink.summary {
-            if last_summary.elapsed() >= summary_every {
-                let secs = last_summary.elapsed().as_secs_f64();
-                last_summary = Instant::now();
-                let mut out = std::io::stdout().lock();
-                let _ = write!(out, "{}", summary.take_table(secs));
-                let _ = out.flush();
-            }
+        if show_summary && last_summary.elapsed() >= summary_every {
+            let secs = last_summary.elapsed().as_secs_f64();
+            last_summary = Instant::now();
+            sink.print_summary(secs);
         }
     }
-    if let Some(out) = &mut sink.spans_out {
-        let _ = out.flush();
-    }
+    sink.flush();
 }

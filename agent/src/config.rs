@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use crate::export::otlp::settings::Protocol as OtlpProtocol;
-use crate::routes::RouteRule;
-use crate::sampler::{parse_ratio, SamplerName};
-use crate::selector::{CaptureFilter, Selector, ServiceNameRule, ServiceNames};
+use crate::identity::selector::{CaptureFilter, Selector, ServiceNameRule, ServiceNames};
+use crate::protocols::http1::routes::RouteRule;
+use crate::telemetry::sampler::{parse_ratio, SamplerName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,11 +143,11 @@ pub struct Config {
 
     /// Bearer token for an HTTPS Kubernetes API; read again at every connection, as the
     /// kubelet rotates it.
-    #[arg(long, env = "SONDE_KUBERNETES_TOKEN_FILE", default_value = crate::k8s::SERVICE_ACCOUNT_TOKEN)]
+    #[arg(long, env = "SONDE_KUBERNETES_TOKEN_FILE", default_value = crate::identity::k8s::SERVICE_ACCOUNT_TOKEN)]
     pub kubernetes_token_file: PathBuf,
 
     /// PEM certificates that an HTTPS Kubernetes API's certificate must chain to.
-    #[arg(long, env = "SONDE_KUBERNETES_CA_FILE", default_value = crate::k8s::SERVICE_ACCOUNT_CA)]
+    #[arg(long, env = "SONDE_KUBERNETES_CA_FILE", default_value = crate::identity::k8s::SERVICE_ACCOUNT_CA)]
     pub kubernetes_ca_file: PathBuf,
 
     /// This node's name, for the pods watched (the DaemonSet sets it from spec.nodeName).
@@ -485,26 +485,26 @@ impl Config {
     }
 
     /// The sampler `traces_sampler` and `traces_sampler_arg` name.
-    pub fn sampler(&self) -> crate::sampler::Sampler {
-        crate::sampler::Sampler::new(self.traces_sampler, self.traces_sampler_arg)
+    pub fn sampler(&self) -> crate::telemetry::sampler::Sampler {
+        crate::telemetry::sampler::Sampler::new(self.traces_sampler, self.traces_sampler_arg)
     }
 
     /// The Kubernetes API settings when pod metadata is asked for; an error names the key.
-    pub fn kubernetes(&self) -> Result<Option<crate::k8s::ApiConfig>, String> {
+    pub fn kubernetes(&self) -> Result<Option<crate::identity::k8s::ApiConfig>, String> {
         let Some(url) = &self.kubernetes_api else {
             return Ok(None);
         };
         let node = self.node_name.as_deref().filter(|n| !n.is_empty()).ok_or(
             "key `node_name` (K8S_NODE_NAME): required with `kubernetes_api`, to watch this node's pods",
         )?;
-        let settings = crate::k8s::ApiSettings {
+        let settings = crate::identity::k8s::ApiSettings {
             api: url,
             node_name: node,
             token_file: &self.kubernetes_token_file,
             ca_file: &self.kubernetes_ca_file,
         };
         let env = |k: &str| std::env::var(k).ok();
-        crate::k8s::ApiConfig::new(&settings, &env)
+        crate::identity::k8s::ApiConfig::new(&settings, &env)
             .map(Some)
             .map_err(|e| format!("key `{}`: {e}", e.key()))
     }

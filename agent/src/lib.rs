@@ -1,26 +1,18 @@
 //! sonde: a host-level observability agent. eBPF programs capture socket traffic of every
 //! process; this library turns it into spans and RED metrics. See README.md and docs/.
+//!
+//! The modules follow the data path: `capture` (probes, ring buffer, events) -> `conn`
+//! (the connection table) -> `protocols` (one session per connection) -> `telemetry`
+//! (spans, RED metrics) -> `export` (Prometheus, OTLP), with `identity` (process, pod,
+//! service name) beside them and `gpu` on its own.
 pub mod agent;
 pub mod capture;
 pub mod config;
 pub mod conn;
-pub mod db;
 pub mod export;
 pub mod gpu;
-pub mod k8s;
-pub mod metrics;
-pub mod postgres;
-pub mod probes;
-pub mod process;
+pub mod identity;
 pub mod protocols;
-pub mod red;
-pub mod redis;
-pub mod routes;
-pub mod sampler;
-pub mod selector;
-pub mod sockets;
-pub mod span;
-pub mod sql;
-pub mod summary;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;

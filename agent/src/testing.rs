@@ -1,5 +1,6 @@
 //! Helpers shared by the unit tests of the protocol parsers and sessions.
-use crate::db::{DbOperation, DbSession};
+use crate::protocols::call::DbOperation;
+use crate::protocols::session::DbSession;
 
 /// A deterministic generator of garbage input (a linear congruential generator).
 pub struct Garbage(u32);

@@ -12,8 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::gpu::names::{Kind, MetricDef};
 use crate::gpu::Snapshot;
-use crate::metrics::Metrics;
-use crate::red::{HistogramFamily, OVERFLOW_LABEL};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::red::{HistogramFamily, OVERFLOW_LABEL};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -235,7 +235,7 @@ mod tests {
     use super::*;
     use crate::gpu::fake::{FakeGpu, FakeNvml};
     use crate::gpu::Collector;
-    use crate::process::ProcessTable;
+    use crate::identity::table::ProcessTable;
 
     const UUID: &str = "GPU-5c3b3fa4-2b6e-7c4d-a1e0-96e2f3a1b7c9";
 

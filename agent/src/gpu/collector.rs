@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::names::{self, dcgm, MetricDef};
 use super::{DeviceIdentity, Field, GpuBackend, GpuError};
-use crate::process::ProcessTable;
+use crate::identity::table::ProcessTable;
 
 /// One value of one series.
 #[derive(Clone, Debug, PartialEq)]

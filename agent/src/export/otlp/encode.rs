@@ -16,10 +16,9 @@ use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSp
 use super::settings::Temporality;
 use crate::gpu::names::Kind;
 use crate::gpu::GpuPoint;
-use crate::k8s::PodMeta;
-use crate::process::ProcessInfo;
-use crate::red::{HistogramData, HistogramFamily, OVERFLOW_LABEL};
-use crate::span::{AttrValue, Span, SpanKind};
+use crate::identity::process::ProcessInfo;
+use crate::telemetry::red::{HistogramData, HistogramFamily, OVERFLOW_LABEL};
+use crate::telemetry::span::{AttrValue, Span, SpanKind};
 
 /// Trace flag: sampled.
 const FLAG_SAMPLED: u32 = 0x01;
@@ -74,7 +73,7 @@ impl ResourceBase {
             own.push(kv_str("container.id", c));
         }
         if let Some(pod) = &p.pod {
-            for (k, v) in pod_attributes(pod) {
+            for (k, v) in pod.attributes() {
                 own.push(kv_str(k, v));
             }
         }
@@ -90,21 +89,6 @@ impl ResourceBase {
     pub fn service(&self, service_name: &str) -> Resource {
         self.attributes(vec![kv_str("service.name", service_name)])
     }
-}
-
-/// The `k8s.*` resource attributes of a pod.
-pub fn pod_attributes(pod: &PodMeta) -> Vec<(&'static str, &str)> {
-    let mut a = vec![
-        ("k8s.namespace.name", pod.namespace.as_str()),
-        ("k8s.pod.name", pod.pod_name.as_str()),
-        ("k8s.pod.uid", pod.pod_uid.as_str()),
-        ("k8s.container.name", pod.container_name.as_str()),
-        ("k8s.node.name", pod.node_name.as_str()),
-    ];
-    if let Some((k, v)) = &pod.owner {
-        a.push((k, v.as_str()));
-    }
-    a
 }
 
 fn scope() -> InstrumentationScope {
@@ -476,7 +460,7 @@ fn attribute(k: &str, v: &str) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{DB_BUCKETS, DB_LABELS};
+    use crate::telemetry::metrics::{DB_BUCKETS, DB_LABELS};
 
     fn base() -> ResourceBase {
         ResourceBase {

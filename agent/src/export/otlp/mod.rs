@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
-use crate::span::{clock_ns, Span};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::sink::SpanExport;
+use crate::telemetry::span::{clock_ns, Span};
 use encode::{CounterPoint, DeltaState, MetricInputs, ResourceBase};
 use settings::{OtlpSettings, Signal};
 use transport::{SendError, Transport};
@@ -42,16 +43,18 @@ pub struct SpanQueue {
     metrics: Arc<Metrics>,
 }
 
-impl SpanQueue {
+impl SpanExport for SpanQueue {
     /// Queues a span for export without waiting; a full queue drops it (counted).
-    pub fn push(&self, span: Span) {
+    fn export(&self, span: Span) {
         match self.tx.try_send(span) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.export_dropped(Signal::Traces, "queue_full", 1)
+                self.metrics
+                    .export_dropped(Signal::Traces.as_str(), "queue_full", 1)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.metrics.export_dropped(Signal::Traces, "shutdown", 1)
+                self.metrics
+                    .export_dropped(Signal::Traces.as_str(), "shutdown", 1)
             }
         }
     }
@@ -147,7 +150,7 @@ async fn span_task(
         })
         .await
         {
-            metrics.export_dropped(Signal::Traces, reason, n);
+            metrics.export_dropped(Signal::Traces.as_str(), reason, n);
         } else {
             metrics.spans_exported.inc_by(n);
         }
@@ -210,7 +213,7 @@ async fn metric_task(
         })
         .await
         {
-            metrics.export_dropped(Signal::Metrics, reason, points);
+            metrics.export_dropped(Signal::Metrics.as_str(), reason, points);
         }
         if last {
             break;

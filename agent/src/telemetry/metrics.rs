@@ -11,12 +11,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
-use crate::conn::{HttpCall, Role};
-use crate::db::DbCall;
-use crate::export::otlp::settings::Signal;
 use crate::gpu::SharedSnapshot;
-use crate::red::{HistogramFamily, Series};
-use crate::span::{http_error_type, normalize_method, server_endpoint};
+use crate::protocols::call::DbCall;
+use crate::protocols::call::{HttpCall, Role};
+use crate::telemetry::red::{HistogramFamily, Series};
+use crate::telemetry::span::{http_error_type, normalize_method, server_endpoint};
 
 /// `http.server.request.duration` / `http.client.request.duration` buckets (seconds).
 pub const HTTP_BUCKETS: [f64; 14] = [
@@ -79,6 +78,8 @@ pub struct ExportDropLabels {
 /// Why exported data is dropped: the queue was full, the collector stayed unavailable
 /// through the retries, it rejected the data, or sonde was shutting down.
 pub const EXPORT_DROP_REASONS: [&str; 4] = ["queue_full", "unavailable", "rejected", "shutdown"];
+/// The `signal` label values of export drops (`Signal::as_str` in the OTLP settings).
+pub const EXPORT_SIGNALS: [&str; 2] = ["traces", "metrics"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MetricLabels {
@@ -404,7 +405,7 @@ impl Metrics {
             "Spans and metric points that could not be exported over OTLP, by signal and reason",
             export_dropped.clone(),
         );
-        for signal in ["traces", "metrics"] {
+        for signal in EXPORT_SIGNALS {
             for reason in EXPORT_DROP_REASONS {
                 drop(export_dropped.get_or_create(&ExportDropLabels {
                     signal: signal.into(),
@@ -576,10 +577,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn export_dropped(&self, signal: Signal, reason: &str, n: u64) {
+    /// `signal`: `traces` or `metrics`.
+    pub fn export_dropped(&self, signal: &str, reason: &str, n: u64) {
         self.export_dropped
             .get_or_create(&ExportDropLabels {
-                signal: signal.as_str().into(),
+                signal: signal.into(),
                 reason: reason.into(),
             })
             .inc_by(n);
@@ -601,10 +603,10 @@ impl Metrics {
     /// Every (signal, reason) of export drops with its count.
     pub fn export_dropped_counts(&self) -> Vec<(String, String, u64)> {
         let mut out = Vec::new();
-        for signal in [Signal::Traces, Signal::Metrics] {
+        for signal in EXPORT_SIGNALS {
             for reason in EXPORT_DROP_REASONS {
                 let labels = ExportDropLabels {
-                    signal: signal.as_str().into(),
+                    signal: signal.into(),
                     reason: reason.into(),
                 };
                 let n = self.export_dropped.get(&labels).map_or(0, |c| c.get());

@@ -3,8 +3,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::db::{DbOperation, DbSession, REDIS};
-use crate::protocols::resp::{FrameType, RespError, RespFrame, RespStream};
+use crate::protocols::call::{DbOperation, REDIS};
+use crate::protocols::redis::framing::{FrameType, RespError, RespFrame, RespStream};
+use crate::protocols::session::DbSession;
 
 /// Commands waiting for replies on one connection, at most.
 const MAX_PENDING: usize = 4096;

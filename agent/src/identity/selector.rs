@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::process::ProcessInfo;
+use crate::identity::process::ProcessInfo;
 
 /// A shell-style pattern: `*` matches any run of characters (`/` included), `?` one
 /// character; everything else matches itself.

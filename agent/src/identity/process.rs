@@ -1,10 +1,12 @@
-//! Who a process is: executable, container, and the service name spans and metrics carry.
-use std::collections::HashMap;
+//! Who a process is, as /proc tells: executable, container, the service name its own
+//! variables give, and the ports it listens on.
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::k8s::{PodMeta, SharedPodIndex};
-use crate::selector::ServiceNames;
-use crate::sockets::listening_ports;
+use procfs::net::TcpState;
+use procfs::process::{FDTarget, Process};
+
+use crate::identity::k8s::PodMeta;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -28,120 +30,8 @@ pub struct ProcessInfo {
     pub start_time: u64,
 }
 
-/// Caches identities by pid; an entry is re-checked against the start time whenever the
-/// process opens a new connection, so a reused pid is never given a dead process's name.
-#[derive(Default)]
-pub struct ProcessTable {
-    by_pid: HashMap<u32, Arc<ProcessInfo>>,
-    names: ServiceNames,
-    pods: Option<SharedPodIndex>,
-}
-
-impl ProcessTable {
-    pub fn new(names: ServiceNames, pods: Option<SharedPodIndex>) -> ProcessTable {
-        ProcessTable {
-            by_pid: HashMap::new(),
-            names,
-            pods,
-        }
-    }
-
-    /// Identity of `pid`. `comm` (the kernel's command name) stands in for the executable
-    /// name when /proc no longer has the process.
-    pub fn get(&mut self, pid: u32, comm: &str, recheck: bool) -> Arc<ProcessInfo> {
-        if let Some(p) = self.by_pid.get(&pid) {
-            let same = !recheck || read_start_time(pid).is_none_or(|t| t == p.start_time);
-            // A pod that was not listed yet when the process was first met may be now.
-            let pod_pending = p.pod.is_none() && self.pod_of(p).is_some();
-            if same && !pod_pending {
-                return p.clone();
-            }
-        }
-        let mut info = read_process(pid, comm);
-        if let Some(pod) = self.pod_of(&info) {
-            if !info.name_from_env {
-                info.service_name = pod.service_name.clone();
-            }
-            info.pod = Some(pod);
-        }
-        self.apply_rules(&mut info);
-        let info = Arc::new(info);
-        if self.by_pid.len() > 100_000 {
-            self.by_pid.clear();
-        }
-        self.by_pid.insert(pid, info.clone());
-        info
-    }
-
-    /// Identity of `pid`, a child that `parent` forked to serve a connection the parent
-    /// accepted. If the child is gone from /proc already (one that serves a single short
-    /// request often is), it is named as its parent: a forked child that did not exec runs
-    /// its parent's executable, with its environment and in its container. A child caught
-    /// while exiting (its environment already unreadable) that runs its parent's executable
-    /// is named as its parent too.
-    pub fn get_forked(&mut self, pid: u32, parent: u32, comm: &str) -> Arc<ProcessInfo> {
-        let own = self.get(pid, comm, true);
-        if own.name_from_env || own.name_from_rule {
-            return own;
-        }
-        let parent = self.get(parent, comm, false);
-        let gone = own.exe_path.is_empty();
-        if parent.exe_path.is_empty() || !(gone || own.exe_path == parent.exe_path) {
-            return own;
-        }
-        let info = Arc::new(ProcessInfo {
-            pid,
-            start_time: own.start_time,
-            ..(*parent).clone()
-        });
-        self.by_pid.insert(pid, info.clone());
-        info
-    }
-
-    fn pod_of(&self, info: &ProcessInfo) -> Option<Arc<PodMeta>> {
-        let index = self.pods.as_ref()?;
-        let id = info.container_id.as_deref()?;
-        index.read().unwrap_or_else(|e| e.into_inner()).get(id)
-    }
-
-    /// Applies the service-name rules: the first rule that matches the executable or
-    /// container, or a port the process listens on, names it.
-    fn apply_rules(&self, info: &mut ProcessInfo) {
-        let ports = if self.names.has_port_rules() {
-            listening_ports(info.pid)
-        } else {
-            Vec::new()
-        };
-        if let Some(name) = self.names.for_process(info, &ports) {
-            info.service_name = name.to_string();
-            info.name_from_rule = true;
-        }
-    }
-
-    /// `pid` was seen serving on `port`: if a port rule names that port and no rule named
-    /// the process yet (it may have listened only after sonde identified it), it takes
-    /// that name from now on. Returns the identity to use.
-    pub fn serving_on(&mut self, process: Arc<ProcessInfo>, port: u16) -> Arc<ProcessInfo> {
-        if process.name_from_rule {
-            return process;
-        }
-        let Some(name) = self.names.for_port(port) else {
-            return process;
-        };
-        let mut renamed = (*process).clone();
-        renamed.service_name = name.to_string();
-        renamed.name_from_rule = true;
-        let renamed = Arc::new(renamed);
-        self.by_pid.insert(renamed.pid, renamed.clone());
-        renamed
-    }
-
-    pub fn forget(&mut self, pid: u32) {
-        self.by_pid.remove(&pid);
-    }
-}
-
-fn read_process(pid: u32, comm: &str) -> ProcessInfo {
+/// What /proc says of `pid`; `comm` stands in for the executable name when it is gone.
+pub(crate) fn read_process(pid: u32, comm: &str) -> ProcessInfo {
     let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| {
             p.to_string_lossy()
@@ -179,6 +69,31 @@ fn read_process(pid: u32, comm: &str) -> ProcessInfo {
     }
 }
 
+/// The TCP ports `pid` listens on (empty when /proc cannot tell).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(proc) = Process::new(pid as i32) else {
+        return Vec::new();
+    };
+    let Ok(fds) = proc.fd() else {
+        return Vec::new();
+    };
+    let inodes: HashSet<u64> = fds
+        .flatten()
+        .filter_map(|fd| match fd.target {
+            FDTarget::Socket(inode) => Some(inode),
+            _ => None,
+        })
+        .collect();
+    let tables = proc.tcp().into_iter().chain(proc.tcp6()).flatten();
+    let mut ports: Vec<u16> = tables
+        .filter(|e| e.state == TcpState::Listen && inodes.contains(&e.inode))
+        .map(|e| e.local_address.port())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// The service name a process without OTEL variables gets: its executable's name, except
 /// where it was started through a link to a multi-call binary (Debian's `redis-server` is a
 /// link to `redis-check-rdb`). The kernel's command name comes from the name it was started
@@ -202,7 +117,7 @@ fn read_command_line(pid: u32) -> Option<String> {
     (!args.is_empty()).then(|| args.join(" "))
 }
 
-fn read_start_time(pid: u32) -> Option<u64> {
+pub(crate) fn read_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let after = &stat[stat.rfind(')')? + 1..];
@@ -309,14 +224,5 @@ mod tests {
             assert_eq!(container_id(&cg).as_deref(), Some(id), "{cg}");
         }
         assert_eq!(container_id("0::/user.slice/session-1.scope\n"), None);
-    }
-
-    #[test]
-    fn own_process_is_read() {
-        let mut t = ProcessTable::default();
-        let me = t.get(std::process::id(), "x", true);
-        assert!(!me.exe_name.is_empty());
-        assert!(me.start_time > 0);
-        assert_eq!(t.get(u32::MAX - 1, "gone", true).exe_name, "gone");
     }
 }

@@ -1,11 +1,10 @@
 //! Addresses of sockets the kernel side saw no connect/accept for, resolved through /proc.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use procfs::net::TcpState;
 use procfs::process::{FDTarget, Process};
 
-use crate::capture::normalize_ip;
+use crate::capture::event::normalize_ip;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuple {
@@ -69,31 +68,6 @@ pub fn resolve_fd(pid: u32, fd: i32) -> FdKind {
     }
 }
 
-/// The TCP ports `pid` listens on (empty when /proc cannot tell).
-pub fn listening_ports(pid: u32) -> Vec<u16> {
-    let Ok(proc) = Process::new(pid as i32) else {
-        return Vec::new();
-    };
-    let Ok(fds) = proc.fd() else {
-        return Vec::new();
-    };
-    let inodes: HashSet<u64> = fds
-        .flatten()
-        .filter_map(|fd| match fd.target {
-            FDTarget::Socket(inode) => Some(inode),
-            _ => None,
-        })
-        .collect();
-    let tables = proc.tcp().into_iter().chain(proc.tcp6()).flatten();
-    let mut ports: Vec<u16> = tables
-        .filter(|e| e.state == TcpState::Listen && inodes.contains(&e.inode))
-        .map(|e| e.local_address.port())
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
 /// Local addresses of listening sockets, cached by (pid, fd): listeners live long, so one
 /// /proc walk serves every connection they accept.
 #[derive(Default)]
@@ -122,6 +96,7 @@ impl ListenerCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::process::listening_ports;
     use std::os::fd::AsRawFd;
 
     #[test]

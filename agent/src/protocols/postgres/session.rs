@@ -13,9 +13,12 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::db::{DbOperation, DbSession, POSTGRESQL};
-use crate::protocols::pgwire::{cstr, PgError, PgMessage, PgStream, ENCRYPTION_ANSWER, UNTYPED};
-use crate::sql::{summarize, SqlSummary};
+use crate::protocols::call::{DbOperation, POSTGRESQL};
+use crate::protocols::postgres::framing::{
+    cstr, PgError, PgMessage, PgStream, ENCRYPTION_ANSWER, UNTYPED,
+};
+use crate::protocols::postgres::sql::{summarize, SqlSummary};
+use crate::protocols::session::DbSession;
 
 /// Operations waiting for results on one connection, at most.
 const MAX_PENDING: usize = 4096;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::conn::{HttpCall, Role};
-use crate::db::DbCall;
-use crate::process::ProcessInfo;
-use crate::sampler::Sampler;
+use crate::identity::process::ProcessInfo;
+use crate::protocols::call::DbCall;
+use crate::protocols::call::{HttpCall, Role};
+use crate::telemetry::sampler::Sampler;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
@@ -328,7 +328,7 @@ impl Span {
             "attributes": attrs,
         });
         if let Some(pod) = &self.process.pod {
-            for (k, val) in crate::export::otlp::encode::pod_attributes(pod) {
+            for (k, val) in pod.attributes() {
                 v[k] = Value::String(val.to_string());
             }
         }

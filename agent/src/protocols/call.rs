@@ -1,9 +1,66 @@
-//! Database operations (Redis commands, PostgreSQL queries) as one process saw them.
+//! Finished calls as one process saw them: HTTP requests with their responses, database
+//! operations (Redis commands, PostgreSQL queries) with their replies.
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::conn::Role;
-use crate::process::ProcessInfo;
+use crate::identity::process::ProcessInfo;
+use crate::protocols::http1::framing::RequestHead;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+impl Role {
+    /// `client` or `server`, as the summary table shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// One request and its outcome, before the connection adds who and where.
+#[derive(Clone, Debug)]
+pub struct HttpExchange {
+    pub request: RequestHead,
+    pub request_body_size: u64,
+    /// None when no response came (see `failure`).
+    pub status: Option<u16>,
+    pub response_body_size: u64,
+    /// Why no response came: an errno name (`ECONNRESET`) or `connection_closed`.
+    pub failure: Option<String>,
+    /// Monotonic ns: first byte of the request, end of the response.
+    pub start_ts: u64,
+    pub end_ts: u64,
+    /// The thread that sent or received the request.
+    pub tid: u32,
+}
+
+/// One request and its outcome, as seen by one process.
+#[derive(Clone, Debug)]
+pub struct HttpCall {
+    pub role: Role,
+    pub process: Arc<ProcessInfo>,
+    pub tid: u32,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub request: RequestHead,
+    pub request_body_size: u64,
+    /// None when no response came (see `failure`).
+    pub status: Option<u16>,
+    pub response_body_size: u64,
+    /// Why no response came: an errno name (`ECONNRESET`) or `connection_closed`.
+    pub failure: Option<String>,
+    /// Monotonic ns: first byte of the request, end of the response.
+    pub start_ts: u64,
+    pub end_ts: u64,
+    /// `http.route`: the configured pattern the path matched (server side only; see
+    /// `routes`). Set by the sink, never guessed.
+    pub route: Option<Arc<str>>,
+}
 
 /// `db.system.name` values.
 pub const REDIS: &str = "redis";
@@ -46,42 +103,6 @@ pub struct DbOperation {
     pub start_ts: u64,
     pub end_ts: u64,
     pub tid: u32,
-}
-
-/// A database protocol session: one connection's requests and responses paired in order.
-/// The connection table drives every database protocol through this.
-pub trait DbSession: Default {
-    type Error: Copy + std::fmt::Debug + PartialEq;
-    /// `db.system.name`, also the `protocol` label of the session's parse errors.
-    const SYSTEM: &'static str;
-
-    /// The `kind` label of a parse error.
-    fn error_kind(error: Self::Error) -> &'static str;
-
-    /// Feeds one event's bytes (`gap` more were not copied) in the given direction.
-    /// Finished operations are appended to `done`; framing errors are returned for counting.
-    fn feed(
-        &mut self,
-        from_client: bool,
-        payload: &[u8],
-        gap: u64,
-        ts: u64,
-        tid: u32,
-        done: &mut Vec<DbOperation>,
-    ) -> Option<Self::Error>;
-
-    /// Bytes were lost: pending operations are dropped and parsing starts over at the next
-    /// event.
-    fn restart(&mut self);
-
-    /// Operations still waiting for their response (they get no span if the connection
-    /// ends).
-    fn pending(&self) -> usize;
-
-    /// The connection switched to encryption: nothing more can be read.
-    fn is_encrypted(&self) -> bool {
-        false
-    }
 }
 
 impl DbCall {

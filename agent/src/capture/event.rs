@@ -1,10 +1,7 @@
-//! Decoding ring-buffer events and reading the kernel's drop counters.
+//! Decoding ring-buffer events: a fixed header, then the payload bytes copied.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aya::maps::{MapData, PerCpuArray};
-use sonde_ebpf::{
-    conn_flags, direction, drop_reason, event_kind, ConnInfo, EventHeader, EVENT_HEADER_LEN,
-};
+use sonde_ebpf::{conn_flags, direction, event_kind, ConnInfo, EventHeader, EVENT_HEADER_LEN};
 use thiserror::Error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,16 +120,6 @@ pub fn normalize_ip(ip: IpAddr) -> IpAddr {
 
 pub fn needs_resolve(conn: &ConnInfo) -> bool {
     conn.flags & conn_flags::RESOLVE != 0
-}
-
-/// Reads the kernel's per-CPU drop counters, summed: (reason label, count).
-pub fn read_drops(map: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)> {
-    (0..drop_reason::COUNT)
-        .map(|i| {
-            let total = map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-            (drop_reason::NAMES[i as usize], total)
-        })
-        .collect()
 }
 
 #[cfg(test)]

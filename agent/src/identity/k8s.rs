@@ -37,6 +37,23 @@ pub struct PodMeta {
     pub service_name: String,
 }
 
+impl PodMeta {
+    /// The `k8s.*` resource attributes of a pod.
+    pub fn attributes(&self) -> Vec<(&'static str, &str)> {
+        let mut a = vec![
+            ("k8s.namespace.name", self.namespace.as_str()),
+            ("k8s.pod.name", self.pod_name.as_str()),
+            ("k8s.pod.uid", self.pod_uid.as_str()),
+            ("k8s.container.name", self.container_name.as_str()),
+            ("k8s.node.name", self.node_name.as_str()),
+        ];
+        if let Some((k, v)) = &self.owner {
+            a.push((k, v.as_str()));
+        }
+        a
+    }
+}
+
 /// Pods of this node by container id (64 hex digits, runtime prefix removed).
 #[derive(Default)]
 pub struct PodIndex {
@@ -733,7 +750,7 @@ mod tests {
         std::fs::write(&ca, "not a certificate\n").unwrap();
         let err = ApiConfig::new(&s, &env).unwrap_err();
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
-        std::fs::write(&ca, include_str!("../../tests/fixtures/k8s/test-ca.crt")).unwrap();
+        std::fs::write(&ca, include_str!("../../../tests/fixtures/k8s/test-ca.crt")).unwrap();
         let err = ApiConfig::new(&s, &env).unwrap_err();
         assert_eq!(err.key(), "kubernetes_token_file");
         assert!(

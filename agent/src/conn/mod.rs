@@ -1,0 +1,336 @@
+//! The connection table: one entry per observed socket of a process (its identity,
+//! addresses, fd reuse, idle eviction and loss handling). It knows no protocol: it hands
+//! each event's bytes to the connection's protocol [`Session`] and turns what the session
+//! finishes into calls with who and where.
+pub mod sockets;
+
+use std::collections::hash_map::Entry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use sonde_ebpf::{conn_flags, role, ConnKey};
+
+use crate::capture::event::{needs_resolve, peer_addr, Event, EventKind};
+use crate::capture::kernel_maps::{ConnVerdict, KernelUpdate};
+use crate::identity::k8s::SharedPodIndex;
+use crate::identity::process::ProcessInfo;
+use crate::identity::selector::{CaptureFilter, ServiceNames};
+use crate::identity::table::ProcessTable;
+use crate::protocols::call::{DbCall, HttpCall, HttpExchange, Role};
+use crate::protocols::{session_for, Chunk, Finished, Readable, Session};
+use sockets::{resolve_fd, FdKind, ListenerCache};
+
+/// Where the connection table reports what it finds.
+pub trait CallSink {
+    fn http_call(&mut self, call: HttpCall);
+    fn db_call(&mut self, call: DbCall);
+    fn parse_error(&mut self, protocol: &'static str, kind: &'static str);
+    /// `n` events of a connection were lost before they reached userspace.
+    fn dropped(&mut self, reason: &'static str, n: u64);
+    /// A connection switched to TLS (or GSS) encryption: its protocol can no longer be read.
+    fn encrypted_connection(&mut self, protocol: &'static str);
+}
+
+struct Connection {
+    conn_id: u64,
+    role: Role,
+    process: Arc<ProcessInfo>,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    last_ts: u64,
+    /// None (and `ignored`) for a protocol this build does not parse.
+    session: Option<Box<dyn Session>>,
+    ignored: bool,
+}
+
+#[derive(Default)]
+pub struct ConnTable {
+    /// Keyed by (tgid, key fd); FxHash because SipHash showed in profiles of this hot lookup.
+    conns: FxHashMap<(u32, i32), Connection>,
+    processes: ProcessTable,
+    filter: CaptureFilter,
+    listeners: ListenerCache,
+    finished: Finished,
+    /// What the kernel's connection table should learn, applied after each batch.
+    kernel_updates: Vec<KernelUpdate>,
+}
+
+impl ConnTable {
+    /// A table that captures only what `filter` admits and names services by `names`.
+    pub fn new(
+        filter: CaptureFilter,
+        names: ServiceNames,
+        pods: Option<SharedPodIndex>,
+    ) -> ConnTable {
+        ConnTable {
+            processes: ProcessTable::new(names, pods),
+            filter,
+            ..ConnTable::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The kernel updates gathered since the last call. `conn_id` names the connection: by
+    /// the time one is applied the fd may be another's.
+    pub fn take_kernel_updates(&mut self) -> std::vec::Drain<'_, KernelUpdate> {
+        self.kernel_updates.drain(..)
+    }
+
+    pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CallSink) {
+        let h = &ev.header;
+        // The kernel's key fd, not the event's: a dup()ed or inherited copy of a socket
+        // (inetd-style servers read fd 0 and write fd 1) is one connection.
+        let key = (h.tgid, h.conn.key_fd);
+        let kernel_key = ConnKey {
+            tgid: h.tgid,
+            fd: h.fd,
+        };
+        let update = |verdict| KernelUpdate {
+            key: kernel_key,
+            conn_id: h.conn.conn_id,
+            verdict,
+        };
+        if let Some(c) = self.conns.get(&key) {
+            if c.conn_id != h.conn.conn_id {
+                // The fd was reused: whatever the old connection still owed ends here.
+                let old = self.conns.remove(&key).expect("present");
+                old.close(h.ts_ns, &mut self.finished, sink);
+            }
+        }
+        if ev.kind == EventKind::Close {
+            if let Some(c) = self.conns.remove(&key) {
+                c.close(h.ts_ns, &mut self.finished, sink);
+            }
+            return;
+        }
+        let c = match self.conns.entry(key) {
+            Entry::Occupied(o) => {
+                let c = o.into_mut();
+                if h.conn.flags & conn_flags::LOST != 0 {
+                    // The kernel could not ship some events before this one (probation).
+                    sink.dropped("probation_limit", h.conn.lost_events.into());
+                    if let Some(session) = c.session.as_deref_mut() {
+                        session.restart();
+                    }
+                }
+                c
+            }
+            Entry::Vacant(v) => {
+                let c = open_connection(&mut self.processes, &mut self.listeners, &self.filter, ev);
+                if c.ignored {
+                    self.kernel_updates.push(update(ConnVerdict::Ignore));
+                } else if needs_resolve(&h.conn) {
+                    self.kernel_updates.push(update(ConnVerdict::Confirm));
+                }
+                v.insert(c)
+            }
+        };
+        if c.ignored {
+            return;
+        }
+        c.last_ts = h.ts_ns;
+        let Some(session) = c.session.as_deref_mut() else {
+            return;
+        };
+        let finished = &mut self.finished;
+        finished.clear();
+        match ev.kind {
+            EventKind::Data => {
+                let chunk = Chunk {
+                    from_client: (c.role == Role::Server) == ev.is_ingress(),
+                    payload: ev.payload,
+                    gap: ev.gap(),
+                    ts: h.ts_ns,
+                    tid: h.tid,
+                };
+                session.feed(&chunk, finished);
+                match session.readable() {
+                    Readable::Yes => {}
+                    Readable::Upgraded => c.ignored = true,
+                    Readable::Encrypted => {
+                        sink.encrypted_connection(session.protocol());
+                        c.ignored = true;
+                    }
+                }
+                if c.ignored {
+                    self.kernel_updates.push(update(ConnVerdict::Ignore));
+                }
+            }
+            EventKind::Error => session.failed(h.ts_ns, c.role, errno_name(h.errno), finished),
+            EventKind::Close => {}
+        }
+        c.report(finished, sink);
+    }
+}
+
+/// A first event for (tgid, fd): learn who and where.
+fn open_connection(
+    processes: &mut ProcessTable,
+    listeners: &mut ListenerCache,
+    filter: &CaptureFilter,
+    ev: &Event<'_>,
+) -> Connection {
+    let h = &ev.header;
+    let info = &h.conn;
+    let mut process = if info.role == role::SERVER && info.listen_tgid != h.tgid {
+        // Served by a child of the process that accepted it.
+        processes.get_forked(h.tgid, info.listen_tgid, &ev.comm())
+    } else {
+        processes.get(h.tgid, &ev.comm(), true)
+    };
+    let mut role = match info.role {
+        role::CLIENT => Role::Client,
+        role::SERVER => Role::Server,
+        // Unknown: infer from the first message and its direction.
+        _ => {
+            let first_request = info.flags & conn_flags::FIRST_WAS_REQUEST != 0;
+            if first_request != ev.is_ingress() {
+                Role::Client
+            } else {
+                Role::Server
+            }
+        }
+    };
+    let mut peer = peer_addr(info);
+    let mut local = None;
+    let mut ignored = false;
+    if needs_resolve(info) {
+        match resolve_fd(h.tgid, h.fd) {
+            FdKind::Tcp(t) => {
+                local = Some(t.local);
+                peer = Some(t.peer);
+            }
+            FdKind::NotTcp => ignored = true,
+            // The fd was closed before sonde looked (a short connection). Off probation the
+            // kernel saw a socket-only call on it, so its events are parsed (without
+            // addresses); on probation it may as well have been a file.
+            FdKind::Gone => ignored = info.flags & conn_flags::PROBATION != 0,
+        }
+    } else if info.role == role::SERVER && info.listen_fd >= 0 {
+        // The listener's process: a forked child serves what its parent accepted.
+        local = listeners.local_addr(info.listen_tgid, info.listen_fd);
+    }
+    if info.role == role::UNKNOWN && ignored {
+        role = Role::Client;
+    }
+    // The port of the service this connection talks to.
+    let service_port = match role {
+        Role::Server => local.map(|a| a.port()),
+        Role::Client => peer.map(|a| a.port()),
+    };
+    if !filter.admits(&process, service_port) {
+        ignored = true;
+    }
+    if let (Role::Server, Some(port)) = (role, service_port) {
+        process = processes.serving_on(process, port);
+    }
+    let session = session_for(info.proto);
+    Connection {
+        conn_id: info.conn_id,
+        role,
+        process,
+        local,
+        peer,
+        last_ts: h.ts_ns,
+        ignored: ignored || session.is_none(),
+        session,
+    }
+}
+
+impl ConnTable {
+    /// Drops connections idle for longer than `idle_ns` (their process may have exited
+    /// without closing them). Returns how many were dropped.
+    pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl CallSink) -> usize {
+        let stale: Vec<(u32, i32)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_ts) > idle_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in &stale {
+            if let Some(c) = self.conns.remove(key) {
+                let pid = c.process.pid;
+                c.close(0, &mut self.finished, sink);
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    self.processes.forget(pid);
+                    self.listeners.forget_pid(pid);
+                }
+            }
+        }
+        stale.len()
+    }
+}
+
+impl Connection {
+    /// The connection ended at `ts` (0: when it was last seen): what its session can still
+    /// finish is reported.
+    fn close(mut self, ts: u64, finished: &mut Finished, sink: &mut impl CallSink) {
+        if self.ignored {
+            return;
+        }
+        let Some(session) = self.session.as_deref_mut() else {
+            return;
+        };
+        let ts = if ts == 0 { self.last_ts } else { ts };
+        finished.clear();
+        session.closed(ts, self.role, finished);
+        self.report(finished, sink);
+    }
+
+    /// Reports what the session finished, with who and where.
+    fn report(&self, finished: &mut Finished, sink: &mut impl CallSink) {
+        if let Some(session) = &self.session {
+            for kind in finished.errors.drain(..) {
+                sink.parse_error(session.protocol(), kind);
+            }
+        }
+        for exchange in finished.http.drain(..) {
+            sink.http_call(self.http_call(exchange));
+        }
+        for op in finished.db.drain(..) {
+            sink.db_call(DbCall {
+                role: self.role,
+                process: self.process.clone(),
+                tid: op.tid,
+                local: self.local,
+                peer: self.peer,
+                op,
+            });
+        }
+    }
+
+    fn http_call(&self, ex: HttpExchange) -> HttpCall {
+        HttpCall {
+            role: self.role,
+            process: self.process.clone(),
+            tid: ex.tid,
+            local: self.local,
+            peer: self.peer,
+            request: ex.request,
+            request_body_size: ex.request_body_size,
+            status: ex.status,
+            response_body_size: ex.response_body_size,
+            failure: ex.failure,
+            start_ts: ex.start_ts,
+            end_ts: ex.end_ts,
+            route: None,
+        }
+    }
+}
+
+fn errno_name(errno: u32) -> &'static str {
+    match errno as i32 {
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EPIPE => "EPIPE",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        _ => "connection_error",
+    }
+}

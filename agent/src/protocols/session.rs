@@ -1,0 +1,138 @@
+//! The one interface every protocol implements: a [`Session`] is fed one connection's bytes
+//! and reports finished calls.
+use crate::protocols::call::{DbOperation, HttpExchange, Role};
+
+/// One event's bytes, as a session sees them.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk<'a> {
+    /// The bytes come from the client (requests), not the server (responses).
+    pub from_client: bool,
+    pub payload: &'a [u8],
+    /// Bytes that moved after `payload` but were not copied.
+    pub gap: u64,
+    /// Monotonic ns of the syscall.
+    pub ts: u64,
+    /// The thread that moved them.
+    pub tid: u32,
+}
+
+/// What sessions report; one per connection table, cleared before each use.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub http: Vec<HttpExchange>,
+    pub db: Vec<DbOperation>,
+    /// Parse errors by kind (their protocol is the session's).
+    pub errors: Vec<&'static str>,
+}
+
+impl Finished {
+    pub fn clear(&mut self) {
+        self.http.clear();
+        self.db.clear();
+        self.errors.clear();
+    }
+}
+
+/// Whether a session can still read its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readable {
+    Yes,
+    /// Switched to another protocol (HTTP `Upgrade`, `CONNECT`): left alone.
+    Upgraded,
+    /// Switched to TLS or GSS encryption: counted, then left alone.
+    Encrypted,
+}
+
+/// One connection's protocol session: bytes in, finished calls out.
+pub trait Session: Send {
+    /// The `protocol` label of its parse errors: `http`, `redis`, `postgresql`.
+    fn protocol(&self) -> &'static str;
+
+    /// Feeds one event's bytes.
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Finished);
+
+    /// Bytes were lost: what was pending gets no call, and parsing starts over at the next
+    /// event (the framing finds its way back to a message boundary from there).
+    fn restart(&mut self);
+
+    /// The connection closed at `ts`: a response that ends at close ends; a client's
+    /// requests still waiting end with `connection_closed`.
+    fn closed(&mut self, _ts: u64, _role: Role, _out: &mut Finished) {}
+
+    /// A read or write failed with `errno` (`ECONNRESET`, ...): a client's requests still
+    /// waiting end with it.
+    fn failed(&mut self, _ts: u64, _role: Role, _errno: &'static str, _out: &mut Finished) {}
+
+    fn readable(&self) -> Readable {
+        Readable::Yes
+    }
+}
+
+/// How a database session (Redis, PostgreSQL) is written: typed framing errors, operations
+/// appended as they finish. Every `DbSession` is a [`Session`].
+pub trait DbSession: Default {
+    type Error: Copy + std::fmt::Debug + PartialEq;
+    /// `db.system.name`, also the `protocol` label of the session's parse errors.
+    const SYSTEM: &'static str;
+
+    /// The `kind` label of a parse error.
+    fn error_kind(error: Self::Error) -> &'static str;
+
+    /// Feeds one event's bytes (`gap` more were not copied) in the given direction.
+    /// Finished operations are appended to `done`; framing errors are returned for counting.
+    fn feed(
+        &mut self,
+        from_client: bool,
+        payload: &[u8],
+        gap: u64,
+        ts: u64,
+        tid: u32,
+        done: &mut Vec<DbOperation>,
+    ) -> Option<Self::Error>;
+
+    /// Bytes were lost: pending operations are dropped and parsing starts over at the next
+    /// event.
+    fn restart(&mut self);
+
+    /// Operations still waiting for their response (they get no span if the connection
+    /// ends).
+    fn pending(&self) -> usize;
+
+    /// The connection switched to encryption: nothing more can be read.
+    fn is_encrypted(&self) -> bool {
+        false
+    }
+}
+
+impl<S: DbSession + Send> Session for S {
+    fn protocol(&self) -> &'static str {
+        S::SYSTEM
+    }
+
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Finished) {
+        let c = chunk;
+        if let Some(e) = DbSession::feed(
+            self,
+            c.from_client,
+            c.payload,
+            c.gap,
+            c.ts,
+            c.tid,
+            &mut out.db,
+        ) {
+            out.errors.push(S::error_kind(e));
+        }
+    }
+
+    fn restart(&mut self) {
+        DbSession::restart(self)
+    }
+
+    fn readable(&self) -> Readable {
+        if self.is_encrypted() {
+            Readable::Encrypted
+        } else {
+            Readable::Yes
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! What finished calls become: spans (and the sampler that keeps them), RED histograms,
+//! sonde's own metrics, and the summary table; the sink routes each call to them.
+pub mod metrics;
+pub mod red;
+pub mod sampler;
+pub mod sink;
+pub mod span;
+pub mod summary;
