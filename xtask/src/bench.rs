@@ -6,7 +6,7 @@
 //! - postgres: pgbench's tpcb-like script (7 statements per transaction).
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,21 +35,25 @@ struct SondeUsage {
 struct Options {
     pairs: usize,
     seconds: u64,
+    /// The binary measured (`--sonde PATH`; the release build by default).
+    sonde: PathBuf,
 }
 
-fn options(args: &[String]) -> Result<Options> {
+fn options(root: &Path, args: &[String]) -> Result<Options> {
     // Many short pairs rather than a few long ones: this machine is shared, its speed
     // drifts by more than 10 % within minutes, and only the two runs of a pair are close
     // enough in time to compare.
     let mut o = Options {
         pairs: 6,
         seconds: 5,
+        sonde: root.join("target/release/sonde"),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--pairs" => o.pairs = it.next().context("--pairs N")?.parse()?,
             "--seconds" => o.seconds = it.next().context("--seconds S")?.parse()?,
+            "--sonde" => o.sonde = it.next().context("--sonde PATH")?.into(),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -62,7 +66,6 @@ fn options(args: &[String]) -> Result<Options> {
 /// Runs `load` `pairs` times without and with sonde, alternating which goes first, and
 /// returns the report (medians over the pairs).
 fn compare(
-    root: &Path,
     title: &str,
     unit: &str,
     o: &Options,
@@ -88,7 +91,7 @@ fn compare(
         };
         for with_sonde in order {
             if with_sonde {
-                let (r, u) = with_sonde_running(root, &mut *load)?;
+                let (r, u) = with_sonde_running(&o.sonde, &mut *load)?;
                 eprintln!(
                     "    pair {pair} on : {:>9.0} {unit}/s  {}  sonde cpu {:.2} us/{unit}  rss {} KiB  dropped {}  spans {}",
                     r.rate, lat(&r), u.cpu_us / r.ops.max(1) as f64, u.peak_rss_kib, u.dropped, u.spans
@@ -155,7 +158,7 @@ fn write_report(root: &Path, name: &str, report: &str) -> Result<()> {
 
 /// `cargo xtask bench http`: wrk -t2 -c32 against nginx `return 200`.
 pub fn http(root: &Path, args: &[String]) -> Result<()> {
-    let o = options(args)?;
+    let o = options(root, args)?;
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
@@ -164,7 +167,7 @@ pub fn http(root: &Path, args: &[String]) -> Result<()> {
     wait_http(&url)?;
     let seconds = o.seconds;
     let title = format!("sonde bench http: wrk -t2 -c32 -d{seconds}s {url}");
-    let report = compare(root, &title, "req", &o, &mut || wrk(&url, seconds));
+    let report = compare(&title, "req", &o, &mut || wrk(&url, seconds));
     // SIGTERM lets the master stop its workers; SIGKILL would orphan them on the port.
     // SAFETY: plain kill(2) on a child we spawned and have not yet reaped.
     unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
@@ -175,7 +178,7 @@ pub fn http(root: &Path, args: &[String]) -> Result<()> {
 /// `cargo xtask bench redis`: redis-benchmark -c 50 -t set,get at -P 1 and -P 16 against
 /// redis-server, each sized to run about `--seconds`.
 pub fn redis(root: &Path, args: &[String]) -> Result<()> {
-    let o = options(args)?;
+    let o = options(root, args)?;
     let dir = root.join("target/bench/redis");
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
@@ -207,9 +210,7 @@ pub fn redis(root: &Path, args: &[String]) -> Result<()> {
             let n = ((probe.rate * o.seconds as f64 / 2.0) as u64).max(10_000);
             let title =
                 format!("sonde bench redis: redis-benchmark -c 50 -P {pipeline} -t set,get -n {n}");
-            report += &compare(root, &title, "op", &o, &mut || {
-                redis_benchmark(port, pipeline, n)
-            })?;
+            report += &compare(&title, "op", &o, &mut || redis_benchmark(port, pipeline, n))?;
             report += "\n";
         }
         Ok(report)
@@ -264,7 +265,7 @@ fn redis_benchmark(port: u16, pipeline: u64, n: u64) -> Result<LoadResult> {
 /// `cargo xtask bench postgres`: pgbench's tpcb-like script (-c 8 -j 2, prepared
 /// statements) against PostgreSQL initdb'd under target/bench and run as the postgres user.
 pub fn postgres(root: &Path, args: &[String]) -> Result<()> {
-    let o = options(args)?;
+    let o = options(root, args)?;
     let dir = root.join("target/bench/postgres");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -322,7 +323,7 @@ pub fn postgres(root: &Path, args: &[String]) -> Result<()> {
         let title = format!(
             "sonde bench postgres: pgbench -M prepared -c 8 -j 2 -T {seconds} (tpcb-like, 7 statements per transaction)"
         );
-        compare(root, &title, "stmt", &o, &mut || {
+        compare(&title, "stmt", &o, &mut || {
             let out = client("pgbench")?
                 .args(["-n", "-M", "prepared", "-c", "8", "-j", "2", "-T", &seconds])
                 .arg("postgres")
@@ -490,12 +491,12 @@ fn parse_latency(s: &str) -> Result<f64> {
 /// Starts sonde (quiet, no span printing), runs `load`, and reads sonde's CPU time, peak
 /// RSS and counters.
 fn with_sonde_running(
-    root: &Path,
+    sonde: &Path,
     load: &mut dyn FnMut() -> Result<LoadResult>,
 ) -> Result<(LoadResult, SondeUsage)> {
     let mport = free_port()?;
     let maddr = format!("127.0.0.1:{mport}");
-    let mut sonde = Command::new(root.join("target/release/sonde"))
+    let mut sonde = Command::new(sonde)
         .args(["--quiet", "--metrics-addr", &maddr])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -52,7 +52,8 @@ commands:
   bench http     build, then wrk against nginx with sonde off and on, interleaved
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
-                 (bench options: --pairs N (6), --seconds S (5); reports in target/bench/)
+                 (bench options: --pairs N (6), --seconds S (5), --sonde PATH (a built
+                 binary, no build); reports in target/bench/)
   kernels        build, then boot Debian's 5.10, 6.1 and 6.12 kernels under qemu (TCG) and run
                  sonde in each against nginx, busybox httpd (fork per connection) and Redis
                  with exact span counts (--only 5.10,6.1 picks kernels; --sonde PATH runs
@@ -92,8 +93,11 @@ fn main() -> Result<()> {
         }
         Some("bench") => {
             let what = args.get(1).map(String::as_str);
-            setup()?;
-            build()?;
+            // `--sonde PATH` measures a given binary (another build, for a comparison).
+            if !args.iter().any(|a| a == "--sonde") {
+                setup()?;
+                build()?;
+            }
             match what {
                 Some("http") => bench::http(&root, &args[2..]),
                 Some("redis") => bench::redis(&root, &args[2..]),
