@@ -201,3 +201,133 @@ fn exchange(
         tid: req.tid,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `client` then `server` bytes, each cut at `cuts`, and returns what finished
+    /// and the errors counted.
+    fn run(client: &[&[u8]], server: &[&[u8]]) -> (Vec<HttpExchange>, Vec<&'static str>) {
+        let mut s = HttpSession::default();
+        let mut out = Finished::default();
+        let mut ts = 0;
+        for (from_client, parts) in [(true, client), (false, server)] {
+            for payload in parts {
+                ts += 1;
+                let chunk = Chunk {
+                    from_client,
+                    payload,
+                    gap: 0,
+                    ts,
+                    tid: 7,
+                };
+                s.feed(&chunk, &mut out);
+            }
+        }
+        (out.http, out.errors)
+    }
+
+    fn summary(calls: &[HttpExchange]) -> Vec<(String, Option<u16>, u64)> {
+        calls
+            .iter()
+            .map(|c| (c.request.path.clone(), c.status, c.response_body_size))
+            .collect()
+    }
+
+    const REQUESTS: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+        POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+        GET /c HTTP/1.1\r\nHost: x\r\n\r\n";
+    const RESPONSES: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
+        HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n\
+        HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n";
+
+    #[test]
+    fn pipelined_requests_pair_in_order_whatever_the_splits() {
+        let (whole, errors) = run(&[REQUESTS], &[RESPONSES]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let expected = vec![
+            ("/a".to_string(), Some(200), 2),
+            ("/b".to_string(), Some(201), 0),
+            // A chunked body's size is what crossed the wire, chunk framing included.
+            ("/c".to_string(), Some(404), 14),
+        ];
+        assert_eq!(summary(&whole), expected);
+        assert_eq!(whole[1].request_body_size, 3);
+        assert!(whole.iter().all(|c| c.tid == 7 && c.failure.is_none()));
+        for cut in 1..REQUESTS.len() {
+            let (calls, _) = run(&[&REQUESTS[..cut], &REQUESTS[cut..]], &[RESPONSES]);
+            assert_eq!(summary(&calls), expected, "requests cut at {cut}");
+        }
+        for cut in 1..RESPONSES.len() {
+            let (calls, _) = run(&[REQUESTS], &[&RESPONSES[..cut], &RESPONSES[cut..]]);
+            assert_eq!(summary(&calls), expected, "responses cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_client_connection_that_ends_fails_what_waits() {
+        let mut s = HttpSession::default();
+        let mut out = Finished::default();
+        let chunk = |payload: &'static [u8], from_client, ts| Chunk {
+            from_client,
+            payload,
+            gap: 0,
+            ts,
+            tid: 1,
+        };
+        s.feed(&chunk(b"GET /x HTTP/1.1\r\n\r\n", true, 1), &mut out);
+        s.failed(5, Role::Client, "ECONNRESET", &mut out);
+        assert_eq!(out.http.len(), 1);
+        assert_eq!(out.http[0].failure.as_deref(), Some("ECONNRESET"));
+        assert_eq!((out.http[0].start_ts, out.http[0].end_ts), (1, 5));
+
+        // A response that ends at close ends there; a server's waiting requests do not fail.
+        let mut out = Finished::default();
+        s.feed(&chunk(b"GET /y HTTP/1.0\r\n\r\n", true, 6), &mut out);
+        s.feed(&chunk(b"HTTP/1.0 200 OK\r\n\r\nbody", false, 7), &mut out);
+        s.closed(9, Role::Server, &mut out);
+        assert_eq!(summary(&out.http), [("/y".to_string(), Some(200), 4)]);
+        assert_eq!(out.http[0].end_ts, 9);
+        let mut out = Finished::default();
+        s.feed(&chunk(b"GET /z HTTP/1.1\r\n\r\n", true, 10), &mut out);
+        s.closed(11, Role::Server, &mut out);
+        assert!(out.http.is_empty());
+        s.closed(12, Role::Client, &mut out);
+        assert_eq!(out.http[0].failure.as_deref(), Some("connection_closed"));
+    }
+
+    #[test]
+    fn lost_bytes_drop_what_waits_and_an_upgrade_stops_reading() {
+        let mut s = HttpSession::default();
+        let mut out = Finished::default();
+        let req = Chunk {
+            from_client: true,
+            payload: b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            gap: 0,
+            ts: 1,
+            tid: 1,
+        };
+        s.feed(&req, &mut out);
+        s.restart();
+        let resp = Chunk {
+            from_client: false,
+            payload: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            ts: 2,
+            ..req
+        };
+        s.feed(&resp, &mut out);
+        assert!(out.http.is_empty());
+        assert_eq!(out.errors, ["unpaired_response"]);
+        assert_eq!(s.readable(), Readable::Yes);
+        s.feed(&req, &mut out);
+        let switching = Chunk {
+            payload: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            ..resp
+        };
+        s.feed(&switching, &mut out);
+        // Another protocol from here on: the connection is left alone, the request unpaired.
+        assert_eq!(s.readable(), Readable::Upgraded);
+        assert!(out.http.is_empty());
+    }
+}
