@@ -176,17 +176,32 @@ fn setup() -> Result<()> {
     setup_bpf_linker()
 }
 
-/// kubernetes-validate (PyPI) checks the Kubernetes manifests against the API schemas.
+/// Python packages from PyPI, with the module that shows each is there:
+/// kubernetes-validate checks the Kubernetes manifests against the API schemas; the official
+/// `openai` SDK is the client of the LLM tests.
+const PYPI_PACKAGES: &[(&str, &str)] = &[
+    ("kubernetes-validate", "kubernetes_validate"),
+    ("openai", "openai"),
+];
+
 fn setup_python_tools() -> Result<()> {
-    if succeeds(Command::new("kubernetes-validate").arg("--version")) {
-        step("kubernetes-validate: present");
+    let missing: Vec<&str> = PYPI_PACKAGES
+        .iter()
+        .filter(|(_, module)| {
+            !succeeds(Command::new("python3").args(["-c", &format!("import {module}")]))
+        })
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        step("Python packages: all present");
         return Ok(());
     }
-    step("installing kubernetes-validate from PyPI");
+    step(&format!("installing from PyPI: {}", missing.join(" ")));
     let pip = |extra: &[&str]| {
         succeeds(
             Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "kubernetes-validate"])
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(&missing)
                 .args(extra),
         )
     };
@@ -194,7 +209,10 @@ fn setup_python_tools() -> Result<()> {
     if pip(&[]) || pip(&["--break-system-packages"]) {
         Ok(())
     } else {
-        bail!("`python3 -m pip install kubernetes-validate` failed: install python3-pip and retry")
+        bail!(
+            "`python3 -m pip install {}` failed: install python3-pip and retry",
+            missing.join(" ")
+        )
     }
 }
 

@@ -322,6 +322,7 @@ impl Connection {
             start_ts: ex.start_ts,
             end_ts: ex.end_ts,
             route: None,
+            llm: ex.llm,
         }
     }
 }

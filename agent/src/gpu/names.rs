@@ -23,7 +23,7 @@ pub struct MetricDef {
 
 macro_rules! metric {
     ($id:ident, $otel:literal, $prom:literal, $unit:literal, $kind:ident, $help:literal) => {
-        pub const $id: MetricDef = MetricDef {
+        pub static $id: MetricDef = MetricDef {
             otel: $otel,
             prom: $prom,
             unit: $unit,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::identity::process::ProcessInfo;
 use crate::protocols::http1::framing::RequestHead;
+use crate::protocols::llm::LlmCall;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -37,6 +38,8 @@ pub struct HttpExchange {
     pub end_ts: u64,
     /// The thread that sent or received the request.
     pub tid: u32,
+    /// What an LLM API call carried (see `protocols::llm`).
+    pub llm: Option<Box<LlmCall>>,
 }
 
 /// One request and its outcome, as seen by one process.
@@ -60,6 +63,8 @@ pub struct HttpCall {
     /// `http.route`: the configured pattern the path matched (server side only; see
     /// `routes`). Set by the sink, never guessed.
     pub route: Option<Arc<str>>,
+    /// What an LLM API call carried (see `protocols::llm`).
+    pub llm: Option<Box<LlmCall>>,
 }
 
 /// `db.system.name` values.

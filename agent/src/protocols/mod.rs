@@ -9,6 +9,7 @@ use sonde_ebpf::proto;
 
 pub mod call;
 pub mod http1;
+pub mod llm;
 pub mod postgres;
 pub mod redis;
 pub mod session;

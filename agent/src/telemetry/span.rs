@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::identity::process::ProcessInfo;
 use crate::protocols::call::DbCall;
 use crate::protocols::call::{HttpCall, Role};
+use crate::telemetry::genai;
 use crate::telemetry::sampler::Sampler;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,11 +34,7 @@ impl SpanKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttrValue {
-    Str(String),
-    Int(i64),
-}
+pub use crate::telemetry::attr::AttrValue;
 
 #[derive(Clone, Debug)]
 pub struct Span {
@@ -228,18 +225,25 @@ impl Span {
             ));
         }
         if let Some(e) = http_error_type(call) {
-            a.push(("error.type", AttrValue::Str(e)));
+            // An LLM API's own error type (`rate_limit_exceeded`) says more than the status.
+            let llm_error = call.llm.as_ref().and_then(|l| l.error_type.clone());
+            a.push(("error.type", AttrValue::Str(llm_error.unwrap_or(e))));
+        }
+        if let Some(llm) = &call.llm {
+            a.extend(genai::attributes(llm, call.start_ts));
         }
         Span {
             trace_id: ids.trace_id,
             span_id: ids.span_id,
             parent_span_id: ids.parent_span_id,
             // `{method} {http.route}` when a route is known, as the conventions ask.
-            name: match (method, &call.route) {
-                ("_OTHER", Some(route)) => format!("HTTP {route}"),
-                ("_OTHER", None) => "HTTP".to_string(),
-                (m, Some(route)) => format!("{m} {route}"),
-                (m, None) => m.to_string(),
+            // An LLM call is named by its operation and model (`chat gpt-4o`).
+            name: match (method, &call.route, &call.llm) {
+                (_, _, Some(llm)) => genai::span_name(llm),
+                ("_OTHER", Some(route), _) => format!("HTTP {route}"),
+                ("_OTHER", None, _) => "HTTP".to_string(),
+                (m, Some(route), _) => format!("{m} {route}"),
+                (m, None, _) => m.to_string(),
             },
             kind: SpanKind::of(call.role),
             start_unix_nano: clock.to_unix(call.start_ts),
@@ -310,6 +314,9 @@ impl Span {
             let v = match v {
                 AttrValue::Str(s) => Value::String(s.clone()),
                 AttrValue::Int(i) => Value::from(*i),
+                AttrValue::Double(d) => Value::from(*d),
+                AttrValue::Bool(b) => Value::Bool(*b),
+                AttrValue::StrArray(items) => Value::from(items.clone()),
             };
             attrs.insert((*k).to_string(), v);
         }

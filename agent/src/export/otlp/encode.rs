@@ -119,6 +119,26 @@ pub fn kv_int(k: &str, v: i64) -> KeyValue {
     }
 }
 
+/// Doubles, booleans and string arrays (GenAI attributes).
+fn any_value_of(v: &AttrValue) -> any_value::Value {
+    match v {
+        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+        AttrValue::Int(i) => any_value::Value::IntValue(*i),
+        AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
+        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
+        AttrValue::StrArray(items) => {
+            any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                values: items
+                    .iter()
+                    .map(|s| AnyValue {
+                        value: Some(any_value::Value::StringValue(s.clone())),
+                    })
+                    .collect(),
+            })
+        }
+    }
+}
+
 fn span_to_proto(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
     let attributes = s
         .attributes
@@ -126,6 +146,13 @@ fn span_to_proto(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
         .map(|(k, v)| match v {
             AttrValue::Str(v) => kv_str(k, v),
             AttrValue::Int(i) => kv_int(k, *i),
+            other => KeyValue {
+                key: k.to_string(),
+                value: Some(AnyValue {
+                    value: Some(any_value_of(other)),
+                }),
+                ..Default::default()
+            },
         })
         .collect();
     let error = s.attributes.iter().any(|(k, _)| *k == "error.type");

@@ -56,6 +56,12 @@ pub enum HttpEvent {
     End { body_size: u64, ts: u64 },
     /// `101 Switching Protocols` or a successful CONNECT: the rest is not HTTP/1.
     Upgraded,
+    /// Body bytes of a message whose body is tapped (see `HttpStream::tap_requests`,
+    /// `tap_last_response`), de-chunked, as they arrive.
+    Body { data: Vec<u8>, ts: u64 },
+    /// Body bytes of a tapped message were not copied (`n` of them): what follows does not
+    /// continue what came before.
+    BodyGap { n: u64 },
 }
 
 /// Why bytes could not be framed. `as_str` is a low-cardinality metric label.
@@ -141,8 +147,13 @@ pub struct HttpStream {
     head_ts: u64,
     body_size: u64,
     last_ts: u64,
-    /// For response streams: the kinds of the requests still waiting for a response, in order.
-    awaiting: VecDeque<RequestKind>,
+    /// For response streams: the kinds of the requests still waiting for a response, in
+    /// order, and whether their response bodies are tapped.
+    awaiting: VecDeque<(RequestKind, bool)>,
+    /// For request streams: which requests have their bodies tapped.
+    tap_requests: Option<fn(&RequestHead) -> bool>,
+    /// The body of the message in progress is tapped.
+    tap: bool,
 }
 
 impl HttpStream {
@@ -155,6 +166,22 @@ impl HttpStream {
             body_size: 0,
             last_ts: 0,
             awaiting: VecDeque::new(),
+            tap_requests: None,
+            tap: false,
+        }
+    }
+
+    /// Request streams: the bodies of the requests `which` picks are delivered as `Body`
+    /// events (the LLM readers ask for those of LLM API calls).
+    pub fn tap_requests(&mut self, which: fn(&RequestHead) -> bool) {
+        self.tap_requests = Some(which);
+    }
+
+    /// Response streams: the body of the response to the request announced last (with
+    /// `expect_response_to`) is delivered as `Body` events.
+    pub fn tap_last_response(&mut self) {
+        if let Some((_, tap)) = self.awaiting.back_mut() {
+            *tap = true;
         }
     }
 
@@ -162,7 +189,7 @@ impl HttpStream {
     /// how its response is framed).
     pub fn expect_response_to(&mut self, kind: RequestKind) {
         if self.awaiting.len() < 1024 {
-            self.awaiting.push_back(kind);
+            self.awaiting.push_back((kind, false));
         }
     }
 
@@ -213,6 +240,7 @@ impl HttpStream {
         match self.state {
             State::Length(rem) if n <= rem => {
                 self.body_size += n;
+                self.tap_gap(n, out);
                 if n == rem {
                     self.finish(ts, out);
                 } else {
@@ -222,17 +250,20 @@ impl HttpStream {
             }
             State::Chunked(Chunk::Data(rem)) if n < rem => {
                 self.body_size += n;
+                self.tap_gap(n, out);
                 self.state = State::Chunked(Chunk::Data(rem - n));
                 None
             }
             State::Length(_) | State::Chunked(_) => {
                 // The gap runs past what framing can account for: skip to the next message.
                 self.body_size += n;
+                self.tap_gap(n, out);
                 self.state = State::Desync { in_message: true };
                 None
             }
             State::UntilClose | State::Desync { in_message: true } => {
                 self.body_size += n;
+                self.tap_gap(n, out);
                 None
             }
             State::Head if self.head_buf.is_empty() => {
@@ -262,6 +293,7 @@ impl HttpStream {
         }
         self.state = State::Head;
         self.head_buf.clear();
+        self.tap = false;
     }
 
     fn finish(&mut self, ts: u64, out: &mut Vec<HttpEvent>) {
@@ -271,6 +303,23 @@ impl HttpStream {
         });
         self.body_size = 0;
         self.state = State::Head;
+        self.tap = false;
+    }
+
+    /// Body bytes of the message in progress, delivered when it is tapped.
+    fn tap_body(&self, data: &[u8], ts: u64, out: &mut Vec<HttpEvent>) {
+        if self.tap && !data.is_empty() {
+            out.push(HttpEvent::Body {
+                data: data.to_vec(),
+                ts,
+            });
+        }
+    }
+
+    fn tap_gap(&self, n: u64, out: &mut Vec<HttpEvent>) {
+        if self.tap {
+            out.push(HttpEvent::BodyGap { n });
+        }
     }
 
     /// Consumes a prefix of `data` in the current state; returns how much.
@@ -285,6 +334,7 @@ impl HttpStream {
             State::Length(rem) => {
                 let n = rem.min(data.len() as u64);
                 self.body_size += n;
+                self.tap_body(&data[..n as usize], ts, out);
                 if n == rem {
                     self.finish(ts, out);
                 } else {
@@ -295,6 +345,7 @@ impl HttpStream {
             State::Chunked(chunk) => self.step_chunked(chunk, data, ts, out),
             State::UntilClose => {
                 self.body_size += data.len() as u64;
+                self.tap_body(data, ts, out);
                 Ok(data.len())
             }
             State::Desync { .. } | State::Opaque => Ok(data.len()),
@@ -371,6 +422,7 @@ impl HttpStream {
                     host: framing.host,
                     traceparent: framing.traceparent,
                 };
+                self.tap = self.tap_requests.is_some_and(|tap| tap(&head));
                 out.push(HttpEvent::Head {
                     head: Head::Request(head),
                     ts: self.head_ts,
@@ -412,7 +464,11 @@ impl HttpStream {
                     }
                     return Ok(Some(used));
                 }
-                let request = self.awaiting.pop_front().unwrap_or(RequestKind::Normal);
+                let (request, tap) = self
+                    .awaiting
+                    .pop_front()
+                    .unwrap_or((RequestKind::Normal, false));
+                self.tap = tap;
                 let head = ResponseHead {
                     status,
                     minor_version: resp.version.unwrap_or(1),
@@ -464,6 +520,7 @@ impl HttpStream {
             Chunk::Data(rem) => {
                 let n = rem.min(data.len() as u64);
                 self.body_size += n;
+                self.tap_body(&data[..n as usize], ts, out);
                 self.state = State::Chunked(if n == rem {
                     Chunk::DataEnd
                 } else {
@@ -658,12 +715,65 @@ mod tests {
     fn strip(events: Vec<HttpEvent>) -> Vec<Ev> {
         events
             .into_iter()
-            .map(|e| match e {
-                HttpEvent::Head { head, .. } => Ev::Head(head),
-                HttpEvent::End { body_size, .. } => Ev::End(body_size),
-                HttpEvent::Upgraded => Ev::Upgraded,
+            .filter_map(|e| match e {
+                HttpEvent::Head { head, .. } => Some(Ev::Head(head)),
+                HttpEvent::End { body_size, .. } => Some(Ev::End(body_size)),
+                HttpEvent::Upgraded => Some(Ev::Upgraded),
+                // Bodies are tapped only where asked (see the tap tests).
+                HttpEvent::Body { .. } | HttpEvent::BodyGap { .. } => None,
             })
             .collect()
+    }
+
+    /// The body bytes a tapped stream delivered, joined, and its gaps.
+    fn tapped(events: &[HttpEvent]) -> (Vec<u8>, u64) {
+        let mut body = Vec::new();
+        let mut gaps = 0;
+        for e in events {
+            match e {
+                HttpEvent::Body { data, .. } => body.extend_from_slice(data),
+                HttpEvent::BodyGap { n } => gaps += n,
+                _ => {}
+            }
+        }
+        (body, gaps)
+    }
+
+    #[test]
+    fn tapped_bodies_arrive_dechunked_whatever_the_splits() {
+        let response: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5\r\ndata:\r\n6\r\n {}\n\n\n\r\n0\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno";
+        for cut in 0..response.len() {
+            let mut s = HttpStream::new(StreamKind::Responses);
+            s.expect_response_to(RequestKind::Normal);
+            s.tap_last_response();
+            s.expect_response_to(RequestKind::Normal);
+            let mut out = Vec::new();
+            for piece in [&response[..cut], &response[cut..]] {
+                assert_eq!(s.feed(piece, 1, &mut out), None);
+            }
+            // The second response was not tapped.
+            assert_eq!(
+                tapped(&out),
+                (b"data: {}\n\n\n".to_vec(), 0),
+                "cut at {cut}"
+            );
+        }
+        // Requests: only those the predicate picks; a gap is reported, not filled.
+        let mut s = HttpStream::new(StreamKind::Requests);
+        s.tap_requests(|h| h.path == "/v1/chat/completions");
+        let mut out = Vec::new();
+        let req = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"a\"";
+        s.feed(req, 1, &mut out);
+        s.gap(4, 1, &mut out);
+        s.feed(b"1}", 1, &mut out);
+        s.feed(
+            b"POST /other HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+            1,
+            &mut out,
+        );
+        assert_eq!(tapped(&out), (b"{\"a\"1}".to_vec(), 4));
     }
 
     fn run(

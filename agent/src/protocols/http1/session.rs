@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 
 use super::framing::{request_kind, Head, HttpEvent, HttpStream, RequestHead, StreamKind};
 use crate::protocols::call::{HttpExchange, Role};
+use crate::protocols::llm::{self, LlmCall, RequestReader, ResponseReader};
 use crate::protocols::session::{Chunk, Finished, Readable, Session};
 
 /// Requests a connection may have waiting for responses; the oldest is dropped beyond.
@@ -14,6 +15,20 @@ struct Pending {
     start_ts: u64,
     body_size: u64,
     tid: u32,
+    /// An LLM API call: its bodies are read as they arrive.
+    llm: Option<Box<LlmReading>>,
+}
+
+#[derive(Default)]
+struct LlmReading {
+    call: LlmCall,
+    request: RequestReader,
+    response: ResponseReader,
+}
+
+/// Request bodies the framing hands over: those of LLM API calls.
+fn is_llm_call(head: &RequestHead) -> bool {
+    llm::api_of(&head.method, &head.path).is_some()
 }
 
 /// An HTTP/1 connection's session.
@@ -30,8 +45,10 @@ pub struct HttpSession {
 
 impl Default for HttpSession {
     fn default() -> Self {
+        let mut requests = HttpStream::new(StreamKind::Requests);
+        requests.tap_requests(is_llm_call);
         HttpSession {
-            requests: HttpStream::new(StreamKind::Requests),
+            requests,
             responses: HttpStream::new(StreamKind::Responses),
             pending: VecDeque::new(),
             open_request: None,
@@ -121,11 +138,22 @@ impl HttpSession {
                 }
                 self.responses
                     .expect_response_to(request_kind(&head.method));
+                let llm = llm::api_of(&head.method, &head.path).map(|api| {
+                    self.responses.tap_last_response();
+                    Box::new(LlmReading {
+                        call: LlmCall {
+                            api: Some(api),
+                            ..LlmCall::default()
+                        },
+                        ..LlmReading::default()
+                    })
+                });
                 self.pending.push_back(Pending {
                     head,
                     start_ts: ts,
                     body_size: 0,
                     tid,
+                    llm,
                 });
                 self.open_request = Some(self.pending.len() - 1);
             }
@@ -138,12 +166,33 @@ impl HttpSession {
                     p.body_size = body_size;
                 }
             }
+            HttpEvent::Body { data, .. } => {
+                if let Some(r) = self.open_llm_request() {
+                    r.request.feed(&data, &mut r.call);
+                }
+            }
+            HttpEvent::BodyGap { .. } => {
+                if let Some(r) = self.open_llm_request() {
+                    r.request.gap(&mut r.call);
+                }
+            }
             HttpEvent::Head {
                 head: Head::Response(_),
                 ..
             }
             | HttpEvent::Upgraded => {}
         }
+    }
+
+    /// The LLM reading of the request whose body is arriving.
+    fn open_llm_request(&mut self) -> Option<&mut LlmReading> {
+        let i = self.open_request?;
+        self.pending.get_mut(i)?.llm.as_deref_mut()
+    }
+
+    /// The LLM reading of the request being answered (the oldest waiting).
+    fn answered_llm_request(&mut self) -> Option<&mut LlmReading> {
+        self.pending.front_mut()?.llm.as_deref_mut()
     }
 
     fn on_response_event(&mut self, event: HttpEvent, out: &mut Finished) {
@@ -164,6 +213,16 @@ impl HttpSession {
                 self.open_request = self.open_request.and_then(|i| i.checked_sub(1));
                 out.http
                     .push(exchange(req, Some(status), body_size, None, ts));
+            }
+            HttpEvent::Body { data, ts } => {
+                if let Some(r) = self.answered_llm_request() {
+                    r.response.feed(&data, ts, &mut r.call);
+                }
+            }
+            HttpEvent::BodyGap { .. } => {
+                if let Some(r) = self.answered_llm_request() {
+                    r.response.gap(&mut r.call);
+                }
             }
             HttpEvent::Head {
                 head: Head::Request(_),
@@ -199,6 +258,7 @@ fn exchange(
         start_ts: req.start_ts,
         end_ts,
         tid: req.tid,
+        llm: req.llm.map(|r| Box::new(r.call)),
     }
 }
 
