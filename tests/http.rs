@@ -675,3 +675,52 @@ fn fork_per_connection_server_whose_child_uses_the_accepted_fd() {
     let pid = start_server("python ForkingMixIn server", cmd, port);
     assert_forked_server_spans(port, pid, "forking-python");
 }
+
+#[test]
+fn forked_children_that_read_late_keep_their_own_connection() {
+    // The parent accepts, forks, closes its copy and accepts the next connection on the
+    // same fd number while the first child still sleeps: each child must still be matched
+    // with the connection it inherited, not the one its parent holds by then.
+    let env = env();
+    let dir = tempdir("http-forking-late");
+    std::fs::write(dir.join("index.html"), "late\n").unwrap();
+    let port = free_port();
+    let script = format!(
+        "import functools, http.server, socketserver, time\n\
+         class H(http.server.SimpleHTTPRequestHandler):\n\
+         \x20   def setup(self):\n\
+         \x20       time.sleep(0.4)\n\
+         \x20       super().setup()\n\
+         class S(socketserver.ForkingMixIn, http.server.HTTPServer): pass\n\
+         S(('127.0.0.1', {port}), functools.partial(H, directory={dir:?})).serve_forever()\n",
+        dir = dir.display().to_string()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script])
+        .env("OTEL_SERVICE_NAME", "late-forks")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    start_server("late-reading forking server", cmd, port);
+    let clients: Vec<_> = (0..5)
+        .map(|i| {
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "--max-time", "20"])
+                .arg(format!("http://127.0.0.1:{port}/index.html?c={i}"))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    let spans = env.sonde.wait_spans(5, |s| {
+        kind(s) == "SERVER" && attr(s, "server.port").as_deref() == Some(&port.to_string())
+    });
+    assert_eq!(spans.len(), 5, "{spans:?}");
+    let peers: BTreeSet<String> = spans
+        .iter()
+        .filter_map(|s| attr(s, "network.peer.port"))
+        .collect();
+    assert_eq!(peers.len(), 5, "each child with its own client: {spans:?}");
+    assert!(spans.iter().all(|s| s["service.name"] == "late-forks"));
+}

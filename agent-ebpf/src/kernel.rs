@@ -39,10 +39,42 @@ static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(44);
 #[map]
 static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
-/// Child pid -> the tgid of the process that forked it. A child looks up the connections it
-/// inherited here (threads are recorded too; they never look themselves up).
+/// Who forked a process, and when.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Fork {
+    parent_tgid: u32,
+    /// The fd of the connection the parent accepted last before the fork (-1: none): the
+    /// one a fork-per-connection server hands to this child, kept here as it was then,
+    /// since the parent may close that fd and accept the next connection on it before the
+    /// child reads.
+    accepted_fd: i32,
+    /// Monotonic ns of the fork: only connections open at that moment were inherited.
+    at_ns: u64,
+    accepted: ConnInfo,
+}
+
+/// The connection a process accepted last (`Fork::accepted`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Accepted {
+    fd: i32,
+    _pad: u32,
+    conn: ConnInfo,
+}
+
 #[map]
-static FORKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_FORKS, 0);
+static LAST_ACCEPT: LruHashMap<u32, Accepted> = LruHashMap::with_max_entries(MAX_FORKS, 0);
+
+/// Child pid -> its fork. A child looks up the connections it inherited here (threads are
+/// recorded too; they never look themselves up).
+#[map]
+static FORKS: LruHashMap<u32, Fork> = LruHashMap::with_max_entries(MAX_FORKS, 0);
+
+/// tgid -> monotonic ns of its latest fork (or thread): a connection it closes that is
+/// older than that may live on in a child, so its entry is kept as a tombstone.
+#[map]
+static LAST_FORK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_FORKS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -164,7 +196,26 @@ pub fn sonde_fork(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: read_at goes through bpf_probe_read, which fails cleanly on a bad offset.
     if let Ok(child) = unsafe { ctx.read_at::<u32>(FORK_CHILD_PID_OFFSET.load() as usize) } {
-        let _ = FORKS.insert(&child, &parent, 0);
+        let at_ns = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: the reference points into the map value, valid for this program run.
+        let fork = match unsafe { LAST_ACCEPT.get(&parent) } {
+            Some(a) => Fork {
+                parent_tgid: parent,
+                accepted_fd: a.fd,
+                at_ns,
+                accepted: a.conn,
+            },
+            None => Fork {
+                parent_tgid: parent,
+                accepted_fd: -1,
+                at_ns,
+                accepted: ConnInfo::default(),
+            },
+        };
+        let _ = FORKS.insert(&child, &fork, 0);
+        let _ = LAST_FORK.insert(&parent, &at_ns, 0);
+        // Handed over: a later fork gets the connection accepted after this one.
+        let _ = LAST_ACCEPT.remove(&parent);
     }
     0
 }
@@ -192,7 +243,7 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
         SYS_CLOSE => on_close(&key, pid_tgid),
         SYS_DUP | SYS_DUP2 | SYS_DUP3 => {
             if ret >= 0 {
-                on_dup(&key, ret as i32)
+                on_dup(&key, ret as i32, pid_tgid)
             } else {
                 Ok(())
             }
@@ -285,12 +336,14 @@ fn on_data(
     len: u64,
     socket_call: bool,
 ) -> Result<(), i64> {
+    // A tombstone (CLOSED): this fd was closed and holds something new now, which is not
+    // what a parent had on it either.
+    let mut may_inherit = true;
     let entry = match CONNS.get_ptr_mut(key) {
         // SAFETY (all map value derefs below): the pointer is into the map value, valid for
         // this program run.
         Some(info) if unsafe { (*info).flags } & conn_flags::CLOSED != 0 => {
-            // Closed before and kept for a child: this fd is something new now.
-            let _ = CONNS.remove(key);
+            may_inherit = false;
             None
         }
         other => other,
@@ -351,13 +404,14 @@ fn on_data(
                 return Ok(());
             }
             let is_request = class.is_request;
-            if let Some(parent) = inherited(key.tgid, key.fd) {
+            if let Some(parent) = inherited(key.tgid, key.fd).filter(|_| may_inherit) {
                 // The parent accepted or connected it: a known socket, no probation.
                 let info = ConnInfo {
                     proto: class.proto,
                     flags: first_flag(is_request),
                     probation_left: 0,
                     lost_events: 0,
+                    closed_ns: 0,
                     ..parent
                 };
                 if CONNS.insert(key, &info, 0).is_err() {
@@ -453,20 +507,41 @@ fn on_error(key: &ConnKey, pid_tgid: u64, ret: i64, nr: u64) -> Result<(), i64> 
 #[inline(always)]
 fn on_close(key: &ConnKey, pid_tgid: u64) -> Result<(), i64> {
     let Some(p) = CONNS.get_ptr_mut(key) else {
+        // A child closing a socket it inherited and never used leaves a tombstone, so that
+        // whatever it opens on that fd next is not taken for the parent's connection.
+        if inherited(key.tgid, key.fd).is_some() {
+            let tombstone = ConnInfo {
+                proto: proto::NONE,
+                flags: conn_flags::CLOSED,
+                closed_ns: unsafe { bpf_ktime_get_ns() },
+                ..ConnInfo::default()
+            };
+            let _ = CONNS.insert(key, &tombstone, 0);
+        }
         return Ok(());
     };
     // SAFETY: `p` points into the map value, valid for this program run.
     let conn = unsafe { *p };
-    let closed_before = conn.flags & conn_flags::CLOSED != 0;
-    if !closed_before && conn.proto == proto::UNKNOWN && conn.flags & conn_flags::RESOLVE == 0 {
-        // Accepted or connected, and closed with no payload moved: a fork-per-connection
-        // server's parent handing the socket to its child. Kept for the child (see CLOSED).
-        unsafe { (*p).flags = conn.flags | conn_flags::CLOSED };
+    if conn.flags & conn_flags::CLOSED != 0 {
         return Ok(());
     }
-    let _ = CONNS.remove(key);
-    // A dup()ed copy closing is not the connection closing: only its key fd says so.
-    if !closed_before && is_tracked(conn.proto) && key.fd == conn.key_fd {
+    // Kept as a tombstone with its close time when a child forked since the connection
+    // opened may still read it (fork-per-connection servers), or when this process
+    // inherited it (the parent's entry must not resurface for the fd's next use).
+    // SAFETY: the reference points into the map value, valid for this program run.
+    let forked_since = unsafe { LAST_FORK.get(&key.tgid) }.is_some_and(|at| *at > conn.conn_id);
+    if forked_since || inherited(key.tgid, key.fd).is_some() {
+        unsafe {
+            (*p).flags = conn.flags | conn_flags::CLOSED;
+            (*p).closed_ns = bpf_ktime_get_ns();
+        }
+    } else {
+        let _ = CONNS.remove(key);
+    }
+    // A dup()ed copy closing is not the connection closing, nor is the key fd while copies
+    // remain (they are not counted: an aliased connection ends when it goes idle).
+    let aliased = conn.flags & conn_flags::ALIASED != 0;
+    if is_tracked(conn.proto) && key.fd == conn.key_fd && !aliased {
         return emit(
             key,
             pid_tgid,
@@ -486,26 +561,37 @@ fn on_close(key: &ConnKey, pid_tgid: u64) -> Result<(), i64> {
 /// one) stays one connection under both, so an inetd-style child that moves the socket to
 /// stdin and stdout has its requests and responses paired.
 #[inline(always)]
-fn on_dup(old: &ConnKey, new_fd: i32) -> Result<(), i64> {
+fn on_dup(old: &ConnKey, new_fd: i32, pid_tgid: u64) -> Result<(), i64> {
     if old.fd == new_fd {
         return Ok(());
     }
-    let src = match CONNS.get_ptr(old) {
+    let key = ConnKey {
+        tgid: old.tgid,
+        fd: new_fd,
+    };
+    // dup2/dup3 closed whatever `new_fd` was first.
+    on_close(&key, pid_tgid)?;
+    let src = match CONNS.get_ptr_mut(old) {
         // SAFETY: `p` points into the map value, valid for this program run.
-        Some(p) if unsafe { (*p).flags } & conn_flags::CLOSED == 0 => unsafe { *p },
-        _ => match inherited(old.tgid, old.fd) {
+        Some(p) => {
+            let conn = unsafe { *p };
+            if conn.flags & conn_flags::CLOSED != 0 {
+                return Ok(()); // a tombstone: `old` is nothing we track
+            }
+            unsafe { (*p).flags = conn.flags | conn_flags::ALIASED };
+            conn
+        }
+        None => match inherited(old.tgid, old.fd) {
             Some(c) => c,
             None => return Ok(()),
         },
     };
     let copy = ConnInfo {
-        flags: src.flags & !(conn_flags::LOST | conn_flags::CLOSED),
+        // A copy of the parent's tombstone is a live fd of the child.
+        flags: (src.flags & !(conn_flags::LOST | conn_flags::CLOSED)) | conn_flags::ALIASED,
         lost_events: 0,
+        closed_ns: 0,
         ..src
-    };
-    let key = ConnKey {
-        tgid: old.tgid,
-        fd: new_fd,
     };
     if CONNS.insert(&key, &copy, 0).is_err() {
         count_drop(drop_reason::CONN_TABLE_FULL);
@@ -513,15 +599,26 @@ fn on_dup(old: &ConnKey, new_fd: i32) -> Result<(), i64> {
     Ok(())
 }
 
-/// The connection a forked child inherited on `fd`, as its parent accepted or connected it
-/// (open still, or closed by the parent and kept for the child).
+/// The connection a forked child inherited on `fd`: its parent's entry for that fd, if the
+/// parent accepted or connected it before the fork and had not closed it by then.
 #[inline(always)]
 fn inherited(tgid: u32, fd: i32) -> Option<ConnInfo> {
     // SAFETY: the reference points into the map value, valid for this program run.
-    let parent = *unsafe { FORKS.get(&tgid) }?;
-    let p = CONNS.get_ptr(&ConnKey { tgid: parent, fd })?;
+    let fork = unsafe { FORKS.get(&tgid) }?;
+    if fork.accepted_fd == fd {
+        return Some(fork.accepted);
+    }
+    let p = CONNS.get_ptr(&ConnKey {
+        tgid: fork.parent_tgid,
+        fd,
+    })?;
     let conn = unsafe { *p };
-    if conn.flags & conn_flags::RESOLVE != 0 || conn.proto == proto::NONE {
+    let closed_before_fork = conn.flags & conn_flags::CLOSED != 0 && conn.closed_ns < fork.at_ns;
+    if conn.flags & conn_flags::RESOLVE != 0
+        || conn.proto == proto::NONE
+        || conn.conn_id >= fork.at_ns
+        || closed_before_fork
+    {
         return None;
     }
     Some(conn)
@@ -557,6 +654,14 @@ fn on_new_conn(key: ConnKey, sockaddr: u64, conn_role: u8, listen_fd: i32) -> Re
     }
     if CONNS.insert(&key, &info, 0).is_err() {
         count_drop(drop_reason::CONN_TABLE_FULL);
+    }
+    if conn_role == role::SERVER {
+        let accepted = Accepted {
+            fd: key.fd,
+            _pad: 0,
+            conn: info,
+        };
+        let _ = LAST_ACCEPT.insert(&key.tgid, &accepted, 0);
     }
     Ok(())
 }

@@ -80,12 +80,16 @@ pub mod conn_flags {
     /// them (`probation_limit`) and restarts the connection's parsers there. A pipe or file
     /// that userspace rules out never ships again, and its refused events are not counted.
     pub const LOST: u8 = 8;
-    /// Its process closed this fd before moving any payload on it. The entry stays (until
-    /// the LRU evicts it or the fd is reused) so that a child that inherited the socket
-    /// across fork finds it: a fork-per-connection server accepts in the parent, which
-    /// closes its copy, often before the child's first read. Never shipped; a lookup by its
-    /// own process treats it as absent.
+    /// Its process closed this fd (at `closed_ns`). Kept so that a child forked before the
+    /// close finds the socket it inherited (a fork-per-connection server accepts in the
+    /// parent, which closes its copy, often before the child's first read), and so that a
+    /// process whose fd now holds something else does not look for it in its parent. Never
+    /// shipped; for its own process's lookups it is a tombstone: no connection, no
+    /// inheritance.
     pub const CLOSED: u8 = 16;
+    /// The fd was copied by dup()/dup2()/dup3() (this entry is the source or a copy):
+    /// closing one copy does not end the connection, so no close of it is shipped.
+    pub const ALIASED: u8 = 32;
 }
 
 /// Events a connection on probation may ship before userspace confirms it. Its first event
@@ -141,6 +145,8 @@ pub struct ConnInfo {
     pub key_fd: i32,
     /// The process that holds `listen_fd` (a child serving an inherited connection does not).
     pub listen_tgid: u32,
+    /// Monotonic ns when the process closed the fd (with `CLOSED`), else 0.
+    pub closed_ns: u64,
 }
 
 /// Fixed header in front of every ring-buffer event; `captured_len` payload bytes follow.
@@ -170,8 +176,8 @@ pub struct EventHeader {
 pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 48);
-const _: () = assert!(EVENT_HEADER_LEN == 104);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 56);
+const _: () = assert!(EVENT_HEADER_LEN == 112);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
 
 #[cfg(feature = "user")]

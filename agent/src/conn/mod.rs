@@ -34,6 +34,10 @@ pub trait CallSink {
 
 struct Connection {
     conn_id: u64,
+    /// The fd the connection was opened (or first seen) on, in the kernel's entries.
+    key_fd: i32,
+    /// dup() made copies of its fd: closing the key fd does not end it.
+    aliased: bool,
     role: Role,
     process: Arc<ProcessInfo>,
     local: Option<SocketAddr>,
@@ -46,8 +50,11 @@ struct Connection {
 
 #[derive(Default)]
 pub struct ConnTable {
-    /// Keyed by (tgid, key fd); FxHash because SipHash showed in profiles of this hot lookup.
-    conns: FxHashMap<(u32, i32), Connection>,
+    /// Keyed by (tgid, conn_id); FxHash because SipHash showed in profiles of this hot
+    /// lookup.
+    conns: FxHashMap<(u32, u64), Connection>,
+    /// (tgid, key fd) -> the conn_id last seen on it: a new one means the fd was reused.
+    by_key_fd: FxHashMap<(u32, i32), u64>,
     processes: ProcessTable,
     filter: CaptureFilter,
     listeners: ListenerCache,
@@ -86,9 +93,9 @@ impl ConnTable {
 
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CallSink) {
         let h = &ev.header;
-        // The kernel's key fd, not the event's: a dup()ed or inherited copy of a socket
-        // (inetd-style servers read fd 0 and write fd 1) is one connection.
-        let key = (h.tgid, h.conn.key_fd);
+        // By connection id, not fd: a dup()ed or inherited copy of a socket (inetd-style
+        // servers read fd 0 and write fd 1) is one connection whatever fd carries it.
+        let key = (h.tgid, h.conn.conn_id);
         let kernel_key = ConnKey {
             tgid: h.tgid,
             fd: h.fd,
@@ -98,15 +105,22 @@ impl ConnTable {
             conn_id: h.conn.conn_id,
             verdict,
         };
-        if let Some(c) = self.conns.get(&key) {
-            if c.conn_id != h.conn.conn_id {
-                // The fd was reused: whatever the old connection still owed ends here.
-                let old = self.conns.remove(&key).expect("present");
-                old.close(h.ts_ns, &mut self.finished, sink);
+        if h.fd == h.conn.key_fd {
+            let fd_key = (h.tgid, h.fd);
+            if let Some(old_id) = self.by_key_fd.insert(fd_key, h.conn.conn_id) {
+                let old_key = (h.tgid, old_id);
+                // The fd was reused: whatever the old connection still owed ends here,
+                // unless copies of it live on under other fds.
+                if old_id != h.conn.conn_id && self.conns.get(&old_key).is_some_and(|c| !c.aliased)
+                {
+                    let old = self.conns.remove(&old_key).expect("present");
+                    old.close(h.ts_ns, &mut self.finished, sink);
+                }
             }
         }
         if ev.kind == EventKind::Close {
             if let Some(c) = self.conns.remove(&key) {
+                self.forget_key_fd(&c);
                 c.close(h.ts_ns, &mut self.finished, sink);
             }
             return;
@@ -114,6 +128,10 @@ impl ConnTable {
         let c = match self.conns.entry(key) {
             Entry::Occupied(o) => {
                 let c = o.into_mut();
+                if c.ignored {
+                    // Another copy of the fd (dup) still ships: tell the kernel about it too.
+                    self.kernel_updates.push(update(ConnVerdict::Ignore));
+                }
                 if h.conn.flags & conn_flags::LOST != 0 {
                     // The kernel could not ship some events before this one (probation).
                     sink.dropped("probation_limit", h.conn.lost_events.into());
@@ -137,6 +155,7 @@ impl ConnTable {
             return;
         }
         c.last_ts = h.ts_ns;
+        c.aliased |= h.conn.flags & conn_flags::ALIASED != 0;
         let Some(session) = c.session.as_deref_mut() else {
             return;
         };
@@ -180,7 +199,9 @@ fn open_connection(
 ) -> Connection {
     let h = &ev.header;
     let info = &h.conn;
-    let mut process = if info.role == role::SERVER && info.listen_tgid != h.tgid {
+    let forked_child =
+        info.role == role::SERVER && info.listen_tgid != 0 && info.listen_tgid != h.tgid;
+    let mut process = if forked_child {
         // Served by a child of the process that accepted it.
         processes.get_forked(h.tgid, info.listen_tgid, &ev.comm())
     } else {
@@ -235,6 +256,8 @@ fn open_connection(
     let session = session_for(info.proto);
     Connection {
         conn_id: info.conn_id,
+        key_fd: info.key_fd,
+        aliased: info.flags & conn_flags::ALIASED != 0,
         role,
         process,
         local,
@@ -249,7 +272,7 @@ impl ConnTable {
     /// Drops connections idle for longer than `idle_ns` (their process may have exited
     /// without closing them). Returns how many were dropped.
     pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl CallSink) -> usize {
-        let stale: Vec<(u32, i32)> = self
+        let stale: Vec<(u32, u64)> = self
             .conns
             .iter()
             .filter(|(_, c)| now_ns.saturating_sub(c.last_ts) > idle_ns)
@@ -257,6 +280,7 @@ impl ConnTable {
             .collect();
         for key in &stale {
             if let Some(c) = self.conns.remove(key) {
+                self.forget_key_fd(&c);
                 let pid = c.process.pid;
                 c.close(0, &mut self.finished, sink);
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -266,6 +290,14 @@ impl ConnTable {
             }
         }
         stale.len()
+    }
+
+    /// The connection ended: its key fd no longer names it.
+    fn forget_key_fd(&mut self, c: &Connection) {
+        let fd_key = (c.process.pid, c.key_fd);
+        if self.by_key_fd.get(&fd_key) == Some(&c.conn_id) {
+            self.by_key_fd.remove(&fd_key);
+        }
     }
 }
 

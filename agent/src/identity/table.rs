@@ -63,7 +63,7 @@ impl ProcessTable {
         if own.name_from_env || own.name_from_rule {
             return own;
         }
-        let parent = self.get(parent, comm, false);
+        let parent = self.get(parent, comm, true);
         let gone = own.exe_path.is_empty();
         if parent.exe_path.is_empty() || !(gone || own.exe_path == parent.exe_path) {
             return own;
