@@ -110,7 +110,9 @@ fn configuration_layers_file_env_and_flags() {
                     - port=6379:queue\n\
                     http_routes:\n\
                     - web=/users/{id}\n\
+                    genai_providers: []\n\
                     payload_bytes: 512\n\
+                    tls: true\n\
                     gpu: true\n\
                     gpu_interval: 10\n\
                     gpu_dcgm_names: false\n\

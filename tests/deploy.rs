@@ -74,7 +74,7 @@ fn prometheus_rules_check_and_their_unit_tests_pass() {
     let out = run(Command::new("promtool")
         .args(["check", "rules", "sonde-rules.yaml"])
         .current_dir(&dir));
-    assert!(out.contains("SUCCESS: 15 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 37 rules found"), "{out}");
     let out = run(Command::new("promtool")
         .args(["test", "rules", "sonde-rules.test.yaml"])
         .current_dir(&dir));
@@ -104,7 +104,11 @@ fn dashboard_queries() -> (Vec<String>, Vec<(String, String)>) {
     let dir = workspace_root().join("deploy/grafana");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
     files.sort_by_key(|f| f.path());
-    assert_eq!(files.len(), 4, "services, databases, GPUs, health");
+    assert_eq!(
+        files.len(),
+        5,
+        "services, databases, GPUs, health, LLM calls"
+    );
     for f in files {
         let d: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(f.path()).unwrap()).unwrap();
@@ -144,8 +148,8 @@ fn gpu_exposition() -> String {
 }
 
 /// The rules and the dashboards name only series and labels sonde exports: a real scrape
-/// of a sonde that saw HTTP (200 and 500), Redis and PostgreSQL traffic (errors included),
-/// plus the GPU series.
+/// of a sonde that saw HTTP (200 and 500), LLM, Redis and PostgreSQL traffic (errors
+/// included), plus the GPU series.
 #[test]
 fn rules_and_dashboards_name_only_metrics_and_labels_sonde_exports() {
     let port = free_port();
@@ -175,13 +179,34 @@ fn rules_and_dashboards_name_only_metrics_and_labels_sonde_exports() {
         .client("psql")
         .args(["-d", "postgres", "-c", "SELECT nope"])
         .output();
+    // LLM calls, both sides: the openai SDK against the wire-format server of the LLM tests.
+    let llm_port = free_port();
+    let mut llm_server = Command::new("python3");
+    llm_server
+        .arg(workspace_root().join("tests/llm/fake_llm.py"))
+        .arg(llm_port.to_string())
+        .stdout(std::process::Stdio::null());
+    std::mem::forget(spawn_owned(llm_server));
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", llm_port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "fake LLM server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run(Command::new("python3")
+        .arg(workspace_root().join("tests/llm/openai_client.py"))
+        .arg(format!("http://127.0.0.1:{llm_port}/v1")));
     let count = "db_client_operation_duration_seconds_count";
     let start = std::time::Instant::now();
     let mut scrape = sonde.metrics();
     while (scrape.sum(count, &[("db_system_name", "postgresql")]) < 2.0
         || scrape.sum(count, &[("db_system_name", "redis")]) < 2.0
         || scrape.sum("http_server_request_duration_seconds_count", &[]) < 2.0
-        || scrape.sum("sonde_parse_errors_total", &[("protocol", "http")]) < 1.0)
+        || scrape.sum("sonde_parse_errors_total", &[("protocol", "http")]) < 1.0
+        || scrape.sum("gen_ai_server_time_per_output_token_seconds_count", &[]) < 1.0
+        || scrape.sum("gen_ai_client_operation_duration_seconds_count", &[]) < 9.0)
         && start.elapsed() < Duration::from_secs(20)
     {
         std::thread::sleep(Duration::from_millis(200));

@@ -355,10 +355,79 @@ fn short_lived_backends_give_every_server_span() {
 
 /// A server with SSL on and a client that requires it: after the server's `S` nothing can
 /// be read; the connection is counted on both sides and gives no span.
+/// PostgreSQL with SSL (`sslmode=require`) through OpenSSL: after the SSLRequest is
+/// answered `S`, the plaintext comes from the TLS uprobes and gives the same spans as in
+/// clear text, on both sides; nothing is counted as unreadable.
 #[test]
-fn encrypted_connections_are_counted_not_parsed() {
+fn ssl_connections_are_read_through_openssl() {
+    // Not while the other SSL test's sonde, which counts every switch it sees, looks on.
+    let _serial = serial();
     let env = env();
-    let dir = tempdir("pg-tls-cert");
+    let pg = postgres_with_ssl("postgres-tls");
+    let before = env.sonde.metrics();
+    assert_eq!(ssl_query(&pg), "over tls");
+    let port = pg.port.to_string();
+    let on_port = |s: &Value| {
+        attr(s, "db.system.name").as_deref() == Some("postgresql")
+            && attr(s, "server.port").as_deref() == Some(port.as_str())
+            && attr(s, "db.operation.name").as_deref() == Some("SELECT")
+    };
+    let spans = env.sonde.wait_spans(2, on_port);
+    let mut sides: Vec<(String, String)> = spans
+        .iter()
+        .map(|s| {
+            (
+                kind(s).to_string(),
+                s["service.name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    sides.sort();
+    assert_eq!(
+        sides,
+        [
+            ("CLIENT".to_string(), "psql".to_string()),
+            ("SERVER".to_string(), "postgres".to_string())
+        ],
+        "{spans:#?}"
+    );
+    // Past the grace the counter waits for plaintext (2 s): still nothing unreadable.
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    assert_eq!(encrypted(&env.sonde.metrics()) - encrypted(&before), 0.0);
+}
+
+/// With TLS reading off (or a TLS library sonde does not probe) the switch to encryption
+/// is counted, on both sides, and the connection is left alone.
+#[test]
+fn encrypted_connections_without_plaintext_are_counted_not_parsed() {
+    let _serial = serial();
+    let _ = env();
+    let sonde = Sonde::start_with(&["--tls", "false"]);
+    let pg = postgres_with_ssl("postgres-tls-off");
+    assert_eq!(ssl_query(&pg), "over tls");
+    let start = std::time::Instant::now();
+    while encrypted(&sonde.metrics()) < 2.0 && start.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(encrypted(&sonde.metrics()), 2.0, "client and server side");
+    let port = pg.port.to_string();
+    let spans = sonde.spans(|s| {
+        attr(s, "db.system.name").as_deref() == Some("postgresql")
+            && attr(s, "server.port").as_deref() == Some(port.as_str())
+    });
+    assert!(spans.is_empty(), "{spans:?}");
+}
+
+fn encrypted(m: &Metrics) -> f64 {
+    m.sum(
+        "sonde_encrypted_connections_total",
+        &[("protocol", "postgresql")],
+    )
+}
+
+/// PostgreSQL with `ssl=on` and a certificate made for it.
+fn postgres_with_ssl(name: &str) -> Postgres {
+    let dir = tempdir(&format!("{name}-cert"));
     let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
     run(Command::new("openssl")
         .args([
@@ -371,15 +440,18 @@ fn encrypted_connections_are_counted_not_parsed() {
     // The server reads its key as the postgres user and wants it private to that user.
     chown_to_postgres(&key);
     chown_to_postgres(&crt);
-    let pg = Postgres::start(
-        "postgres-tls",
+    Postgres::start(
+        name,
         &[
             "ssl=on",
             &format!("ssl_cert_file={}", crt.display()),
             &format!("ssl_key_file={}", key.display()),
         ],
-    );
-    let before = env.sonde.metrics();
+    )
+}
+
+/// One query over `sslmode=require`; returns its output.
+fn ssl_query(pg: &Postgres) -> String {
     let out = run(pg.client("psql").env("PGSSLMODE", "require").args([
         "-X",
         "-A",
@@ -389,24 +461,5 @@ fn encrypted_connections_are_counted_not_parsed() {
         "-c",
         "SELECT 'over tls'",
     ]));
-    assert_eq!(out.trim(), "over tls");
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let after = env.sonde.metrics();
-    let encrypted = |m: &Metrics| {
-        m.sum(
-            "sonde_encrypted_connections_total",
-            &[("protocol", "postgresql")],
-        )
-    };
-    assert_eq!(
-        encrypted(&after) - encrypted(&before),
-        2.0,
-        "client and server side"
-    );
-    let port = pg.port.to_string();
-    let spans = env.sonde.spans(|s| {
-        attr(s, "db.system.name").as_deref() == Some("postgresql")
-            && attr(s, "server.port").as_deref() == Some(port.as_str())
-    });
-    assert!(spans.is_empty(), "{spans:?}");
+    out.trim().to_string()
 }

@@ -202,7 +202,8 @@ fn payload_bytes_bounds_the_copy_and_a_cut_head_is_counted_not_guessed() {
     .unwrap();
     let sonde = Sonde::start_with(&["--payload-bytes", "384"]);
 
-    let pad = format!("X-Pad: {}", "a".repeat(600));
+    // Longer than the 384 bytes copied from each end of an HTTP read or write together.
+    let pad = format!("X-Pad: {}", "a".repeat(1200));
     assert_eq!(curl(port, "/pb-short", &[]), "200");
     assert_eq!(curl(port, "/pb-long", &["-H", &pad]), "200");
     assert_eq!(curl(port, "/big.bin", &[]), "200");
@@ -221,8 +222,8 @@ fn payload_bytes_bounds_the_copy_and_a_cut_head_is_counted_not_guessed() {
         attr(&big[0], "http.response.body.size").as_deref(),
         Some("100000")
     );
-    // The request head did not fit in 384 bytes: no span is made up for it, the cut is
-    // counted (on both sides: curl's write and nginx's read).
+    // The request head did not fit in the 384 + 384 bytes copied: no span is made up for
+    // it, the cut is counted (on both sides: curl's write and nginx's read).
     let long = sonde.spans(|s| path_is(s, "/pb-long"));
     assert!(long.is_empty(), "{long:?}");
     let truncated = sonde.metrics().sum(

@@ -8,14 +8,15 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_probe_read_user,
     },
-    macros::{btf_tracepoint, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, ProbeContext, RetProbeContext, TracePointContext},
     Global,
 };
 use sonde_ebpf::{
     conn_flags, direction, drop_reason, event_kind, proto, role, ConnInfo, ConnKey, EventHeader,
-    EVENT_HEADER_LEN, MAX_CONNS, MAX_FORKS, MAX_IOVECS, MAX_PAYLOAD, PROBATION_EVENTS, RING_BYTES,
+    EVENT_HEADER_LEN, MAX_CONNS, MAX_FORKS, MAX_IOVECS, MAX_PAYLOAD, MAX_SSL_CALLS,
+    PROBATION_EVENTS, RING_BYTES,
 };
 
 /// sonde's own process id, set by the loader: sonde never observes its own traffic.
@@ -177,6 +178,146 @@ fn iov(ptr: u64, iovs: u64) -> Source {
     }
 }
 
+/// An `SSL_read`/`SSL_write` (or `_ex`) in progress on a thread: set at its entry, read and
+/// removed at its return. The read/write syscall OpenSSL makes inside it names the fd.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    ssl: u64,
+    buf: u64,
+    /// `SSL_*_ex`: where the byte count is written (0 for `SSL_read`/`SSL_write`).
+    len_ptr: u64,
+    /// The socket the call moved ciphertext on, -1 until a syscall shows it.
+    fd: i32,
+    /// `direction::INGRESS` for reads, `EGRESS` for writes.
+    dir: u32,
+}
+
+/// Key of the `SSL*` -> fd cache.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslKey {
+    tgid: u32,
+    _pad: u32,
+    ssl: u64,
+}
+
+#[map]
+static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(MAX_SSL_CALLS, 0);
+
+/// The socket of each `SSL*` a call was last seen on: an `SSL_read` served from OpenSSL's own
+/// buffer makes no syscall, and its plaintext goes to the socket its connection last used.
+#[map]
+static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+#[uprobe]
+pub fn sonde_ssl_write(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, direction::EGRESS, false);
+    0
+}
+
+#[uprobe]
+pub fn sonde_ssl_read(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, direction::INGRESS, false);
+    0
+}
+
+#[uprobe]
+pub fn sonde_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, direction::EGRESS, true);
+    0
+}
+
+#[uprobe]
+pub fn sonde_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    ssl_enter(&ctx, direction::INGRESS, true);
+    0
+}
+
+/// The return of any of the four: the plaintext the call moved, on its socket.
+#[uretprobe]
+pub fn sonde_ssl_return(ctx: RetProbeContext) -> u32 {
+    let _ = ssl_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn ssl_enter(ctx: &ProbeContext, dir: u8, ex: bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == SONDE_TGID.load() {
+        return;
+    }
+    let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return;
+    };
+    let len_ptr = if ex {
+        ctx.arg::<u64>(3).unwrap_or(0)
+    } else {
+        0
+    };
+    let call = SslCall {
+        ssl,
+        buf,
+        len_ptr,
+        fd: -1,
+        dir: dir as u32,
+    };
+    let _ = SSL_CALLS.insert(&pid_tgid, &call, 0);
+}
+
+#[inline(always)]
+fn ssl_exit(ctx: &RetProbeContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the reference points into the map value, valid for this program run.
+    let Some(call) = (unsafe { SSL_CALLS.get(&pid_tgid) }).copied() else {
+        return Ok(());
+    };
+    let _ = SSL_CALLS.remove(&pid_tgid);
+    // All four return an int: only the low 32 bits of the register are the value (a -1
+    // would otherwise read as 4294967295 bytes).
+    let ret = ctx.ret::<i64>() as i32;
+    let len = if call.len_ptr != 0 {
+        // SSL_*_ex return 1 on success and the count through their last argument.
+        if ret != 1 {
+            return Ok(());
+        }
+        read_user::<u64>(call.len_ptr)?
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return Ok(());
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let ssl_key = SslKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    let fd = if call.fd >= 0 {
+        let _ = SSL_FDS.insert(&ssl_key, &call.fd, 0);
+        call.fd
+    } else {
+        // SAFETY: as above.
+        match unsafe { SSL_FDS.get(&ssl_key) } {
+            Some(fd) => *fd,
+            None => {
+                count_drop(drop_reason::TLS_FD_UNKNOWN);
+                return Ok(());
+            }
+        }
+    };
+    let key = ConnKey { tgid, fd };
+    on_data(
+        &key,
+        pid_tgid,
+        call.dir as u8,
+        buf(call.buf),
+        len,
+        true,
+        true,
+    )
+}
+
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sonde_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(0);
@@ -321,7 +462,7 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
                 nr,
                 SYS_RECVFROM | SYS_SENDTO | SYS_RECVMSG | SYS_SENDMSG | SYS_RECVMMSG | SYS_SENDMMSG
             );
-            on_data(&key, pid_tgid, dir, src, len, socket_call)
+            on_data(&key, pid_tgid, dir, src, len, socket_call, false)
         }
     }
 }
@@ -335,6 +476,7 @@ fn on_data(
     src: Source,
     len: u64,
     socket_call: bool,
+    tls: bool,
 ) -> Result<(), i64> {
     // A tombstone (CLOSED): this fd was closed and holds something new now, which is not
     // what a parent had on it either.
@@ -352,6 +494,42 @@ fn on_data(
         Some(info) => {
             // SAFETY: `info` points into the map value, valid for this program run.
             let mut conn = unsafe { *info };
+            if tls {
+                // Plaintext: the connection is TLS, and what its ciphertext looked like
+                // (nothing of ours) no longer decides.
+                if conn.flags & conn_flags::TLS == 0 {
+                    conn.flags |= conn_flags::TLS;
+                    if conn.proto == proto::NONE {
+                        conn.proto = proto::UNKNOWN;
+                    }
+                    unsafe {
+                        (*info).flags = conn.flags;
+                        (*info).proto = conn.proto;
+                    }
+                }
+            } else if may_be_tls(&conn) {
+                // Inside SSL_read/SSL_write these bytes are the call's ciphertext: they
+                // name its socket, and are not parsed.
+                if let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) {
+                    unsafe {
+                        if (*call).fd < 0 {
+                            (*call).fd = key.fd;
+                        }
+                        if conn.flags & conn_flags::TLS == 0 {
+                            // Known to be TLS from now on: a "not ours" verdict came from the
+                            // handshake, and the plaintext decides again.
+                            (*info).flags = conn.flags | conn_flags::TLS;
+                            if conn.proto == proto::NONE {
+                                (*info).proto = proto::UNKNOWN;
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
+                if conn.flags & conn_flags::TLS != 0 {
+                    return Ok(()); // handshake or alert records, outside a call
+                }
+            }
             if conn.proto == proto::NONE {
                 return Ok(());
             }
@@ -401,14 +579,26 @@ fn on_data(
             // not a socket at all. Track it only if it carries a protocol.
             let class = classify(src, len);
             if class.proto == proto::UNKNOWN {
+                if !tls && class.tls_record {
+                    // A TLS connection older than sonde: inside a call, its ciphertext
+                    // names the call's socket.
+                    if let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) {
+                        unsafe {
+                            if (*call).fd < 0 {
+                                (*call).fd = key.fd;
+                            }
+                        }
+                    }
+                }
                 return Ok(());
             }
             let is_request = class.is_request;
+            let tls_flag = if tls { conn_flags::TLS } else { 0 };
             if let Some(parent) = inherited(key.tgid, key.fd).filter(|_| may_inherit) {
                 // The parent accepted or connected it: a known socket, no probation.
                 let info = ConnInfo {
                     proto: class.proto,
-                    flags: first_flag(is_request),
+                    flags: first_flag(is_request) | tls_flag,
                     probation_left: 0,
                     lost_events: 0,
                     closed_ns: 0,
@@ -440,7 +630,7 @@ fn on_data(
                 conn_id: unsafe { bpf_ktime_get_ns() },
                 role: if client { role::CLIENT } else { role::SERVER },
                 proto: class.proto,
-                flags: conn_flags::RESOLVE | probation | first_flag(is_request),
+                flags: conn_flags::RESOLVE | probation | first_flag(is_request) | tls_flag,
                 probation_left: PROBATION_EVENTS - 1,
                 listen_fd: -1,
                 key_fd: key.fd,
@@ -672,12 +862,26 @@ fn on_new_conn(key: ConnKey, sockaddr: u64, conn_role: u8, listen_fd: i32) -> Re
 struct Class {
     proto: u8,
     is_request: bool,
+    /// Not ours, but the bytes start like a TLS record (content type 20-23, version 3.x).
+    tls_record: bool,
 }
 
 const NOT_OURS: Class = Class {
     proto: proto::UNKNOWN,
     is_request: false,
+    tls_record: false,
 };
+
+/// Whether syscall bytes on `conn` may be TLS ciphertext: a TLS connection, one not
+/// classified yet or judged not ours (a handshake looks like nothing of ours), or a
+/// PostgreSQL one (it switches to TLS after an SSLRequest).
+#[inline(always)]
+fn may_be_tls(conn: &ConnInfo) -> bool {
+    conn.flags & conn_flags::TLS != 0
+        || conn.proto == proto::NONE
+        || conn.proto == proto::UNKNOWN
+        || conn.proto == proto::POSTGRES
+}
 
 #[inline(always)]
 fn is_tracked(p: u8) -> bool {
@@ -690,7 +894,7 @@ fn is_tracked(p: u8) -> bool {
 #[inline(always)]
 fn classify(src: Source, len: u64) -> Class {
     let class = classify_payload(src, len);
-    if PROTOCOLS.load() & (1u32 << class.proto) == 0 {
+    if class.proto != proto::UNKNOWN && PROTOCOLS.load() & (1u32 << class.proto) == 0 {
         return NOT_OURS;
     }
     class
@@ -731,21 +935,27 @@ fn classify_payload(src: Source, len: u64) -> Class {
         return Class {
             proto: proto::HTTP1,
             is_request: http == CLASS_REQUEST,
+            tls_record: false,
         };
     }
     if is_resp_command(&b) {
         return Class {
             proto: proto::REDIS,
             is_request: true,
+            tls_record: false,
         };
     }
     if is_postgres_frontend(&b, len) {
         return Class {
             proto: proto::POSTGRES,
             is_request: true,
+            tls_record: false,
         };
     }
-    NOT_OURS
+    Class {
+        tls_record: (20..=23).contains(&b[0]) && b[1] == 3,
+        ..NOT_OURS
+    }
 }
 
 const CLASS_REQUEST: u8 = 1;
@@ -769,6 +979,7 @@ fn classify_short(ptr: u64) -> Class {
     Class {
         proto: proto::HTTP1,
         is_request: class == CLASS_REQUEST,
+        tls_record: false,
     }
 }
 
@@ -870,12 +1081,35 @@ fn emit(
     // black_box: LLVM drops a mask it can prove redundant from the branches around it, and
     // the 5.10 and 6.1 verifiers do not follow those branches (6.1 saw the iovec offset as
     // unbounded and refused "invalid access to map value").
+    let mut tail: usize = 0;
     if src.kind == SRC_BUF {
         let n = core::hint::black_box(want) & LEN_MASK;
         if unsafe { bpf_probe_read_user(data as *mut c_void, n as u32, src.ptr as *const c_void) }
             == 0
         {
             copied = n;
+            // An HTTP read or write longer than the head copied: its last bytes as well, as
+            // many as the head (at most MAX_PAYLOAD - 1, so that offset + length stay
+            // inside `data`).
+            if conn.proto == proto::HTTP1 && len > n as u64 {
+                let rest = len - n as u64;
+                let rest = if rest > cap { cap } else { rest };
+                let t = if rest > OFF_MASK as u64 {
+                    OFF_MASK
+                } else {
+                    rest as usize
+                };
+                let t = core::hint::black_box(t) & OFF_MASK;
+                let off = core::hint::black_box(copied) & LEN_MASK;
+                let from = src.ptr + len - t as u64;
+                let dst = unsafe { data.add(off) } as *mut c_void;
+                if t > 0
+                    && unsafe { bpf_probe_read_user(dst, t as u32, from as *const c_void) } == 0
+                {
+                    copied += t;
+                    tail = t;
+                }
+            }
         } else {
             count_drop(drop_reason::READ_FAILED);
         }
@@ -925,6 +1159,7 @@ fn emit(
     }
     let copied = core::hint::black_box(copied) & LEN_MASK;
     s.hdr.captured_len = copied as u32;
+    s.hdr.tail_len = tail as u16;
     let total = EVENT_HEADER_LEN + copied;
     // SAFETY: `hdr` and `data` are adjacent in the repr(C) Scratch (the header is 8-aligned in
     // size), and header + masked length < size of hdr + data.

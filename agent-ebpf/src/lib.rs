@@ -17,6 +17,8 @@ pub const MAX_CONNS: u32 = 65536;
 pub const RING_BYTES: u32 = 8 * 1024 * 1024;
 /// Capacity of the fork table (child pid -> parent tgid), an LRU map.
 pub const MAX_FORKS: u32 = 16384;
+/// Threads inside an `SSL_read`/`SSL_write` at once.
+pub const MAX_SSL_CALLS: u32 = 16384;
 
 /// Event kinds (`EventHeader::kind`). Read with `EventKind::try_from`, never transmuted.
 pub mod event_kind {
@@ -90,6 +92,9 @@ pub mod conn_flags {
     /// The fd was copied by dup()/dup2()/dup3() (this entry is the source or a copy):
     /// closing one copy does not end the connection, so no close of it is shipped.
     pub const ALIASED: u8 = 32;
+    /// A TLS connection: its plaintext comes from the OpenSSL uprobes, and its ciphertext
+    /// (the syscalls) is never shipped.
+    pub const TLS: u8 = 64;
 }
 
 /// Events a connection on probation may ship before userspace confirms it. Its first event
@@ -104,9 +109,17 @@ pub mod drop_reason {
     pub const CONN_TABLE_FULL: u32 = 1;
     /// Reading the syscall's arguments or user buffer failed.
     pub const READ_FAILED: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// The plaintext of an `SSL_read`/`SSL_write` whose socket was not seen (no syscall in
+    /// the call and none cached for its `SSL*`): never guessed, counted.
+    pub const TLS_FD_UNKNOWN: u32 = 3;
+    pub const COUNT: u32 = 4;
     /// Label values, indexed by reason.
-    pub const NAMES: [&str; COUNT as usize] = ["ringbuf_full", "conn_table_full", "read_failed"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_full",
+        "conn_table_full",
+        "read_failed",
+        "tls_fd_unknown",
+    ];
 }
 
 /// Key of the kernel connection table: one open socket fd of one process.
@@ -165,7 +178,12 @@ pub struct EventHeader {
     /// Positive errno for `ERROR` events.
     pub errno: u32,
     pub direction: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The last `tail_len` of the `captured_len` payload bytes are the syscall's last bytes
+    /// (at offset `total_len - tail_len`), the rest its first: long plain-buffer reads and
+    /// writes of HTTP connections carry both ends, so a field at the end of a large body
+    /// (an LLM request's `model` after its prompt) is still seen.
+    pub tail_len: u16,
     pub conn: ConnInfo,
     /// The thread's command name (the executable name, up to 15 bytes), so identity survives
     /// a process that exits before userspace reads /proc. Set on a connection's first event

@@ -13,6 +13,7 @@ use crate::capture::event::Event;
 use crate::capture::kernel_maps::{self, read_drops};
 use crate::capture::probes::{self, ProbeError};
 use crate::capture::ring::RingWaiter;
+use crate::capture::tls::TlsAttacher;
 use crate::config::{Config, OtlpSwitch};
 use crate::conn::ConnTable;
 use crate::export::otlp::encode::ResourceBase;
@@ -161,6 +162,7 @@ async fn run_async(
         ring_bytes: config.ring_buffer_mib << 20,
         protocols: config.protocol_bits(),
         payload_bytes: config.payload_bytes,
+        tls: config.tls,
     })?;
     let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
         ebpf.take_map(name).ok_or(AgentError::MissingMap(name))
@@ -179,6 +181,13 @@ async fn run_async(
             name: "CONNS",
             source,
         })?;
+    // The libssl files of the processes running now are attached before sonde says it is
+    // ready; later ones by the TLS thread.
+    let tls = config.tls.then(|| {
+        let mut attacher = TlsAttacher::new();
+        attach_tls(&mut attacher, &mut ebpf, &metrics);
+        attacher
+    });
     ready.store(true, Ordering::Relaxed);
     log::info!(
         "probes attached on Linux {}; serving http://{addr}/metrics",
@@ -201,17 +210,66 @@ async fn run_async(
             .map_err(AgentError::Runtime)?
     };
 
+    // The programs stay attached as long as `ebpf` lives: with TLS, the thread that
+    // attaches new libraries holds it and hands it back at shutdown.
+    let (tls_thread, kept) = match tls {
+        Some(attacher) => {
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            let thread = std::thread::Builder::new()
+                .name("sonde-tls".into())
+                .spawn(move || tls_loop(attacher, ebpf, &metrics, &shutdown))
+                .map_err(AgentError::Runtime)?;
+            (Some(thread), None)
+        }
+        None => (None, Some(ebpf)),
+    };
+
     wait_for_signal().await;
     log::info!("shutting down");
     notify_systemd("STOPPING=1");
     ready.store(false, Ordering::Relaxed);
     shutdown.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || capture.join()).await;
+    let ebpf = match tls_thread {
+        Some(thread) => tokio::task::spawn_blocking(move || thread.join().ok())
+            .await
+            .ok()
+            .flatten(),
+        None => kept,
+    };
     drop(ebpf); // detaches the programs
     if let Some(exporter) = exporter {
         exporter.shutdown().await;
     }
     Ok(())
+}
+
+/// Attaches the TLS uprobes to libraries not seen yet, logs what it did, updates the gauges.
+fn attach_tls(attacher: &mut TlsAttacher, ebpf: &mut aya::Ebpf, metrics: &Metrics) {
+    for line in attacher.scan(ebpf) {
+        log::info!("{line}");
+    }
+    let coverage = attacher.coverage();
+    metrics.tls_libraries.set(coverage.libraries as i64);
+    metrics.tls_processes.set(coverage.processes as i64);
+}
+
+/// Every second, the processes started since: their libssl files get the uprobes.
+fn tls_loop(
+    mut attacher: TlsAttacher,
+    mut ebpf: aya::Ebpf,
+    metrics: &Metrics,
+    shutdown: &AtomicBool,
+) -> aya::Ebpf {
+    let mut last = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            attach_tls(&mut attacher, &mut ebpf, metrics);
+        }
+    }
+    ebpf
 }
 
 /// Starts the GPU collector; without a driver or a GPU, says so once and goes on.
@@ -309,6 +367,7 @@ fn capture_loop(
         config.sampler(),
         otlp.map(|q| Box::new(q) as Box<dyn SpanExport>),
         Routes::new(&config.http_routes),
+        config.genai_providers.clone(),
     );
     let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();
@@ -334,7 +393,13 @@ fn capture_loop(
         while let Some(item) = ring.next() {
             received += 1;
             match Event::decode(&item) {
-                Ok(ev) => table.handle(&ev, &mut sink),
+                Ok(ev) => {
+                    let tls = ev.header.conn.flags & sonde_ebpf::conn_flags::TLS != 0;
+                    if tls && ev.kind == crate::capture::event::EventKind::Data {
+                        metrics.tls_plaintext_events.inc();
+                    }
+                    table.handle(&ev, &mut sink)
+                }
                 Err(_) => metrics.dropped("decode_error", 1),
             }
         }
@@ -353,7 +418,9 @@ fn capture_loop(
                     kernel_drops_seen[i] = total;
                 }
             }
-            table.evict_idle(clock_ns(libc::CLOCK_MONOTONIC), idle_ns, &mut sink);
+            let now = clock_ns(libc::CLOCK_MONOTONIC);
+            table.evict_idle(now, idle_ns, &mut sink);
+            table.count_encrypted(now, &mut sink);
             metrics.connections_tracked.set(table.len() as i64);
         }
         if show_summary && last_summary.elapsed() >= summary_every {

@@ -12,6 +12,7 @@ use thiserror::Error;
 pub use crate::export::otlp::settings::Protocol as OtlpProtocol;
 use crate::identity::selector::{CaptureFilter, Selector, ServiceNameRule, ServiceNames};
 use crate::protocols::http1::routes::RouteRule;
+use crate::telemetry::genai::ProviderRule;
 use crate::telemetry::sampler::{parse_ratio, SamplerName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -113,11 +114,28 @@ pub struct Config {
     #[arg(long = "http-route", env = "SONDE_HTTP_ROUTES", value_delimiter = ',')]
     pub http_routes: Vec<RouteRule>,
 
+    /// `gen_ai.provider.name` of LLM calls, SELECTOR:PROVIDER (port=8000:vllm,
+    /// exe=ollama:ollama); the first that matches applies when neither a known provider
+    /// host nor a provider's response header names one. Else the API's shape decides
+    /// (openai, anthropic, ollama).
+    #[arg(
+        long = "genai-provider",
+        env = "SONDE_GENAI_PROVIDERS",
+        value_delimiter = ','
+    )]
+    pub genai_providers: Vec<ProviderRule>,
+
     /// Payload bytes copied from each socket read or write (64 to 4096). Less costs less
     /// but cuts longer request heads, which then give no span (counted in
     /// sonde_parse_errors_total{kind="truncated"}); body sizes stay exact.
     #[arg(long, env = "SONDE_PAYLOAD_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=4096))]
     pub payload_bytes: u32,
+
+    /// Read TLS plaintext through uprobes on OpenSSL's SSL_read/SSL_write (and _ex) in every
+    /// libssl the host's processes map: HTTPS gets spans like HTTP. Costs a uprobe hit (a
+    /// trap into the kernel) per TLS read or write of every process using OpenSSL.
+    #[arg(long, env = "SONDE_TLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls: bool,
 
     /// Read NVIDIA GPU statistics through NVML. Where there is no driver or no GPU this
     /// says so in one line and turns itself off.
@@ -220,7 +238,9 @@ pub struct FileConfig {
     pub exclude: Option<Vec<String>>,
     pub service_names: Option<Vec<String>>,
     pub http_routes: Option<Vec<String>>,
+    pub genai_providers: Option<Vec<String>>,
     pub payload_bytes: Option<u32>,
+    pub tls: Option<bool>,
     pub gpu: Option<bool>,
     pub gpu_interval: Option<u64>,
     pub gpu_dcgm_names: Option<bool>,
@@ -343,12 +363,22 @@ impl Config {
         {
             self.http_routes = list(v, "http_routes", &invalid)?;
         }
+        if let Some(v) = file
+            .genai_providers
+            .as_ref()
+            .filter(|_| from_file("genai_providers"))
+        {
+            self.genai_providers = list(v, "genai_providers", &invalid)?;
+        }
         if let Some(v) = file.payload_bytes.filter(|_| from_file("payload_bytes")) {
             if !(64..=4096).contains(&v) {
                 let reason = "must be between 64 and 4096";
                 return Err(invalid("payload_bytes", v.to_string(), reason));
             }
             self.payload_bytes = v;
+        }
+        if let Some(v) = file.tls.filter(|_| from_file("tls")) {
+            self.tls = v;
         }
         if let Some(v) = file.gpu.filter(|_| from_file("gpu")) {
             self.gpu = v;
@@ -541,7 +571,9 @@ impl Config {
             exclude: Some(strings(&self.exclude)),
             service_names: Some(strings(&self.service_names)),
             http_routes: Some(strings(&self.http_routes)),
+            genai_providers: Some(strings(&self.genai_providers)),
             payload_bytes: Some(self.payload_bytes),
+            tls: Some(self.tls),
             gpu: Some(self.gpu),
             gpu_interval: Some(self.gpu_interval),
             gpu_dcgm_names: Some(self.gpu_dcgm_names),
@@ -681,7 +713,8 @@ mod tests {
     fn selectors_names_and_routes_from_file_and_flags() {
         let yaml = "include: [exe=nginx, port=6379]\nexclude: [container=*]\n\
                     service_names: ['exe=nginx*:gateway', 'port=6379:queue']\n\
-                    http_routes: ['gateway=/users/{id}']\npayload_bytes: 512\n";
+                    http_routes: ['gateway=/users/{id}']\npayload_bytes: 512\n\
+                    genai_providers: ['port=8000:vllm']\n";
         let c = load(&[], yaml).unwrap();
         assert_eq!(strings(&c.include), ["exe=nginx", "port=6379"]);
         assert_eq!(strings(&c.exclude), ["container=*"]);
@@ -690,6 +723,7 @@ mod tests {
             ["exe=nginx*:gateway", "port=6379:queue"]
         );
         assert_eq!(strings(&c.http_routes), ["gateway=/users/{id}"]);
+        assert_eq!(strings(&c.genai_providers), ["port=8000:vllm"]);
         assert_eq!(c.payload_bytes, 512);
         let c = load(
             &["--exclude", "port=22,exe=sshd", "--payload-bytes", "64"],
@@ -719,6 +753,18 @@ mod tests {
                 "http_routes",
                 "`web=users/{id}`",
                 "start with `/`",
+            ),
+            (
+                "genai_providers: ['port=x:vllm']",
+                "genai_providers",
+                "`port=x:vllm`",
+                "not a number",
+            ),
+            (
+                "genai_providers: ['port=8000:']",
+                "genai_providers",
+                "`port=8000:`",
+                "names no provider",
             ),
             (
                 "payload_bytes: 10",

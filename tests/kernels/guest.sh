@@ -57,12 +57,31 @@ http {
   client_body_temp_path $W/nginx/body; proxy_temp_path $W/nginx/proxy;
   fastcgi_temp_path $W/nginx/fastcgi; uwsgi_temp_path $W/nginx/uwsgi; scgi_temp_path $W/nginx/scgi;
   server { listen 127.0.0.1:8080; location / { return 200 "ok\n"; } }
+  server {
+    listen 127.0.0.1:8443 ssl;
+    ssl_certificate $W/nginx/cert.pem; ssl_certificate_key $W/nginx/key.pem;
+    location / { return 200 "secure\n"; }
+  }
 }
 CONF
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -keyout "$W/nginx/key.pem" -out "$W/nginx/cert.pem" 2>/dev/null
 nginx -c "$W/nginx/nginx.conf" && wait_port 8080 nginx && {
     url=http://127.0.0.1:8080/keep
     curl -s -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null \
         "$url" "$url" "$url" "$url" "$url" && traffic nginx_keepalive 5
+}
+
+# HTTPS: three keep-alive requests to nginx's TLS listener, once sonde has put its uprobes
+# on the libssl that nginx maps (it scans new processes each second).
+for _ in $(seq 1 100); do
+    grep -q "TLS: uprobes on" "$OUT/sonde.log" && break
+    sleep 0.1
+done
+wait_port 8443 "nginx TLS" && {
+    url=https://127.0.0.1:8443/tls
+    curl -sk -o /dev/null -o /dev/null -o /dev/null "$url" "$url" "$url" \
+        && traffic nginx_tls 3
 }
 
 # busybox httpd: the parent accepts and forks; the child serves on fd 0 and 1.

@@ -136,6 +136,7 @@ pub struct Sonde {
     pub pid: u32,
     pub metrics_addr: String,
     spans: Arc<Mutex<Vec<Value>>>,
+    logs: Arc<Mutex<String>>,
     _child: Child,
 }
 
@@ -157,9 +158,22 @@ impl Sonde {
             .args(extra)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         let mut child = spawn_owned(cmd);
         let stdout = child.stdout.take().unwrap();
+        // The log lines pass through to the test's output and are kept for `logs()`.
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
         let spans = Arc::new(Mutex::new(Vec::new()));
         let sink = spans.clone();
         std::thread::spawn(move || {
@@ -176,8 +190,14 @@ impl Sonde {
             pid: child.id(),
             metrics_addr,
             spans,
+            logs,
             _child: child,
         }
+    }
+
+    /// What sonde logged so far (its stderr).
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
     }
 
     /// Spans for which `pred` holds, right now.

@@ -1,7 +1,8 @@
 //! `cargo xtask bench http | redis | postgres`: a real load generator against a real server
 //! with sonde off and on, interleaved in pairs so that the machine's drift hits both sides
 //! alike:
-//! - http: wrk against nginx (keep-alive, small body);
+//! - http: wrk against nginx (keep-alive, small body); `--tls`: over HTTPS (nginx's TLS
+//!   listener, a certificate made for the run), which sonde reads through its OpenSSL uprobes;
 //! - redis: redis-benchmark SET/GET without pipelining and pipelined by 16;
 //! - postgres: pgbench's tpcb-like script (7 statements per transaction).
 use std::net::TcpListener;
@@ -156,14 +157,18 @@ fn write_report(root: &Path, name: &str, report: &str) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench http`: wrk -t2 -c32 against nginx `return 200`.
+/// `cargo xtask bench http [--tls]`: wrk -t2 -c32 against nginx `return 200`, over HTTP or
+/// HTTPS.
 pub fn http(root: &Path, args: &[String]) -> Result<()> {
-    let o = options(root, args)?;
+    let tls = args.iter().any(|a| a == "--tls");
+    let rest: Vec<String> = args.iter().filter(|a| *a != "--tls").cloned().collect();
+    let o = options(root, &rest)?;
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
-    let mut nginx = start_nginx(&dir, port)?;
-    let url = format!("http://127.0.0.1:{port}/bench");
+    let mut nginx = start_nginx(&dir, port, tls)?;
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}/bench");
     wait_http(&url)?;
     let seconds = o.seconds;
     let title = format!("sonde bench http: wrk -t2 -c32 -d{seconds}s {url}");
@@ -172,7 +177,7 @@ pub fn http(root: &Path, args: &[String]) -> Result<()> {
     // SAFETY: plain kill(2) on a child we spawned and have not yet reaped.
     unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
-    write_report(root, "http", &report?)
+    write_report(root, if tls { "http-tls" } else { "http" }, &report?)
 }
 
 /// `cargo xtask bench redis`: redis-benchmark -c 50 -t set,get at -P 1 and -P 16 against
@@ -406,14 +411,39 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_nginx(dir: &Path, port: u16) -> Result<Child> {
+/// nginx on `port`; with `tls`, an HTTPS listener with a certificate made here.
+fn start_nginx(dir: &Path, port: u16, tls: bool) -> Result<Child> {
+    let listen = if tls {
+        let (cert, key) = (dir.join("bench-cert.pem"), dir.join("bench-key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl")?;
+        if !made.success() {
+            bail!("openssl could not make a certificate");
+        }
+        format!(
+            "listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        )
+    } else {
+        format!("listen 127.0.0.1:{port};")
+    };
     let conf = format!(
         "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
            client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n\
            uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-           server {{\n    listen 127.0.0.1:{port};\n    location /bench {{ return 200 \"hello from nginx\\n\"; }}\n  }}\n}}\n",
+           server {{\n    {listen}\n    location /bench {{ return 200 \"hello from nginx\\n\"; }}\n  }}\n}}\n",
         dir = dir.display()
     );
     let path = dir.join("nginx.conf");
@@ -431,7 +461,7 @@ fn wait_http(url: &str) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", url])
+            .args(["-sfk", "-o", "/dev/null", url])
             .status()
             .is_ok_and(|s| s.success())
         {

@@ -1,5 +1,5 @@
 //! `cargo xtask dashboards`: writes the Grafana dashboards under deploy/grafana/ from the
-//! panel lists below, so that the four stay alike (importable JSON, a `DS_PROMETHEUS`
+//! panel lists below, so that they stay alike (importable JSON, a `DS_PROMETHEUS`
 //! input, the same layout rules). A unit test fails when the committed files differ.
 use std::path::Path;
 
@@ -343,6 +343,194 @@ const DASHBOARDS: &[Dashboard] = &[
                 queries: &[(
                     "sum by (instance) (rate(sonde_gpu_read_errors_total[$__rate_interval]))",
                     "{{instance}}",
+                )],
+            },
+        ],
+    },
+    Dashboard {
+        file: "sonde-llm.json",
+        uid: "sonde-llm",
+        title: "sonde / LLM calls",
+        description: "LLM API calls by calling service and model, the model servers' side, and their GPUs. `service` filters the callers; `model` filters both sides, and the model-server and GPU panels show the services that served those models",
+        variables: &[
+            Variable {
+                name: "service",
+                metric: "gen_ai_client_operation_duration_seconds_count",
+                label: "service_name",
+            },
+            Variable {
+                name: "model",
+                metric: "gen_ai_client_operation_duration_seconds_count",
+                label: "gen_ai_request_model",
+            },
+        ],
+        panels: &[
+            Panel {
+                title: "Calls per second",
+                unit: "reqps",
+                queries: &[(
+                    r#"sum by (service_name, gen_ai_request_model) (rate(gen_ai_client_operation_duration_seconds_count{service_name=~"$service",gen_ai_request_model=~"$model"}[$__rate_interval]))"#,
+                    "{{service_name}} → {{gen_ai_request_model}}",
+                )],
+            },
+            Panel {
+                title: "Error ratio",
+                unit: "percentunit",
+                queries: &[(
+                    r#"sum by (service_name, gen_ai_request_model) (rate(gen_ai_client_operation_duration_seconds_count{service_name=~"$service",gen_ai_request_model=~"$model",error_type!=""}[$__rate_interval])) / sum by (service_name, gen_ai_request_model) (rate(gen_ai_client_operation_duration_seconds_count{service_name=~"$service",gen_ai_request_model=~"$model"}[$__rate_interval]))"#,
+                    "{{service_name}} → {{gen_ai_request_model}}",
+                )],
+            },
+            Panel {
+                title: "Duration p50 / p95",
+                unit: "s",
+                queries: &[
+                    (
+                        r#"histogram_quantile(0.5, sum by (service_name, gen_ai_request_model, le) (rate(gen_ai_client_operation_duration_seconds_bucket{service_name=~"$service",gen_ai_request_model=~"$model"}[$__rate_interval])))"#,
+                        "{{service_name}} → {{gen_ai_request_model}} p50",
+                    ),
+                    (
+                        r#"histogram_quantile(0.95, sum by (service_name, gen_ai_request_model, le) (rate(gen_ai_client_operation_duration_seconds_bucket{service_name=~"$service",gen_ai_request_model=~"$model"}[$__rate_interval])))"#,
+                        "{{service_name}} → {{gen_ai_request_model}} p95",
+                    ),
+                ],
+            },
+            Panel {
+                title: "Time to first chunk p95 (streams)",
+                unit: "s",
+                queries: &[(
+                    r#"histogram_quantile(0.95, sum by (service_name, gen_ai_request_model, le) (rate(gen_ai_client_operation_time_to_first_chunk_seconds_bucket{service_name=~"$service",gen_ai_request_model=~"$model"}[$__rate_interval])))"#,
+                    "{{service_name}} → {{gen_ai_request_model}}",
+                )],
+            },
+            Panel {
+                title: "Tokens per second, input and output (as the responses reported them)",
+                unit: "short",
+                queries: &[(
+                    r#"sum by (service_name, gen_ai_request_model, gen_ai_token_type) (rate(gen_ai_client_token_usage_sum{service_name=~"$service",gen_ai_request_model=~"$model"}[$__rate_interval]))"#,
+                    "{{service_name}} → {{gen_ai_request_model}} {{gen_ai_token_type}}",
+                )],
+            },
+            Panel {
+                title: "Errors per second by type",
+                unit: "reqps",
+                queries: &[(
+                    r#"sum by (service_name, gen_ai_request_model, error_type) (rate(gen_ai_client_operation_duration_seconds_count{service_name=~"$service",gen_ai_request_model=~"$model",error_type!=""}[$__rate_interval]))"#,
+                    "{{service_name}} → {{gen_ai_request_model}} {{error_type}}",
+                )],
+            },
+            Panel {
+                title: "Time between chunks p95 (streams)",
+                unit: "s",
+                queries: &[(
+                    r#"histogram_quantile(0.95, sum by (service_name, gen_ai_request_model, le) (rate(gen_ai_client_operation_time_per_output_chunk_seconds_bucket{service_name=~"$service",gen_ai_request_model=~"$model"}[$__rate_interval])))"#,
+                    "{{service_name}} → {{gen_ai_request_model}}",
+                )],
+            },
+            Panel {
+                title: "Calls whose wire lacked the model or the usage (all services)",
+                unit: "reqps",
+                queries: &[(
+                    "sum by (instance, field) (rate(sonde_gen_ai_missing_fields_total[$__rate_interval]))",
+                    "{{instance}} {{field}}",
+                )],
+            },
+            Panel {
+                title: "Model servers: requests per second",
+                unit: "reqps",
+                queries: &[(
+                    r#"sum by (service_name, gen_ai_request_model) (rate(gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model"}[$__rate_interval]))"#,
+                    "{{service_name}} {{gen_ai_request_model}}",
+                )],
+            },
+            Panel {
+                title: "Model servers: 5xx ratio",
+                unit: "percentunit",
+                queries: &[(
+                    r#"sum by (service_name, gen_ai_request_model) (rate(gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model",error_type!=""}[$__rate_interval])) / sum by (service_name, gen_ai_request_model) (rate(gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model"}[$__rate_interval]))"#,
+                    "{{service_name}} {{gen_ai_request_model}}",
+                )],
+            },
+            Panel {
+                title: "Model servers: duration p50 / p95",
+                unit: "s",
+                queries: &[
+                    (
+                        r#"histogram_quantile(0.5, sum by (service_name, gen_ai_request_model, le) (rate(gen_ai_server_request_duration_seconds_bucket{gen_ai_request_model=~"$model"}[$__rate_interval])))"#,
+                        "{{service_name}} {{gen_ai_request_model}} p50",
+                    ),
+                    (
+                        r#"histogram_quantile(0.95, sum by (service_name, gen_ai_request_model, le) (rate(gen_ai_server_request_duration_seconds_bucket{gen_ai_request_model=~"$model"}[$__rate_interval])))"#,
+                        "{{service_name}} {{gen_ai_request_model}} p95",
+                    ),
+                ],
+            },
+            Panel {
+                title: "Model servers: time to first token p95, time per output token p95 (streams)",
+                unit: "s",
+                queries: &[
+                    (
+                        r#"histogram_quantile(0.95, sum by (service_name, gen_ai_request_model, le) (rate(gen_ai_server_time_to_first_token_seconds_bucket{gen_ai_request_model=~"$model"}[$__rate_interval])))"#,
+                        "{{service_name}} {{gen_ai_request_model}} first token",
+                    ),
+                    (
+                        r#"histogram_quantile(0.95, sum by (service_name, gen_ai_request_model, le) (rate(gen_ai_server_time_per_output_token_seconds_bucket{gen_ai_request_model=~"$model"}[$__rate_interval])))"#,
+                        "{{service_name}} {{gen_ai_request_model}} per output token",
+                    ),
+                ],
+            },
+            Panel {
+                title: "Model servers: tokens per second, input and output",
+                unit: "short",
+                queries: &[(
+                    r#"sum by (service_name, gen_ai_request_model, gen_ai_token_type) (rate(sonde_gen_ai_server_token_usage_sum{gen_ai_request_model=~"$model"}[$__rate_interval]))"#,
+                    "{{service_name}} {{gen_ai_request_model}} {{gen_ai_token_type}}",
+                )],
+            },
+            Panel {
+                title: "Model servers: GPU SM utilization",
+                unit: "percentunit",
+                queries: &[(
+                    r#"sum by (service_name, hw_id) (sonde_gpu_process_utilization_ratio and on (instance, service_name) group by (instance, service_name) (gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model"}))"#,
+                    "{{service_name}} on {{hw_id}}",
+                )],
+            },
+            Panel {
+                title: "Model servers: output tokens per second per GPU held (all their models)",
+                unit: "short",
+                queries: &[(
+                    r#"sum by (service_name) (sum by (instance, service_name) (rate(sonde_gen_ai_server_token_usage_sum{gen_ai_token_type="output"}[$__rate_interval])) and on (instance, service_name) sonde_gpu_process_memory_usage_bytes) / count by (service_name) (group by (instance, hw_id, service_name) (sonde_gpu_process_memory_usage_bytes and on (instance, service_name) group by (instance, service_name) (gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model"})))"#,
+                    "{{service_name}}",
+                )],
+            },
+            Panel {
+                title: "Model servers: GPU memory held",
+                unit: "bytes",
+                queries: &[(
+                    r#"sum by (service_name, hw_id) (sonde_gpu_process_memory_usage_bytes and on (instance, service_name) group by (instance, service_name) (gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model"}))"#,
+                    "{{service_name}} on {{hw_id}}",
+                )],
+            },
+            Panel {
+                title: "Model servers: power of the GPUs they hold, and their share by SM time",
+                unit: "watt",
+                queries: &[
+                    (
+                        r#"max by (instance, hw_id) (hw_power_watts) * on (instance, hw_id) group_right () group by (instance, hw_id, service_name) (sonde_gpu_process_memory_usage_bytes and on (instance, service_name) group by (instance, service_name) (gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model"}))"#,
+                        "{{service_name}} on {{hw_id}}",
+                    ),
+                    (
+                        r#"sum by (service_name) (sum by (instance, hw_id, service_name) (sonde_gpu_process_utilization_ratio and on (instance, service_name) group by (instance, service_name) (gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model"})) / on (instance, hw_id) group_left () (sum by (instance, hw_id) (sonde_gpu_process_utilization_ratio) > 0) * on (instance, hw_id) group_left () max by (instance, hw_id) (hw_power_watts))"#,
+                        "{{service_name}} share",
+                    ),
+                ],
+            },
+            Panel {
+                title: "Model servers: GPU energy per output token (all their models)",
+                unit: "joule",
+                queries: &[(
+                    r#"sum by (service_name) (sum by (instance, hw_id, service_name) (avg_over_time(sonde_gpu_process_utilization_ratio[$__rate_interval])) / on (instance, hw_id) group_left () (sum by (instance, hw_id) (avg_over_time(sonde_gpu_process_utilization_ratio[$__rate_interval])) > 0) * on (instance, hw_id) group_left () sum by (instance, hw_id) (increase(hw_energy_joules_total[$__rate_interval]))) / (sum by (service_name) (increase(sonde_gen_ai_server_token_usage_sum{gen_ai_token_type="output"}[$__rate_interval])) > 0) and on (service_name) group by (service_name) (gen_ai_server_request_duration_seconds_count{gen_ai_request_model=~"$model"})"#,
+                    "{{service_name}}",
                 )],
             },
         ],

@@ -666,6 +666,21 @@ fn check_guest_output(out: &Path) -> Vec<(String, Result<String, String>)> {
             http(s, "CLIENT", "curl", "8080") && attr(s, "http.response.status_code") == "200"
         }),
     );
+    let https = |s: &Value, kind: &str, service: &str| {
+        http(s, kind, service, "8443")
+            && attr(s, "url.scheme") == "https"
+            && attr(s, "http.response.status_code") == "200"
+    };
+    expect(
+        "nginx HTTPS (OpenSSL uprobes): server spans",
+        sent("nginx_tls"),
+        count(&|s| https(s, "SERVER", "nginx")),
+    );
+    expect(
+        "nginx HTTPS: curl client spans",
+        sent("nginx_tls"),
+        count(&|s| https(s, "CLIENT", "curl")),
+    );
     let bb_parent: Option<u64> = read("busybox.pid").trim().parse().ok();
     expect(
         "busybox httpd (fork per connection): server spans from its children",

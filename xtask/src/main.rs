@@ -178,10 +178,12 @@ fn setup() -> Result<()> {
 
 /// Python packages from PyPI, with the module that shows each is there:
 /// kubernetes-validate checks the Kubernetes manifests against the API schemas; the official
-/// `openai` SDK is the client of the LLM tests.
+/// `openai`, `anthropic` and `ollama` clients are those of the LLM tests.
 const PYPI_PACKAGES: &[(&str, &str)] = &[
     ("kubernetes-validate", "kubernetes_validate"),
     ("openai", "openai"),
+    ("anthropic", "anthropic"),
+    ("ollama", "ollama"),
 ];
 
 fn setup_python_tools() -> Result<()> {

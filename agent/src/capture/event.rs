@@ -48,7 +48,11 @@ impl DecodeError {
 pub struct Event<'a> {
     pub kind: EventKind,
     pub header: EventHeader,
+    /// The syscall's first bytes.
     pub payload: &'a [u8],
+    /// Its last bytes, when it moved more than the head holds (HTTP; see
+    /// `EventHeader::tail_len`): they follow `gap()` bytes that were not copied.
+    pub tail: &'a [u8],
 }
 
 impl<'a> Event<'a> {
@@ -69,10 +73,20 @@ impl<'a> Event<'a> {
                 available,
             });
         }
+        let tail = header.tail_len as usize;
+        if tail > captured {
+            return Err(DecodeError::BadLength {
+                captured,
+                available,
+            });
+        }
+        let copied = &bytes[EVENT_HEADER_LEN..EVENT_HEADER_LEN + captured];
+        let (payload, tail) = copied.split_at(captured - tail);
         Ok(Event {
             kind,
             header,
-            payload: &bytes[EVENT_HEADER_LEN..EVENT_HEADER_LEN + captured],
+            payload,
+            tail,
         })
     }
 
@@ -80,9 +94,10 @@ impl<'a> Event<'a> {
         self.header.direction == direction::INGRESS
     }
 
-    /// Bytes the syscall moved that were not copied.
+    /// Bytes the syscall moved that were not copied (between the head and the tail).
     pub fn gap(&self) -> u64 {
-        (self.header.total_len as u64).saturating_sub(self.payload.len() as u64)
+        let copied = (self.payload.len() + self.tail.len()) as u64;
+        (self.header.total_len as u64).saturating_sub(copied)
     }
 
     pub fn comm(&self) -> String {
@@ -149,6 +164,23 @@ mod tests {
         assert_eq!(e.kind, EventKind::Data);
         assert_eq!(e.payload, b"abc");
         assert_eq!(e.gap(), 7);
+        assert!(e.tail.is_empty());
+    }
+
+    #[test]
+    fn a_tail_follows_the_gap() {
+        let h = EventHeader {
+            kind: event_kind::DATA,
+            total_len: 10,
+            captured_len: 5,
+            tail_len: 2,
+            ..Default::default()
+        };
+        let b = bytes_of(&h, b"abcij");
+        let e = Event::decode(&b).unwrap();
+        assert_eq!((e.payload, e.tail, e.gap()), (&b"abc"[..], &b"ij"[..], 5));
+        let bad = EventHeader { tail_len: 6, ..h };
+        assert!(Event::decode(&bytes_of(&bad, b"abcij")).is_err());
     }
 
     #[test]

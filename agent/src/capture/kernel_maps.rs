@@ -21,6 +21,9 @@ pub enum ConnVerdict {
     Ignore,
     /// A connection on probation is a TCP socket: ship all of it.
     Confirm,
+    /// Ship it again as this protocol (a connection ignored as encrypted whose TLS plaintext
+    /// now comes through the uprobes: an `Ignore` sent before must not stop it).
+    Track(u8),
 }
 
 /// A verdict for the kernel's entry `key`, if it still holds connection `conn_id`.
@@ -43,6 +46,7 @@ pub fn apply(conns: &mut BpfHashMap<MapData, ConnKey, ConnInfo>, update: KernelU
     match update.verdict {
         ConnVerdict::Ignore => info.proto = proto::NONE,
         ConnVerdict::Confirm => info.flags &= !conn_flags::PROBATION,
+        ConnVerdict::Track(p) => info.proto = p,
     }
     let _ = conns.insert(update.key, info, 0);
 }

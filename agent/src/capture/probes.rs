@@ -111,6 +111,8 @@ pub struct KernelSettings {
     pub protocols: u32,
     /// Payload bytes copied per syscall (at most `MAX_PAYLOAD`).
     pub payload_bytes: u32,
+    /// Load the OpenSSL uprobes (attached later, per library file: `capture::tls`).
+    pub tls: bool,
 }
 
 /// Loads the kernel programs (telling them sonde's own pid and `settings`) and attaches them.
@@ -140,6 +142,9 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
     exit.load("sys_exit", &btf).map_err(|e| refused(name, e))?;
     exit.attach()
         .map_err(|source| ProbeError::Program { name, source })?;
+    if settings.tls {
+        super::tls::load(&mut ebpf).map_err(|(name, e)| refused(name, e))?;
+    }
     Ok(ebpf)
 }
 

@@ -46,7 +46,18 @@ struct Connection {
     /// None (and `ignored`) for a protocol this build does not parse.
     session: Option<Box<dyn Session>>,
     ignored: bool,
+    /// Its bytes are TLS plaintext from the OpenSSL uprobes.
+    tls: bool,
+    /// It switched to encryption (PostgreSQL's SSLRequest answered `S`) at this time, for
+    /// this protocol, and no plaintext has come through the uprobes yet: counted as
+    /// unreadable once `ENCRYPTED_GRACE_NS` pass without any (or at its close).
+    encrypted: Option<(u64, &'static str)>,
 }
+
+/// How long a connection that switched to encryption may take to show its TLS plaintext
+/// before it counts as unreadable (an OpenSSL client's first `SSL_write` follows its
+/// handshake within milliseconds).
+const ENCRYPTED_GRACE_NS: u64 = 2_000_000_000;
 
 #[derive(Default)]
 pub struct ConnTable {
@@ -128,6 +139,19 @@ impl ConnTable {
         let c = match self.conns.entry(key) {
             Entry::Occupied(o) => {
                 let c = o.into_mut();
+                if c.encrypted.is_some() && h.conn.flags & conn_flags::TLS != 0 {
+                    // It switched to TLS, and its plaintext now arrives through the OpenSSL
+                    // uprobes: read it afresh, from its first plaintext message.
+                    c.encrypted = None;
+                    c.tls = true;
+                    c.session = session_for(h.conn.proto);
+                    c.ignored = c.session.is_none();
+                    if !c.ignored {
+                        // Undoes the Ignore sent when it switched, if that is still queued.
+                        self.kernel_updates
+                            .push(update(ConnVerdict::Track(h.conn.proto)));
+                    }
+                }
                 if c.ignored {
                     // Another copy of the fd (dup) still ships: tell the kernel about it too.
                     self.kernel_updates.push(update(ConnVerdict::Ignore));
@@ -171,11 +195,20 @@ impl ConnTable {
                     tid: h.tid,
                 };
                 session.feed(&chunk, finished);
+                if !ev.tail.is_empty() {
+                    // The syscall's last bytes, after the gap.
+                    let tail = Chunk {
+                        payload: ev.tail,
+                        gap: 0,
+                        ..chunk
+                    };
+                    session.feed(&tail, finished);
+                }
                 match session.readable() {
                     Readable::Yes => {}
                     Readable::Upgraded => c.ignored = true,
                     Readable::Encrypted => {
-                        sink.encrypted_connection(session.protocol());
+                        c.encrypted = Some((h.ts_ns, session.protocol()));
                         c.ignored = true;
                     }
                 }
@@ -265,6 +298,8 @@ fn open_connection(
         last_ts: h.ts_ns,
         ignored: ignored || session.is_none(),
         session,
+        tls: info.flags & conn_flags::TLS != 0,
+        encrypted: None,
     }
 }
 
@@ -292,6 +327,19 @@ impl ConnTable {
         stale.len()
     }
 
+    /// Connections that switched to encryption more than `ENCRYPTED_GRACE_NS` ago and showed
+    /// no plaintext since are counted as unreadable.
+    pub fn count_encrypted(&mut self, now_ns: u64, sink: &mut impl CallSink) {
+        for c in self.conns.values_mut() {
+            if let Some((since, protocol)) = c.encrypted {
+                if now_ns.saturating_sub(since) > ENCRYPTED_GRACE_NS {
+                    sink.encrypted_connection(protocol);
+                    c.encrypted = None;
+                }
+            }
+        }
+    }
+
     /// The connection ended: its key fd no longer names it.
     fn forget_key_fd(&mut self, c: &Connection) {
         let fd_key = (c.process.pid, c.key_fd);
@@ -305,6 +353,9 @@ impl Connection {
     /// The connection ended at `ts` (0: when it was last seen): what its session can still
     /// finish is reported.
     fn close(mut self, ts: u64, finished: &mut Finished, sink: &mut impl CallSink) {
+        if let Some((_, protocol)) = self.encrypted {
+            sink.encrypted_connection(protocol);
+        }
         if self.ignored {
             return;
         }
@@ -355,6 +406,7 @@ impl Connection {
             end_ts: ex.end_ts,
             route: None,
             llm: ex.llm,
+            tls: self.tls,
         }
     }
 }

@@ -86,12 +86,15 @@ fn label_text<'a>(labels: impl Iterator<Item = (String, &'a str)>) -> String {
 }
 
 fn encode_histogram(out: &mut String, family: &HistogramFamily) {
-    let name = format!("{}_seconds", family.prom_name);
+    let name = family.prom_full_name();
     let _ = write!(
         out,
-        "# HELP {name} {}\n# TYPE {name} histogram\n# UNIT {name} seconds\n",
+        "# HELP {name} {}\n# TYPE {name} histogram\n",
         family.help
     );
+    if let Some(unit) = family.prom_unit() {
+        let _ = writeln!(out, "# UNIT {name} {unit}");
+    }
     for series in family.all_series() {
         let mut labels = String::new();
         if series.is_overflow() {
@@ -249,6 +252,32 @@ mod tests {
         let metrics = Metrics::default();
         *metrics.gpu.lock().unwrap() = Arc::new(c.tick(Duration::from_secs(10)));
         encode(&metrics)
+    }
+
+    #[test]
+    fn token_histograms_have_no_unit_suffix_and_seconds_do() {
+        let metrics = Metrics::default();
+        let labels = |kind: &str| {
+            let mut v = vec![String::new(); 8];
+            v[0] = "gw".into();
+            v[5] = kind.into();
+            v
+        };
+        let tokens = &metrics.genai.client_tokens;
+        tokens.series(labels("output")).observe(42.0, None);
+        let duration = &metrics.genai.client_duration;
+        duration.series(labels("")).observe(0.3, None);
+        let text = encode(&metrics);
+        assert!(text.contains("# TYPE gen_ai_client_token_usage histogram\n"));
+        assert!(!text.contains("# UNIT gen_ai_client_token_usage"));
+        assert!(text.contains("gen_ai_client_token_usage_sum{service_name=\"gw\""));
+        assert!(text.contains("gen_ai_token_type=\"output\""));
+        assert!(
+            text.contains("le=\"64.0\"} 1"),
+            "42 tokens in the 64 bucket:\n{text}"
+        );
+        assert!(text.contains("# UNIT gen_ai_client_operation_duration_seconds seconds\n"));
+        assert!(text.contains("sonde_gen_ai_missing_fields_total{field=\"request_model\"} 0"));
     }
 
     #[test]

@@ -142,18 +142,21 @@ impl FromStr for ServiceNameRule {
     type Err = String;
 
     fn from_str(s: &str) -> Result<ServiceNameRule, String> {
-        let (selector, name) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{s}` is not SELECTOR:NAME (for example exe=nginx:gateway)"))?;
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(format!("`{s}` names no service after `:`"));
-        }
-        Ok(ServiceNameRule {
-            selector: selector.parse()?,
-            name: name.to_string(),
-        })
+        let (selector, name) = selector_rule(s, "service", "exe=nginx:gateway")?;
+        Ok(ServiceNameRule { selector, name })
     }
+}
+
+/// Splits `SELECTOR:NAME` (`port=8000:vllm`); `what` and `example` go in the errors.
+pub fn selector_rule(s: &str, what: &str, example: &str) -> Result<(Selector, String), String> {
+    let (selector, name) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not SELECTOR:NAME (for example {example})"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("`{s}` names no {what} after `:`"));
+    }
+    Ok((selector.parse()?, name.to_string()))
 }
 
 impl fmt::Display for ServiceNameRule {

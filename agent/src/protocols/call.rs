@@ -65,6 +65,19 @@ pub struct HttpCall {
     pub route: Option<Arc<str>>,
     /// What an LLM API call carried (see `protocols::llm`).
     pub llm: Option<Box<LlmCall>>,
+    /// Read from TLS plaintext (HTTPS).
+    pub tls: bool,
+}
+
+impl HttpCall {
+    /// `url.scheme`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// `db.system.name` values.

@@ -14,6 +14,8 @@ use rustc_hash::{FxBuildHasher, FxHashMap};
 use crate::gpu::SharedSnapshot;
 use crate::protocols::call::DbCall;
 use crate::protocols::call::{HttpCall, Role};
+use crate::protocols::llm::LlmCall;
+use crate::telemetry::genai_metrics::GenAiMetrics;
 use crate::telemetry::red::{HistogramFamily, Series};
 use crate::telemetry::span::{http_error_type, normalize_method, server_endpoint};
 
@@ -97,6 +99,7 @@ pub struct ProtocolLabels {
 #[derive(Clone, Copy, Hash, PartialEq, Eq)]
 struct HttpKey<'a> {
     role: Role,
+    tls: bool,
     service: &'a str,
     method: &'a str,
     status: Option<u16>,
@@ -111,6 +114,7 @@ impl<'a> HttpKey<'a> {
         let client = call.role == Role::Client;
         HttpKey {
             role: call.role,
+            tls: call.tls,
             service: &call.process.service_name,
             method: &call.request.method,
             status: call.status,
@@ -125,6 +129,7 @@ impl<'a> HttpKey<'a> {
 /// An `HttpKey` kept in the cache.
 struct OwnedHttpKey {
     role: Role,
+    tls: bool,
     service: String,
     method: String,
     status: Option<u16>,
@@ -138,6 +143,7 @@ impl OwnedHttpKey {
     fn borrow(&self) -> HttpKey<'_> {
         HttpKey {
             role: self.role,
+            tls: self.tls,
             service: &self.service,
             method: &self.method,
             status: self.status,
@@ -153,6 +159,7 @@ impl From<HttpKey<'_>> for OwnedHttpKey {
     fn from(k: HttpKey<'_>) -> Self {
         OwnedHttpKey {
             role: k.role,
+            tls: k.tls,
             service: k.service.to_string(),
             method: k.method.to_string(),
             status: k.status,
@@ -287,6 +294,8 @@ pub struct Metrics {
     pub http_client: HistogramFamily,
     pub db_client: HistogramFamily,
     pub db_server: HistogramFamily,
+    /// LLM calls: the GenAI histograms and the missing-field counts.
+    pub genai: GenAiMetrics,
     /// Observations that found their metric's label sets at the cap, by metric.
     pub label_set_overflow: Family<MetricLabels, Counter>,
     pub events_received: Counter,
@@ -294,6 +303,10 @@ pub struct Metrics {
     pub parse_errors: Family<ParseErrorLabels, Counter>,
     pub encrypted_connections: Family<ProtocolLabels, Counter>,
     pub connections_tracked: Gauge,
+    /// TLS: library files with the OpenSSL uprobes, processes mapping one, plaintext events.
+    pub tls_libraries: Gauge,
+    pub tls_processes: Gauge,
+    pub tls_plaintext_events: Counter,
     pub spans: Counter,
     pub spans_exported: Counter,
     pub export_dropped: Family<ExportDropLabels, Counter>,
@@ -326,6 +339,7 @@ impl Metrics {
         let http_server = HistogramFamily::new(
             "http.server.request.duration",
             "http_server_request_duration",
+            "s",
             "Duration of HTTP server requests (http.server.request.duration)",
             &HTTP_BUCKETS,
             &HTTP_SERVER_LABELS,
@@ -334,6 +348,7 @@ impl Metrics {
         let http_client = HistogramFamily::new(
             "http.client.request.duration",
             "http_client_request_duration",
+            "s",
             "Duration of HTTP client requests (http.client.request.duration)",
             &HTTP_BUCKETS,
             &HTTP_CLIENT_LABELS,
@@ -342,6 +357,7 @@ impl Metrics {
         let db_client = HistogramFamily::new(
             "db.client.operation.duration",
             "db_client_operation_duration",
+            "s",
             "Duration of database operations seen by their clients (db.client.operation.duration)",
             &DB_BUCKETS,
             &DB_LABELS,
@@ -350,11 +366,13 @@ impl Metrics {
         let db_server = HistogramFamily::new(
             "sonde.db.server.operation.duration",
             "db_server_operation_duration",
+            "s",
             "Duration of database operations seen by the database process itself",
             &DB_BUCKETS,
             &DB_LABELS,
             max,
         );
+        let genai = GenAiMetrics::new(max, &mut registry);
         let label_set_overflow = Family::<MetricLabels, Counter>::default();
         registry.register(
             "sonde_metric_label_set_overflow",
@@ -366,6 +384,23 @@ impl Metrics {
         let parse_errors = Family::<ParseErrorLabels, Counter>::default();
         let encrypted_connections = Family::<ProtocolLabels, Counter>::default();
         let connections_tracked = Gauge::default();
+        let (tls_libraries, tls_processes) = (Gauge::default(), Gauge::default());
+        let tls_plaintext_events = Counter::default();
+        registry.register(
+            "sonde_tls_libraries",
+            "TLS library files (libssl) the OpenSSL uprobes are attached to",
+            tls_libraries.clone(),
+        );
+        registry.register(
+            "sonde_tls_processes",
+            "Processes that map a TLS library sonde is attached to (at the last full scan)",
+            tls_processes.clone(),
+        );
+        registry.register(
+            "sonde_tls_plaintext_events",
+            "Events carrying TLS plaintext read by the OpenSSL uprobes",
+            tls_plaintext_events.clone(),
+        );
         let spans = Counter::default();
         registry.register(
             "sonde_events_received",
@@ -420,7 +455,8 @@ impl Metrics {
                 reason: reason.to_string(),
             }));
         }
-        for family in [&http_server, &http_client, &db_client, &db_server] {
+        let red = [&http_server, &http_client, &db_client, &db_server];
+        for family in red.into_iter().chain(genai.histograms()) {
             drop(label_set_overflow.get_or_create(&MetricLabels {
                 metric: family.otel_name.to_string(),
             }));
@@ -432,12 +468,16 @@ impl Metrics {
             http_client,
             db_client,
             db_server,
+            genai,
             label_set_overflow,
             events_received,
             events_dropped,
             parse_errors,
             encrypted_connections,
             connections_tracked,
+            tls_libraries,
+            tls_processes,
+            tls_plaintext_events,
             spans,
             spans_exported,
             export_dropped,
@@ -494,7 +534,7 @@ impl Metrics {
                 service_name,
                 method,
                 status,
-                "http".into(),
+                call.scheme().into(),
                 error_type,
                 call.route.as_deref().unwrap_or_default().to_string(),
             ]),
@@ -504,7 +544,7 @@ impl Metrics {
                     service_name,
                     method,
                     status,
-                    "http".into(),
+                    call.scheme().into(),
                     error_type,
                     addr.unwrap_or_default(),
                     port.map(|p| p.to_string()).unwrap_or_default(),
@@ -551,13 +591,24 @@ impl Metrics {
     }
 
     /// Every histogram, in exposition order.
-    pub fn histograms(&self) -> [&HistogramFamily; 4] {
-        [
+    pub fn histograms(&self) -> Vec<&HistogramFamily> {
+        let mut all = vec![
             &self.http_server,
             &self.http_client,
             &self.db_client,
             &self.db_server,
-        ]
+        ];
+        all.extend(self.genai.histograms());
+        all
+    }
+
+    /// Records an LLM call in the GenAI histograms (its provider already resolved).
+    pub fn observe_llm(&self, call: &HttpCall, llm: &LlmCall, exemplar: Option<(u128, u64, u64)>) {
+        for series in self.genai.observe(call, llm, exemplar) {
+            if series.is_overflow() {
+                self.count_overflow(&series);
+            }
+        }
     }
 
     pub fn parse_error(&self, protocol: &str, kind: &str) {

@@ -2,6 +2,7 @@
 //! sonde's own metrics, and the summary table; the sink routes each call to them.
 pub mod attr;
 pub mod genai;
+pub mod genai_metrics;
 pub mod metrics;
 pub mod red;
 pub mod sampler;

@@ -86,6 +86,8 @@ pub struct HistogramFamily {
     pub otel_name: &'static str,
     /// Prometheus name without the unit suffix (`http_server_request_duration`).
     pub prom_name: &'static str,
+    /// UCUM unit: `s`, or `{token}` (a count, no Prometheus suffix).
+    pub unit: &'static str,
     pub help: &'static str,
     pub bounds: &'static [f64],
     /// OpenTelemetry attribute names (`service.name`, `http.request.method`, ...).
@@ -100,6 +102,7 @@ impl HistogramFamily {
     pub fn new(
         otel_name: &'static str,
         prom_name: &'static str,
+        unit: &'static str,
         help: &'static str,
         bounds: &'static [f64],
         label_names: &'static [&'static str],
@@ -108,6 +111,7 @@ impl HistogramFamily {
         HistogramFamily {
             otel_name,
             prom_name,
+            unit,
             help,
             bounds,
             label_names,
@@ -119,6 +123,19 @@ impl HistogramFamily {
                 data: Mutex::new(HistogramData::new(bounds.len())),
             }),
             overflowed: AtomicU64::new(0),
+        }
+    }
+
+    /// The Prometheus unit word (`seconds`), if the unit has one.
+    pub fn prom_unit(&self) -> Option<&'static str> {
+        (self.unit == "s").then_some("seconds")
+    }
+
+    /// The Prometheus name with its unit suffix (`http_server_request_duration_seconds`).
+    pub fn prom_full_name(&self) -> String {
+        match self.prom_unit() {
+            Some(unit) => format!("{}_{unit}", self.prom_name),
+            None => self.prom_name.to_string(),
         }
     }
 
@@ -182,7 +199,15 @@ mod tests {
     const BOUNDS: [f64; 3] = [0.1, 1.0, 10.0];
 
     fn family(max: usize) -> HistogramFamily {
-        HistogramFamily::new("t.d", "t_d", "test", &BOUNDS, &["service.name", "x"], max)
+        HistogramFamily::new(
+            "t.d",
+            "t_d",
+            "s",
+            "test",
+            &BOUNDS,
+            &["service.name", "x"],
+            max,
+        )
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::telemetry::span::{http_error_type, Clock, Span, SpanIds};
 pub trait SpanExport: Send {
     fn export(&self, span: Span);
 }
-use crate::telemetry::summary::Summary;
+use crate::telemetry::genai::{self, ProviderRule};
+use crate::telemetry::summary::{LlmSummary, Summary};
 
 /// Receives what the connection table finds and turns it into telemetry: RED histograms,
 /// self-metrics, sampled spans (printed and queued for OTLP) and the summary table.
@@ -27,6 +28,7 @@ pub struct Sink<'a> {
     sampler: Sampler,
     otlp: Option<Box<dyn SpanExport>>,
     routes: Routes,
+    providers: Vec<ProviderRule>,
 }
 
 impl<'a> Sink<'a> {
@@ -39,6 +41,7 @@ impl<'a> Sink<'a> {
         sampler: Sampler,
         otlp: Option<Box<dyn SpanExport>>,
         routes: Routes,
+        providers: Vec<ProviderRule>,
     ) -> Sink<'a> {
         Sink {
             metrics,
@@ -49,6 +52,7 @@ impl<'a> Sink<'a> {
             sampler,
             otlp,
             routes,
+            providers,
         }
     }
 
@@ -98,19 +102,35 @@ impl CallSink for Sink<'_> {
                 .routes
                 .route(&call.process.service_name, &call.request.path);
         }
+        let provider = (call.llm.as_deref()).map(|l| genai::provider(&call, l, &self.providers));
+        if let (Some(llm), Some(p)) = (call.llm.as_deref_mut(), provider) {
+            llm.provider = Some(p);
+        }
         let ids = SpanIds::new(call.request.traceparent.as_deref(), &self.sampler);
         let ex = exemplar(ids, call.end_ts, self.clock);
         self.metrics.observe_http(&call, ex, &mut self.histograms);
+        if let Some(llm) = &call.llm {
+            self.metrics.observe_llm(&call, llm, ex);
+        }
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
             let error = http_error_type(&call).is_some();
-            summary.observe(
-                &call.process.service_name,
-                "http",
-                call.role.as_str(),
-                call.end_ts.saturating_sub(call.start_ts),
-                error,
-            );
+            let duration_ns = call.end_ts.saturating_sub(call.start_ts);
+            let (service, role) = (&call.process.service_name, call.role.as_str());
+            summary.observe(service, "http", role, duration_ns, error);
+            if let Some(llm) = &call.llm {
+                let ttft_ns = llm
+                    .first_chunk_ts
+                    .filter(|_| llm.stream == Some(true))
+                    .map(|first| first.saturating_sub(call.start_ts));
+                let row = LlmSummary {
+                    duration_ns,
+                    error: genai::error_type(&call).is_some(),
+                    ttft_ns,
+                    output_tokens: llm.output_tokens,
+                };
+                summary.observe_llm(service, llm.model().unwrap_or_default(), role, row);
+            }
         }
         if ids.sampled && self.wants_spans() {
             self.emit(Span::from_http_call(&call, ids, self.clock));

@@ -1,6 +1,5 @@
 //! Finished spans: built from paired HTTP calls, printed as JSON lines.
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
@@ -8,6 +7,7 @@ use serde_json::{json, Map, Value};
 use crate::identity::process::ProcessInfo;
 use crate::protocols::call::DbCall;
 use crate::protocols::call::{HttpCall, Role};
+pub use crate::telemetry::attr::{http_error_type, server_endpoint};
 use crate::telemetry::genai;
 use crate::telemetry::sampler::Sampler;
 
@@ -143,36 +143,6 @@ pub fn normalize_method(m: &str) -> &str {
     }
 }
 
-/// `server.address` and `server.port`: the Host header when present, else `fallback`.
-pub fn server_endpoint(
-    host: Option<&str>,
-    fallback: Option<SocketAddr>,
-) -> (Option<String>, Option<u16>) {
-    if let Some(h) = host.filter(|h| !h.is_empty()) {
-        let (name, port) = match h.rsplit_once(':') {
-            Some((n, _)) if !n.ends_with(']') && n.contains(':') => (h, None), // bare IPv6
-            Some((n, p)) => (n, p.parse().ok()),
-            None => (h, None),
-        };
-        let name = name.trim_start_matches('[').trim_end_matches(']');
-        return (Some(name.to_string()), port.or(Some(80)));
-    }
-    match fallback {
-        Some(a) => (Some(a.ip().to_string()), Some(a.port())),
-        None => (None, None),
-    }
-}
-
-/// `error.type` for a call: 5xx on the server; 4xx, 5xx and connection failures on the client.
-pub fn http_error_type(call: &HttpCall) -> Option<String> {
-    if let Some(e) = &call.failure {
-        return Some(e.clone());
-    }
-    let status = call.status?;
-    let limit = if call.role == Role::Server { 500 } else { 400 };
-    (status >= limit).then(|| status.to_string())
-}
-
 impl Span {
     pub fn from_http_call(call: &HttpCall, ids: SpanIds, clock: Clock) -> Span {
         let req = &call.request;
@@ -187,7 +157,7 @@ impl Span {
         if let Some(route) = &call.route {
             a.push(("http.route", s(route)));
         }
-        a.push(("url.scheme", s("http")));
+        a.push(("url.scheme", s(call.scheme())));
         if let Some(status) = call.status {
             a.push(("http.response.status_code", AttrValue::Int(status as i64)));
         }
@@ -224,10 +194,8 @@ impl Span {
                 AttrValue::Int(call.response_body_size as i64),
             ));
         }
-        if let Some(e) = http_error_type(call) {
-            // An LLM API's own error type (`rate_limit_exceeded`) says more than the status.
-            let llm_error = call.llm.as_ref().and_then(|l| l.error_type.clone());
-            a.push(("error.type", AttrValue::Str(llm_error.unwrap_or(e))));
+        if let Some(e) = genai::error_type(call) {
+            a.push(("error.type", AttrValue::Str(e)));
         }
         if let Some(llm) = &call.llm {
             a.extend(genai::attributes(llm, call.start_ts));
@@ -369,6 +337,7 @@ fn random_nonzero_u128() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     #[test]
     fn traceparent_parsing() {

@@ -20,6 +20,13 @@ impl Row {
         }
     }
 
+    fn record(&mut self, duration_ns: u64, error: bool) {
+        self.count += 1;
+        self.errors += error as u64;
+        let idx = ((duration_ns.max(1) as f64).log2() * 4.0) as usize;
+        self.buckets[idx.min(BUCKETS - 1)] += 1;
+    }
+
     /// Upper bound of the bucket holding quantile `q`, in seconds.
     fn quantile(&self, q: f64) -> f64 {
         let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
@@ -34,11 +41,35 @@ impl Row {
     }
 }
 
+impl Default for Row {
+    fn default() -> Row {
+        Row::new()
+    }
+}
+
+/// What the LLM rows take of one call.
+pub struct LlmSummary {
+    pub duration_ns: u64,
+    pub error: bool,
+    pub ttft_ns: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+/// The LLM row of a service, model and role: calls, time to first chunk, output tokens.
+#[derive(Default)]
+struct LlmRow {
+    calls: Row,
+    ttft: Row,
+    output_tokens: u64,
+}
+
 /// Rows by service, then by (protocol, role): a call looks its service up by `&str`, so the
-/// hot path allocates nothing once a service has a row in the window.
+/// hot path allocates nothing once a service has a row in the window. LLM calls also get a
+/// row by service and model (they are few; their key is allocated per call).
 #[derive(Default)]
 pub struct Summary {
     rows: BTreeMap<String, Vec<(&'static str, &'static str, Row)>>,
+    llm: BTreeMap<(String, String, &'static str), LlmRow>,
 }
 
 impl Summary {
@@ -64,11 +95,25 @@ impl Summary {
                 rows.len() - 1
             }
         };
-        let row = &mut rows[at].2;
-        row.count += 1;
-        row.errors += error as u64;
-        let idx = ((duration_ns.max(1) as f64).log2() * 4.0) as usize;
-        row.buckets[idx.min(BUCKETS - 1)] += 1;
+        rows[at].2.record(duration_ns, error);
+    }
+
+    /// One LLM call: its row is by service, model and role; `ttft_ns` for streams,
+    /// `output_tokens` when the response reported them.
+    pub fn observe_llm(
+        &mut self,
+        service: &str,
+        model: &str,
+        role: &'static str,
+        call: LlmSummary,
+    ) {
+        let key = (service.to_string(), model.to_string(), role);
+        let row = self.llm.entry(key).or_default();
+        row.calls.record(call.duration_ns, call.error);
+        if let Some(ttft) = call.ttft_ns {
+            row.ttft.record(ttft, false);
+        }
+        row.output_tokens += call.output_tokens.unwrap_or(0);
     }
 
     /// Renders the table for the last `secs` seconds and starts a new window.
@@ -99,6 +144,33 @@ impl Summary {
             }
         }
         self.rows.clear();
+        if !self.llm.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<24} {:<24} {:<7} {:>8} {:>7} {:>10} {:>10} {:>10} {:>8}",
+                "LLM SERVICE", "MODEL", "ROLE", "REQ/S", "ERR%", "P50", "P95", "TTFT P50", "TOK/S"
+            );
+        }
+        for ((service, model, role), row) in &self.llm {
+            let ttft = match row.ttft.count {
+                0 => "-".to_string(),
+                _ => format_seconds(row.ttft.quantile(0.5)),
+            };
+            let _ = writeln!(
+                out,
+                "{:<24} {:<24} {:<7} {:>8.1} {:>6.1}% {:>10} {:>10} {:>10} {:>8.1}",
+                truncate(service, 24),
+                truncate(if model.is_empty() { "-" } else { model }, 24),
+                role,
+                row.calls.count as f64 / secs,
+                100.0 * row.calls.errors as f64 / row.calls.count.max(1) as f64,
+                format_seconds(row.calls.quantile(0.5)),
+                format_seconds(row.calls.quantile(0.95)),
+                ttft,
+                row.output_tokens as f64 / secs,
+            );
+        }
+        self.llm.clear();
         out
     }
 }
@@ -172,5 +244,36 @@ mod tests {
             ],
             "{t}"
         );
+    }
+
+    #[test]
+    fn llm_rows_per_service_model_and_role() {
+        let mut s = Summary::default();
+        for i in 0..4u64 {
+            s.observe("gw", "http", "client", 1_000_000_000, false);
+            s.observe_llm(
+                "gw",
+                "gpt-4o",
+                "client",
+                LlmSummary {
+                    duration_ns: 1_000_000_000,
+                    error: i == 0,
+                    ttft_ns: Some(200_000_000),
+                    output_tokens: Some(25),
+                },
+            );
+        }
+        let t = s.take_table(2.0);
+        let llm: Vec<&str> = t
+            .lines()
+            .skip_while(|l| !l.starts_with("LLM SERVICE"))
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(llm[..5], ["gw", "gpt-4o", "client", "2.0", "25.0%"], "{t}");
+        assert!(llm[7].ends_with("ms"), "time to first chunk: {t}");
+        assert_eq!(llm[8], "50.0", "output tokens per second: {t}");
+        assert!(!s.take_table(2.0).contains("LLM SERVICE"));
     }
 }

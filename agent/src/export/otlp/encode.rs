@@ -271,7 +271,7 @@ pub fn metrics_request(
                 metrics.push(Metric {
                     name: family.otel_name.into(),
                     description: family.help.into(),
-                    unit: "s".into(),
+                    unit: family.unit.into(),
                     data: Some(metric::Data::Histogram(Histogram {
                         data_points: Vec::new(),
                         aggregation_temporality: agg as i32,
@@ -508,10 +508,61 @@ mod tests {
     }
 
     #[test]
+    fn genai_histograms_keep_their_names_units_and_token_type() {
+        let genai = crate::telemetry::genai_metrics::GenAiMetrics::new(
+            10,
+            &mut prometheus_client::registry::Registry::default(),
+        );
+        let mut labels = vec![String::new(); 8];
+        labels[0] = "gw".into();
+        labels[5] = "input".into();
+        labels[7] = "8000".into();
+        genai.client_tokens.series(labels).observe(12.0, None);
+        let req = metrics_request(
+            MetricInputs {
+                histograms: &genai.histograms(),
+                counters: &[],
+                gpu: &[],
+            },
+            &base(),
+            Temporality::Cumulative,
+            1_000,
+            2_000,
+            &mut DeltaState::default(),
+        );
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        assert_eq!(metrics.len(), 1, "only histograms with data");
+        assert_eq!(metrics[0].name, "gen_ai.client.token.usage");
+        assert_eq!(metrics[0].unit, "{token}");
+        let Some(metric::Data::Histogram(h)) = &metrics[0].data else {
+            panic!("a histogram")
+        };
+        let p = &h.data_points[0];
+        assert_eq!((p.count, p.sum), (1, Some(12.0)));
+        assert_eq!(p.explicit_bounds[..3], [1.0, 4.0, 16.0]);
+        let attr = |k: &str| p.attributes.iter().find(|a| a.key == k).cloned();
+        assert_eq!(
+            attr("gen_ai.token.type")
+                .and_then(|a| a.value)
+                .and_then(|v| v.value),
+            Some(any_value::Value::StringValue("input".into()))
+        );
+        assert_eq!(
+            attr("server.port")
+                .and_then(|a| a.value)
+                .and_then(|v| v.value),
+            Some(any_value::Value::IntValue(8000))
+        );
+        // Empty labels are absent attributes.
+        assert!(attr("gen_ai.request.model").is_none());
+    }
+
+    #[test]
     fn histograms_are_grouped_by_service_and_deltas_subtract() {
         let fam = HistogramFamily::new(
             "db.client.operation.duration",
             "db_client_operation_duration",
+            "s",
             "h",
             &DB_BUCKETS,
             &DB_LABELS,

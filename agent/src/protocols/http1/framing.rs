@@ -12,6 +12,8 @@
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
+use crate::protocols::llm;
+
 /// Largest message head buffered while waiting for its end.
 pub const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 96;
@@ -40,6 +42,8 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: u16,
     pub minor_version: u8,
+    /// The LLM provider a response header names by its presence (`openai-version`).
+    pub provider: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +199,11 @@ impl HttpStream {
 
     pub fn is_opaque(&self) -> bool {
         self.state == State::Opaque
+    }
+
+    /// Body bytes of the message in progress so far (as sent on the wire).
+    pub fn body_size(&self) -> u64 {
+        self.body_size
     }
 
     /// Feeds the bytes one syscall carried. Events are appended to `out`.
@@ -472,6 +481,7 @@ impl HttpStream {
                 let head = ResponseHead {
                     status,
                     minor_version: resp.version.unwrap_or(1),
+                    provider: framing.provider,
                 };
                 out.push(HttpEvent::Head {
                     head: Head::Response(head),
@@ -612,6 +622,7 @@ struct Framing {
     chunked: bool,
     host: Option<String>,
     traceparent: Option<String>,
+    provider: Option<&'static str>,
 }
 
 impl Framing {
@@ -621,6 +632,7 @@ impl Framing {
             chunked: false,
             host: None,
             traceparent: None,
+            provider: None,
         };
         for h in headers {
             let name = h.name;
@@ -648,6 +660,8 @@ impl Framing {
                 f.traceparent = std::str::from_utf8(h.value)
                     .ok()
                     .map(|s| s.trim().to_string());
+            } else if f.provider.is_none() {
+                f.provider = llm::provider_of_header(name);
             }
         }
         Ok(f)
@@ -701,6 +715,7 @@ mod tests {
         Head::Response(ResponseHead {
             status,
             minor_version: 1,
+            provider: None,
         })
     }
 
@@ -951,6 +966,7 @@ mod tests {
             Ev::Head(Head::Response(ResponseHead {
                 status: 200,
                 minor_version: 0,
+                provider: None,
             })),
             Ev::End(23),
         ];

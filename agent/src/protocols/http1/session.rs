@@ -108,12 +108,16 @@ impl Session for HttpSession {
         self.events = events;
         if role == Role::Client {
             self.fail_pending(ts, "connection_closed", out);
+        } else {
+            self.fail_answering(ts, "connection_closed", out);
         }
     }
 
     fn failed(&mut self, ts: u64, role: Role, errno: &'static str, out: &mut Finished) {
         if role == Role::Client {
             self.fail_pending(ts, errno, out);
+        } else {
+            self.fail_answering(ts, errno, out);
         }
     }
 
@@ -158,6 +162,9 @@ impl HttpSession {
                 self.open_request = Some(self.pending.len() - 1);
             }
             HttpEvent::End { body_size, .. } => {
+                if let Some(r) = self.open_llm_request() {
+                    r.request.finish(&mut r.call);
+                }
                 if let Some(p) = self
                     .open_request
                     .take()
@@ -200,11 +207,19 @@ impl HttpSession {
             HttpEvent::Head {
                 head: Head::Response(r),
                 ..
-            } => self.response_status = Some(r.status),
+            } => {
+                self.response_status = Some(r.status);
+                if let Some(reading) = self.answered_llm_request() {
+                    reading.call.header_provider = r.provider;
+                }
+            }
             HttpEvent::End { body_size, ts } => {
                 let Some(status) = self.response_status.take() else {
                     return;
                 };
+                if let Some(r) = self.answered_llm_request() {
+                    r.response.finish(&mut r.call);
+                }
                 let Some(req) = self.pending.pop_front() else {
                     // A response to a request sonde did not see (picked up mid-stream).
                     out.errors.push("unpaired_response");
@@ -232,11 +247,40 @@ impl HttpSession {
         }
     }
 
-    /// The requests still waiting end with `failure` as their error.
+    /// The requests still waiting end with `failure` as their error; the one being
+    /// answered keeps the status its response began with.
     fn fail_pending(&mut self, ts: u64, failure: &str, out: &mut Finished) {
+        let mut status = self.response_status.take();
         while let Some(req) = self.pending.pop_front() {
-            out.http
-                .push(exchange(req, None, 0, Some(failure.to_string()), ts));
+            let sent = self.responses.body_size();
+            let body = if status.is_some() { sent } else { 0 };
+            out.http.push(exchange(
+                req,
+                status.take(),
+                body,
+                Some(failure.to_string()),
+                ts,
+            ));
+        }
+        self.open_request = None;
+    }
+
+    /// A server whose connection ends while it is sending a response (a stream cut short):
+    /// that exchange ends here with `failure`. Requests not yet answered give nothing: a
+    /// server that closes an idle keep-alive connection has failed no one.
+    fn fail_answering(&mut self, ts: u64, failure: &str, out: &mut Finished) {
+        let Some(status) = self.response_status.take() else {
+            return;
+        };
+        if let Some(req) = self.pending.pop_front() {
+            let body = self.responses.body_size();
+            out.http.push(exchange(
+                req,
+                Some(status),
+                body,
+                Some(failure.to_string()),
+                ts,
+            ));
         }
         self.open_request = None;
     }
@@ -389,5 +433,63 @@ mod tests {
         // Another protocol from here on: the connection is left alone, the request unpaired.
         assert_eq!(s.readable(), Readable::Upgraded);
         assert!(out.http.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod llm_tests {
+    use super::*;
+
+    /// A request whose body is larger than the head copied: the head, a gap, the syscall's
+    /// tail (as the kernel ships a long write on an HTTP connection).
+    #[test]
+    fn the_model_after_a_long_prompt_comes_from_the_tail() {
+        let prompt = "p".repeat(10_000);
+        let body = format!(
+            r#"{{"messages": [{{"role": "user", "content": "{prompt}"}}], "model": "gpt-4o", "max_tokens": 7}}"#
+        );
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let wire = [head.as_bytes(), body.as_bytes()].concat();
+        let (first, tail) = (&wire[..4096], &wire[wire.len() - 2000..]);
+        let mut s = HttpSession::default();
+        let mut out = Finished::default();
+        let chunk = Chunk {
+            from_client: true,
+            payload: first,
+            gap: (wire.len() - first.len() - tail.len()) as u64,
+            ts: 1,
+            tid: 1,
+        };
+        s.feed(&chunk, &mut out);
+        s.feed(
+            &Chunk {
+                payload: tail,
+                gap: 0,
+                ..chunk
+            },
+            &mut out,
+        );
+        let response =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nopenai-version: 2020-10-01\r\n\r\n{}";
+        s.feed(
+            &Chunk {
+                from_client: false,
+                payload: response,
+                gap: 0,
+                ts: 2,
+                tid: 1,
+            },
+            &mut out,
+        );
+        assert_eq!(out.http.len(), 1);
+        let llm = out.http[0].llm.as_deref().expect("an LLM call");
+        assert_eq!(llm.request_model.as_deref(), Some("gpt-4o"));
+        assert_eq!(llm.max_tokens, Some(7));
+        assert!(llm.truncated);
+        assert_eq!(llm.header_provider, Some("openai"));
+        assert_eq!(out.http[0].request_body_size, body.len() as u64);
     }
 }

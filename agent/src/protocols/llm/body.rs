@@ -4,6 +4,7 @@
 //! are bounded per call; content strings are only tested for being non-empty.
 use super::call::LlmCall;
 use super::json::{path_is, JsonScanner, Level, Scalar};
+use super::tail::TailBuffer;
 
 /// Longest SSE line kept; a longer one is skipped (its event is lost and `truncated` set).
 const MAX_LINE: usize = 64 * 1024;
@@ -12,24 +13,43 @@ const MAX_LINE: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct RequestReader {
     scanner: JsonScanner,
-    /// Bytes were lost: the rest of the body cannot be placed.
+    /// Bytes were lost: the rest of the body cannot be scanned from its start, only its
+    /// end (`tail`) read back when it ends.
     lost: bool,
+    tail: TailBuffer,
+}
+
+fn request_wants(l: &[Level]) -> bool {
+    path_is(l, &["model"])
 }
 
 impl RequestReader {
     pub fn feed(&mut self, data: &[u8], call: &mut LlmCall) {
         if self.lost {
+            self.tail.push(data);
             return;
         }
-        let wants = |l: &[Level]| path_is(l, &["model"]);
-        self.scanner.feed(data, &wants, &mut |levels, value| {
-            request_field(levels, value, call)
-        });
+        self.scanner
+            .feed(data, &request_wants, &mut |levels, value| {
+                request_field(levels, value, call)
+            });
     }
 
     pub fn gap(&mut self, call: &mut LlmCall) {
         self.lost = true;
+        self.tail.gap();
         call.truncated = true;
+    }
+
+    /// The body ended: after a gap, the members its end shows (the model after a long
+    /// prompt).
+    pub fn finish(&mut self, call: &mut LlmCall) {
+        if self.lost {
+            self.tail.members(&request_wants, &mut |levels, value| {
+                request_field(levels, value, call)
+            });
+            self.tail = TailBuffer::default();
+        }
     }
 }
 
@@ -83,11 +103,16 @@ pub struct ResponseReader {
     /// The current SSE line is longer than `MAX_LINE`: skipped to its end.
     skipping_line: bool,
     lost: bool,
+    /// The end of a JSON body after a gap (`usage` after a long completion).
+    tail: TailBuffer,
 }
 
 impl ResponseReader {
     pub fn feed(&mut self, data: &[u8], ts: u64, call: &mut LlmCall) {
         if self.lost {
+            if self.format == Format::Documents {
+                self.tail.push(data);
+            }
             return;
         }
         let mut data = data;
@@ -114,7 +139,19 @@ impl ResponseReader {
     /// followed after them.
     pub fn gap(&mut self, call: &mut LlmCall) {
         self.lost = true;
+        self.tail.gap();
         call.truncated = true;
+    }
+
+    /// The body ended: after a gap in a JSON body, the members its end shows.
+    pub fn finish(&mut self, call: &mut LlmCall) {
+        if self.lost && self.format == Format::Documents {
+            let mut content = false;
+            self.tail.members(&wants_response, &mut |levels, value| {
+                response_field(levels, value, call, &mut content)
+            });
+            self.tail = TailBuffer::default();
+        }
     }
 
     fn feed_documents(&mut self, mut data: &[u8], ts: u64, call: &mut LlmCall) {
@@ -193,8 +230,7 @@ impl ResponseReader {
     /// One event (an SSE `data:` line, an NDJSON line, a whole JSON body) ended.
     fn end_event(&mut self, ts: u64, call: &mut LlmCall) {
         if self.content {
-            call.chunks += 1;
-            call.first_chunk_ts.get_or_insert(ts);
+            call.content_chunk(ts);
         }
         self.content = false;
     }
@@ -316,6 +352,8 @@ mod tests {
         for cut in 1..body.len() {
             let mut split = read_response(&[&body[..cut], &body[cut..]]);
             split.first_chunk_ts = whole.first_chunk_ts;
+            split.last_chunk_ts = whole.last_chunk_ts;
+            split.chunk_gaps_us.clone_from(&whole.chunk_gaps_us);
             assert_eq!(split, whole, "cut at {cut}");
         }
         whole

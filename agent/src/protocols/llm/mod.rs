@@ -8,7 +8,8 @@ pub mod api;
 pub mod body;
 pub mod call;
 pub mod json;
+pub mod tail;
 
-pub use api::{api_of, Api};
+pub use api::{api_of, provider_of_header, provider_of_host, Api};
 pub use body::{RequestReader, ResponseReader};
 pub use call::LlmCall;

@@ -1,0 +1,386 @@
+//! HTTPS read in clear text through the OpenSSL uprobes (libssl.so.3): nginx with a TLS
+//! listener driven by curl and by Python `requests`, and Python's own `http.server` wrapped
+//! in `ssl`; exact counts, statuses, sizes and `url.scheme=https` on both sides, keep-alive,
+//! and a connection its client opened before sonde started.
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sonde_tests::*;
+
+/// A self-signed certificate and key for 127.0.0.1 in `dir`: (certificate, key).
+fn certificate(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    (cert.display().to_string(), key.display().to_string())
+}
+
+fn on_port(s: &Value, port: u16) -> bool {
+    s["attributes"]["server.port"].as_u64() == Some(port as u64)
+}
+
+fn https_nginx(name: &str) -> (Nginx, u16) {
+    let dir = tempdir(&format!("{name}-cert"));
+    let (cert, key) = certificate(&dir);
+    let port = free_port();
+    let nginx = Nginx::start(
+        name,
+        &[format!("127.0.0.1:{port} ssl")],
+        port,
+        &format!(
+            "ssl_certificate {cert};\nssl_certificate_key {key};\n\
+             location /secure/ {{ return 200 \"secure\\n\"; }}\n\
+             location /secure/missing {{ return 404; }}"
+        ),
+    );
+    (nginx, port)
+}
+
+#[test]
+fn https_through_nginx_from_curl_and_python_requests() {
+    // The nginx tests take turns: the nginx histogram counts below are per service.
+    let _serial = serial();
+    let (_nginx, port) = https_nginx("tls-nginx");
+    let sonde = Sonde::start();
+    let url = |p: &str| format!("https://127.0.0.1:{port}/secure/{p}");
+    // curl: 4 requests on one keep-alive connection, the last a 404.
+    run(Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-o", "/dev/null"])
+        .args([url("a"), url("b"), url("c"), url("missing")]));
+    // Python requests: 3 requests on one session (one connection), OpenSSL through `ssl`.
+    let script = format!(
+        "import requests, urllib3\nurllib3.disable_warnings()\ns = requests.Session()\n\
+         for p in ['x', 'y', 'z']:\n    assert s.get('{}' + p, verify=False).status_code == 200\n",
+        url("")
+    );
+    run(Command::new("python3")
+        .args(["-c", &script])
+        .env("OTEL_SERVICE_NAME", "py-https"));
+
+    let server = sonde.wait_spans(7, |s| kind(s) == "SERVER" && on_port(s, port));
+    let health: Vec<String> = sonde
+        .metrics()
+        .0
+        .lines()
+        .filter(|l| l.starts_with("sonde_") && !l.ends_with(" 0"))
+        .map(String::from)
+        .collect();
+    assert_eq!(server.len(), 7, "{server:#?}\n{health:#?}");
+    let clients = |service: &str| {
+        sonde.wait_spans(1, |s| {
+            kind(s) == "CLIENT" && on_port(s, port) && s["service.name"] == service
+        })
+    };
+    let curl = clients("curl");
+    let python = clients("py-https");
+    assert_eq!((curl.len(), python.len()), (4, 3), "{curl:#?}\n{python:#?}");
+    for s in server.iter().chain(&curl).chain(&python) {
+        assert_eq!(attr(s, "url.scheme").as_deref(), Some("https"), "{s:#}");
+        let missing = attr(s, "url.path").as_deref() == Some("/secure/missing");
+        let status = if missing { "404" } else { "200" };
+        assert_eq!(
+            attr(s, "http.response.status_code").as_deref(),
+            Some(status)
+        );
+        if !missing {
+            assert_eq!(attr(s, "http.response.body.size").as_deref(), Some("7"));
+        }
+    }
+    // Keep-alive: one client port per client process, on both sides.
+    for spans in [&curl, &python] {
+        let ports: std::collections::BTreeSet<_> = spans
+            .iter()
+            .map(|s| s["attributes"]["network.peer.port"].to_string())
+            .collect();
+        assert_eq!(ports.len(), 1, "{spans:#?}");
+    }
+    let m = sonde.metrics();
+    let https = [("url_scheme", "https"), ("service_name", "nginx")];
+    assert_eq!(
+        m.sum("http_server_request_duration_seconds_count", &https),
+        7.0
+    );
+    assert!(m.sum("sonde_tls_libraries", &[]) >= 1.0);
+    assert!(m.sum("sonde_tls_plaintext_events_total", &[]) >= 28.0);
+    assert_eq!(
+        m.sum(
+            "sonde_events_dropped_total",
+            &[("reason", "tls_fd_unknown")]
+        ),
+        0.0
+    );
+}
+
+/// Python's http.server in `ssl` (the server side in Python), and a client whose
+/// connection was opened before sonde started: found from its ciphertext, which starts like
+/// a TLS record, inside the call.
+#[test]
+fn python_https_server_and_a_connection_older_than_sonde() {
+    let dir = tempdir("tls-python");
+    let (cert, key) = certificate(&dir);
+    let port = free_port();
+    let server_script = format!(
+        "import http.server, ssl\n\
+         class H(http.server.BaseHTTPRequestHandler):\n    protocol_version = 'HTTP/1.1'\n\
+         \x20   def log_message(self, *a): pass\n\
+         \x20   def do_GET(self):\n        body = b'hello over tls'\n\
+         \x20       self.send_response(200); self.send_header('Content-Length', str(len(body)))\n\
+         \x20       self.end_headers(); self.wfile.write(body)\n\
+         srv = http.server.ThreadingHTTPServer(('127.0.0.1', {port}), H)\n\
+         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('{cert}', '{key}')\n\
+         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)\nsrv.serve_forever()\n"
+    );
+    let mut server = Command::new("python3");
+    server
+        .args(["-c", &server_script])
+        .env("OTEL_SERVICE_NAME", "py-tls-server");
+    std::mem::forget(spawn_owned(server));
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "server start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The client connects and makes one request before sonde starts, then 3 more on the same
+    // connection once the test creates the file `go`.
+    let go = dir.join("go");
+    let client_script = format!(
+        "import http.client, os, ssl, time\n\
+         ctx = ssl._create_unverified_context()\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {port}, context=ctx)\n\
+         def get(p):\n    c.request('GET', p); r = c.getresponse(); r.read(); return r.status\n\
+         print(get('/before'), flush=True)\n\
+         while not os.path.exists('{}'): time.sleep(0.05)\n\
+         for _ in range(3): print(get('/after'), flush=True)\n",
+        go.display()
+    );
+    let mut client = Command::new("python3");
+    client
+        .args(["-c", &client_script])
+        .env("OTEL_SERVICE_NAME", "py-tls-client")
+        .stdout(Stdio::piped());
+    let mut client = spawn_owned(client);
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "200");
+
+    let sonde = Sonde::start();
+    std::fs::write(&go, "").unwrap();
+    for _ in 0..3 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "200");
+    }
+    let _ = client.wait();
+
+    // The server's thread was already inside SSL_read, waiting for the first of the three,
+    // when sonde attached: that read has no entry probe hit, so the server side starts at
+    // the second request (the first one's response is counted as unpaired, not guessed).
+    for (kind_, service, n) in [
+        ("SERVER", "py-tls-server", 2),
+        ("CLIENT", "py-tls-client", 3),
+    ] {
+        let spans = sonde.wait_spans(n, |s| kind(s) == kind_ && s["service.name"] == service);
+        assert_eq!(spans.len(), n, "{kind_}: {spans:#?}");
+        for s in &spans {
+            assert_eq!(attr(s, "url.path").as_deref(), Some("/after"));
+            assert_eq!(attr(s, "url.scheme").as_deref(), Some("https"));
+            assert_eq!(attr(s, "http.response.status_code").as_deref(), Some("200"));
+            assert_eq!(attr(s, "http.response.body.size").as_deref(), Some("14"));
+        }
+    }
+    // (At least: this sonde also sees the other test's traffic.)
+    let unpaired = [("protocol", "http"), ("kind", "unpaired_response")];
+    assert!(sonde.metrics().sum("sonde_parse_errors_total", &unpaired) >= 1.0);
+}
+
+/// Many TLS connections at once from several threads of one process: every request names
+/// its own client port in its path, and the server span of each must carry that port as
+/// its peer: no plaintext is put on another connection.
+#[test]
+fn threads_with_many_tls_connections_keep_each_call_on_its_connection() {
+    let _serial = serial();
+    let (_nginx, port) = https_nginx("tls-threads");
+    let sonde = Sonde::start();
+    let script = format!(
+        "import http.client, ssl, threading\n\
+         ctx = ssl._create_unverified_context()\n\
+         def worker():\n\
+         \x20   for _ in range(3):\n\
+         \x20       c = http.client.HTTPSConnection('127.0.0.1', {port}, context=ctx)\n\
+         \x20       c.connect()\n\
+         \x20       me = c.sock.getsockname()[1]\n\
+         \x20       for i in range(4):\n\
+         \x20           c.request('GET', '/secure/%d-%d' % (me, i)); r = c.getresponse(); r.read()\n\
+         \x20           assert r.status == 200\n\
+         \x20       c.close()\n\
+         ts = [threading.Thread(target=worker) for _ in range(8)]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n"
+    );
+    run(Command::new("python3")
+        .args(["-c", &script])
+        .env("OTEL_SERVICE_NAME", "tls-threads"));
+    // 8 threads x 3 connections x 4 requests.
+    let server = sonde.wait_spans(96, |s| kind(s) == "SERVER" && on_port(s, port));
+    assert_eq!(server.len(), 96);
+    for s in &server {
+        let path = attr(s, "url.path").unwrap();
+        let own_port = path
+            .trim_start_matches("/secure/")
+            .split('-')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            attr(s, "network.peer.port").as_deref(),
+            Some(own_port.as_str()),
+            "{s:#}"
+        );
+        assert_eq!(attr(s, "url.scheme").as_deref(), Some("https"));
+    }
+    let client = sonde.wait_spans(96, |s| {
+        kind(s) == "CLIENT" && s["service.name"] == "tls-threads"
+    });
+    assert_eq!(client.len(), 96);
+    let m = sonde.metrics();
+    assert_eq!(
+        m.sum(
+            "sonde_events_dropped_total",
+            &[("reason", "tls_fd_unknown")]
+        ),
+        0.0
+    );
+}
+
+/// Redis over TLS (`--tls-port`): redis-cli and redis-benchmark with `--tls` give the same
+/// exact command counts as in clear text, on both sides.
+#[test]
+fn redis_over_tls_gives_exact_command_counts() {
+    let dir = tempdir("tls-redis");
+    let (cert, key) = certificate(&dir);
+    let port = free_port();
+    let mut server = Command::new("redis-server");
+    server
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--tls-cert-file", &cert, "--tls-key-file", &key])
+        .args(["--tls-ca-cert-file", &cert, "--tls-auth-clients", "no"])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null());
+    std::mem::forget(spawn_owned(server));
+    let tls = |args: &[&str]| {
+        let mut c = Command::new("redis-cli");
+        c.args(["--tls", "--insecure", "-p", &port.to_string()])
+            .args(args);
+        c
+    };
+    let start = Instant::now();
+    while !tls(&["ping"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "redis TLS start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sonde = Sonde::start();
+    run(&mut tls(&["SET", "tls:key", "v"]));
+    run(Command::new("redis-benchmark")
+        .args(["--tls", "--insecure", "-p", &port.to_string()])
+        .args(["-c", "1", "-n", "50", "-t", "get", "-P", "5", "-q"]));
+    let server_gets = sonde.wait_spans(50, |s| {
+        kind(s) == "SERVER"
+            && attr(s, "db.operation.name").as_deref() == Some("GET")
+            && on_port(s, port)
+    });
+    assert_eq!(server_gets.len(), 50);
+    let client_gets = sonde.wait_spans(50, |s| {
+        kind(s) == "CLIENT"
+            && s["service.name"] == "redis-benchmark"
+            && attr(s, "db.operation.name").as_deref() == Some("GET")
+    });
+    assert_eq!(client_gets.len(), 50);
+    let sets = sonde.wait_spans(2, |s| {
+        attr(s, "db.operation.name").as_deref() == Some("SET") && on_port(s, port)
+    });
+    assert_eq!(sets.len(), 2, "one SET, seen by redis-cli and redis-server");
+    let m = sonde.metrics();
+    let count = "db_client_operation_duration_seconds_count";
+    let labels = [
+        ("db_system_name", "redis"),
+        ("db_operation_name", "GET"),
+        ("service_name", "redis-benchmark"),
+    ];
+    assert_eq!(m.sum(count, &labels), 50.0);
+}
+
+/// Node has OpenSSL linked in statically, with its symbols exported: the executable itself
+/// gets the uprobes (within a second of the process's start). Node runs OpenSSL over memory
+/// BIOs, though: its ciphertext moves through libuv outside the SSL calls, so no syscall
+/// inside a call names the socket. Its plaintext is then dropped and counted
+/// (`tls_fd_unknown`), never put on a guessed connection; nginx's side is read as usual.
+#[test]
+fn node_with_openssl_linked_in_is_counted_not_guessed() {
+    let _serial = serial();
+    let (_nginx, port) = https_nginx("tls-node");
+    let sonde = Sonde::start();
+    let script = format!(
+        "const https = require('https');\n\
+         const agent = new https.Agent({{ keepAlive: true, maxSockets: 1 }});\n\
+         const get = (p) => new Promise((ok, fail) => https.get({{ host: '127.0.0.1', port: {port},\n\
+           path: p, agent, rejectUnauthorized: false }}, (r) => {{ r.resume(); r.on('end', () => ok(r.statusCode)); }}).on('error', fail));\n\
+         (async () => {{\n\
+           await new Promise((ok) => setTimeout(ok, 1500)); // sonde attaches within a second\n\
+           for (const p of ['/secure/n1', '/secure/n2', '/secure/missing']) console.log(await get(p));\n\
+           agent.destroy();\n\
+         }})();\n"
+    );
+    let out = run(Command::new("node")
+        .args(["-e", &script])
+        .env("OTEL_SERVICE_NAME", "node-https"));
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["200", "200", "404"]
+    );
+    let server = sonde.wait_spans(3, |s| kind(s) == "SERVER" && on_port(s, port));
+    assert_eq!(server.len(), 3, "{server:#?}");
+    let statuses: Vec<String> = server
+        .iter()
+        .map(|s| attr(s, "http.response.status_code").unwrap())
+        .collect();
+    assert_eq!(statuses, ["200", "200", "404"]);
+    // No client span is made up, and each of node's 6 calls (3 writes, 3 reads at least)
+    // is counted.
+    let client = sonde.spans(|s| kind(s) == "CLIENT" && s["service.name"] == "node-https");
+    assert!(client.is_empty(), "{client:#?}");
+    let m = sonde.metrics();
+    assert!(
+        m.sum(
+            "sonde_events_dropped_total",
+            &[("reason", "tls_fd_unknown")]
+        ) >= 6.0
+    );
+    assert!(
+        sonde.logs().contains("OpenSSL linked in"),
+        "{}",
+        sonde.logs()
+    );
+}
