@@ -91,6 +91,18 @@ fn assert_ttft(span: &Value, client_ttft: f64) {
     );
 }
 
+/// The span's tokens and finish reason are what the client saw (`reason`: the key of the
+/// client's output that holds the finish reason).
+fn assert_usage(span: &Value, saw: &Value, reason: &str) {
+    let tokens = |key: &str| attr_i64(span, &format!("gen_ai.usage.{key}_tokens"));
+    assert_eq!(tokens("input"), saw["input"].as_i64());
+    assert_eq!(tokens("output"), saw["output"].as_i64());
+    assert_eq!(
+        span["attributes"]["gen_ai.response.finish_reasons"],
+        serde_json::json!([saw[reason]])
+    );
+}
+
 /// Neither prompts, nor completions, nor the API key leave sonde.
 fn assert_no_secrets(sonde: &Sonde) {
     let everything =
@@ -333,17 +345,8 @@ fn anthropic_calls(https: bool) {
         ("an-server", "an-client")
     };
     let (port, scheme) = if https {
-        let dir = tempdir("llm-https");
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        run(Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert));
-        let args = [cert.display().to_string(), key.display().to_string()];
+        let (cert, key) = self_signed_certificate(&tempdir("llm-https"));
+        let args = [cert, key];
         (fake_llm_with(server, &args), "https")
     } else {
         (fake_llm(server), "http")
@@ -374,18 +377,7 @@ fn anthropic_calls(https: bool) {
                 attr(span, "gen_ai.response.model"),
                 saw["response_model"].as_str().map(String::from)
             );
-            assert_eq!(
-                attr_i64(span, "gen_ai.usage.input_tokens"),
-                saw["input"].as_i64()
-            );
-            assert_eq!(
-                attr_i64(span, "gen_ai.usage.output_tokens"),
-                saw["output"].as_i64()
-            );
-            assert_eq!(
-                span["attributes"]["gen_ai.response.finish_reasons"],
-                serde_json::json!([saw["stop_reason"]])
-            );
+            assert_usage(span, saw, "stop_reason");
         }
         let stream = by_model(&spans, "claude-stream");
         assert_eq!(stream["attributes"]["sonde.gen_ai.stream.completed"], true);
@@ -462,18 +454,7 @@ fn ollama_client_calls_with_a_provider_rule_and_the_summary_table() {
                 "chat"
             };
             assert_eq!(span["name"], format!("{op} {model}"));
-            assert_eq!(
-                attr_i64(span, "gen_ai.usage.input_tokens"),
-                saw["input"].as_i64()
-            );
-            assert_eq!(
-                attr_i64(span, "gen_ai.usage.output_tokens"),
-                saw["output"].as_i64()
-            );
-            assert_eq!(
-                span["attributes"]["gen_ai.response.finish_reasons"],
-                serde_json::json!([saw["done_reason"]])
-            );
+            assert_usage(span, saw, "done_reason");
             if model.ends_with("stream") {
                 assert_eq!(span["attributes"]["sonde.gen_ai.stream.completed"], true);
                 assert_eq!(

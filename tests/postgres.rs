@@ -3,7 +3,6 @@
 //! this file). Each test works in its own database and counts only the spans whose
 //! `db.namespace` is that database.
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -427,25 +426,16 @@ fn encrypted(m: &Metrics) -> f64 {
 
 /// PostgreSQL with `ssl=on` and a certificate made for it.
 fn postgres_with_ssl(name: &str) -> Postgres {
-    let dir = tempdir(&format!("{name}-cert"));
-    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt));
+    let (crt, key) = self_signed_certificate(&tempdir(&format!("{name}-cert")));
     // The server reads its key as the postgres user and wants it private to that user.
-    chown_to_postgres(&key);
-    chown_to_postgres(&crt);
+    chown_to_postgres(std::path::Path::new(&key));
+    chown_to_postgres(std::path::Path::new(&crt));
     Postgres::start(
         name,
         &[
             "ssl=on",
-            &format!("ssl_cert_file={}", crt.display()),
-            &format!("ssl_key_file={}", key.display()),
+            &format!("ssl_cert_file={crt}"),
+            &format!("ssl_key_file={key}"),
         ],
     )
 }

@@ -3,26 +3,11 @@
 //! in `ssl`; exact counts, statuses, sizes and `url.scheme=https` on both sides, keep-alive,
 //! and a connection its client opened before sonde started.
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sonde_tests::*;
-
-/// A self-signed certificate and key for 127.0.0.1 in `dir`: (certificate, key).
-fn certificate(dir: &Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    (cert.display().to_string(), key.display().to_string())
-}
 
 fn on_port(s: &Value, port: u16) -> bool {
     s["attributes"]["server.port"].as_u64() == Some(port as u64)
@@ -30,7 +15,7 @@ fn on_port(s: &Value, port: u16) -> bool {
 
 fn https_nginx(name: &str) -> (Nginx, u16) {
     let dir = tempdir(&format!("{name}-cert"));
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = self_signed_certificate(&dir);
     let port = free_port();
     let nginx = Nginx::start(
         name,
@@ -120,13 +105,15 @@ fn https_through_nginx_from_curl_and_python_requests() {
     );
     assert!(m.sum("sonde_tls_libraries", &[]) >= 1.0);
     assert!(m.sum("sonde_tls_plaintext_events_total", &[]) >= 28.0);
-    assert_eq!(
-        m.sum(
-            "sonde_events_dropped_total",
-            &[("reason", "tls_fd_unknown")]
-        ),
-        0.0
-    );
+    assert_eq!(tls_fd_unknown(&m), 0.0);
+}
+
+/// Plaintext events dropped because no socket could be tied to them.
+fn tls_fd_unknown(m: &Metrics) -> f64 {
+    m.sum(
+        "sonde_events_dropped_total",
+        &[("reason", "tls_fd_unknown")],
+    )
 }
 
 /// Python's http.server in `ssl` (the server side in Python), and a client whose
@@ -135,7 +122,7 @@ fn https_through_nginx_from_curl_and_python_requests() {
 #[test]
 fn python_https_server_and_a_connection_older_than_sonde() {
     let dir = tempdir("tls-python");
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = self_signed_certificate(&dir);
     let port = free_port();
     let server_script = format!(
         "import http.server, ssl\n\
@@ -260,14 +247,7 @@ fn threads_with_many_tls_connections_keep_each_call_on_its_connection() {
         kind(s) == "CLIENT" && s["service.name"] == "tls-threads"
     });
     assert_eq!(client.len(), 96);
-    let m = sonde.metrics();
-    assert_eq!(
-        m.sum(
-            "sonde_events_dropped_total",
-            &[("reason", "tls_fd_unknown")]
-        ),
-        0.0
-    );
+    assert_eq!(tls_fd_unknown(&sonde.metrics()), 0.0);
 }
 
 /// Redis over TLS (`--tls-port`): redis-cli and redis-benchmark with `--tls` give the same
@@ -275,7 +255,7 @@ fn threads_with_many_tls_connections_keep_each_call_on_its_connection() {
 #[test]
 fn redis_over_tls_gives_exact_command_counts() {
     let dir = tempdir("tls-redis");
-    let (cert, key) = certificate(&dir);
+    let (cert, key) = self_signed_certificate(&dir);
     let port = free_port();
     let mut server = Command::new("redis-server");
     server
@@ -371,13 +351,7 @@ fn node_with_openssl_linked_in_is_counted_not_guessed() {
     // is counted.
     let client = sonde.spans(|s| kind(s) == "CLIENT" && s["service.name"] == "node-https");
     assert!(client.is_empty(), "{client:#?}");
-    let m = sonde.metrics();
-    assert!(
-        m.sum(
-            "sonde_events_dropped_total",
-            &[("reason", "tls_fd_unknown")]
-        ) >= 6.0
-    );
+    assert!(tls_fd_unknown(&sonde.metrics()) >= 6.0);
     assert!(
         sonde.logs().contains("OpenSSL linked in"),
         "{}",

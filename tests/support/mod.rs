@@ -88,6 +88,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A self-signed certificate and its key (for 127.0.0.1), made with openssl in `dir`:
+/// (certificate, key) as paths.
+pub fn self_signed_certificate(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    (cert.display().to_string(), key.display().to_string())
+}
+
 pub fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sonde-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
