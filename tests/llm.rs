@@ -175,8 +175,11 @@ fn openai_sdk_calls_give_genai_spans_and_metrics_on_both_sides() {
         assert_eq!(attr_i64(streamed, "gen_ai.usage.output_tokens"), Some(3));
         assert_ttft(streamed, seen["stream-usage"]["ttft"].as_f64().unwrap());
 
+        // The SDK stops reading at [DONE] and closes: the stream is complete, not failed.
+        assert_eq!(attr(streamed, "error.type"), None);
         // A stream without a usage chunk has no token counts: none are guessed.
         let bare = by_model(&spans, "model-stream-bare");
+        assert_eq!(attr(bare, "error.type"), None);
         assert_eq!(bare["attributes"]["sonde.gen_ai.stream.completed"], true);
         assert!(attr(bare, "gen_ai.usage.output_tokens").is_none());
         assert!(attr(bare, "gen_ai.usage.input_tokens").is_none());

@@ -9,7 +9,7 @@ use aya_ebpf::{
         generated::bpf_probe_read_user,
     },
     macros::{btf_tracepoint, map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, RetProbeContext, TracePointContext},
     Global,
 };
@@ -31,6 +31,11 @@ static PROTOCOLS: Global<u32> = Global::new(u32::MAX);
 /// Payload bytes copied per syscall, set by the loader (at most `MAX_PAYLOAD`).
 #[no_mangle]
 static PAYLOAD_BYTES: Global<u32> = Global::new(MAX_PAYLOAD as u32);
+
+/// 1 when the TLS uprobes are loaded (set by the loader): otherwise no syscall looks for an
+/// SSL call in progress.
+#[no_mangle]
+static TLS_ON: Global<u32> = Global::new(0);
 
 /// Offset of `child_pid` in the `sched/sched_process_fork` record, set by the loader from
 /// the tracepoint's format file (44 on every kernel seen so far).
@@ -89,6 +94,11 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUN
 pub struct Scratch {
     /// Bytes this CPU has put in the ring so far (drives the batched wakeups).
     shipped_bytes: u64,
+    /// Set while an event is being staged here. The sys_exit program cannot be preempted,
+    /// but a uprobe program can (under a fully preemptible kernel), and the task that runs
+    /// next on this CPU must not overwrite its half-staged event: it drops its own
+    /// (counted as `scratch_busy`).
+    busy: u64,
     /// The iovec array of the current readv/writev/*msg, as (base, len) pairs. Twice
     /// MAX_IOVECS so that the masked read length stays inside.
     iov: [[u64; 2]; 2 * MAX_IOVECS],
@@ -203,7 +213,16 @@ pub struct SslKey {
 }
 
 #[map]
-static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(MAX_SSL_CALLS, 0);
+static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(MAX_SSL_CALLS, 0);
+
+/// A thread exited: a call it was inside of (killed in SSL_read) ends with it, so that a
+/// thread that later gets its id does not look like it is inside one. (LRU besides, so
+/// that the map stays bounded whatever happens.)
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sonde_thread_exit(_ctx: TracePointContext) -> u32 {
+    let _ = SSL_CALLS.remove(&bpf_get_current_pid_tgid());
+    0
+}
 
 /// The socket of each `SSL*` a call was last seen on: an `SSL_read` served from OpenSSL's own
 /// buffer makes no syscall, and its plaintext goes to the socket its connection last used.
@@ -507,7 +526,7 @@ fn on_data(
                         (*info).proto = conn.proto;
                     }
                 }
-            } else if may_be_tls(&conn) {
+            } else if TLS_ON.load() != 0 && may_be_tls(&conn) {
                 // Inside SSL_read/SSL_write these bytes are the call's ciphertext: they
                 // name its socket, and are not parsed.
                 if let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) {
@@ -526,8 +545,11 @@ fn on_data(
                     }
                     return Ok(());
                 }
-                if conn.flags & conn_flags::TLS != 0 {
-                    return Ok(()); // handshake or alert records, outside a call
+                if conn.flags & conn_flags::TLS != 0 && src.kind != SRC_NONE {
+                    // Handshake or alert records, outside a call. (A sendfile, whose bytes
+                    // are not read, still goes through: kernel TLS sends bodies that way,
+                    // and the framing needs their length.)
+                    return Ok(());
                 }
             }
             if conn.proto == proto::NONE {
@@ -579,7 +601,7 @@ fn on_data(
             // not a socket at all. Track it only if it carries a protocol.
             let class = classify(src, len);
             if class.proto == proto::UNKNOWN {
-                if !tls && class.tls_record {
+                if !tls && class.tls_record && TLS_ON.load() != 0 {
                     // A TLS connection older than sonde: inside a call, its ciphertext
                     // names the call's socket.
                     if let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) {
@@ -1049,8 +1071,14 @@ fn emit(
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Ok(());
     };
-    // SAFETY: `s` is this CPU's scratch value; programs do not nest on one CPU for this hook.
+    // SAFETY: `s` is this CPU's scratch value. The sys_exit and fork programs run with
+    // preemption off; a uprobe program may be preempted, which `busy` guards.
     let s = unsafe { &mut *s };
+    if s.busy != 0 {
+        count_drop(drop_reason::SCRATCH_BUSY);
+        return Ok(());
+    }
+    s.busy = 1;
     s.hdr.kind = kind;
     s.hdr.total_len = len as u32;
     s.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -1181,6 +1209,7 @@ fn emit(
     if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count_drop(drop_reason::RINGBUF_FULL);
     }
+    s.busy = 0;
     Ok(())
 }
 

@@ -112,13 +112,17 @@ pub mod drop_reason {
     /// The plaintext of an `SSL_read`/`SSL_write` whose socket was not seen (no syscall in
     /// the call and none cached for its `SSL*`): never guessed, counted.
     pub const TLS_FD_UNKNOWN: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// A program found this CPU's staging area in use by a preempted one (only uprobe
+    /// programs can be preempted, and only under a fully preemptible kernel).
+    pub const SCRATCH_BUSY: u32 = 4;
+    pub const COUNT: u32 = 5;
     /// Label values, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full",
         "conn_table_full",
         "read_failed",
         "tls_fd_unknown",
+        "scratch_busy",
     ];
 }
 

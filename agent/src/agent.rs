@@ -420,7 +420,7 @@ fn capture_loop(
             }
             let now = clock_ns(libc::CLOCK_MONOTONIC);
             table.evict_idle(now, idle_ns, &mut sink);
-            table.count_encrypted(now, &mut sink);
+            table.count_encrypted(&mut sink);
             metrics.connections_tracked.set(table.len() as i64);
         }
         if show_summary && last_summary.elapsed() >= summary_every {

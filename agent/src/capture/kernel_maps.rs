@@ -24,6 +24,9 @@ pub enum ConnVerdict {
     /// Ship it again as this protocol (a connection ignored as encrypted whose TLS plaintext
     /// now comes through the uprobes: an `Ignore` sent before must not stop it).
     Track(u8),
+    /// Not readable any more (it switched to TLS, or a CONNECT tunnel opened): ship no
+    /// more, unless the kernel has meanwhile found it to be TLS that the uprobes read.
+    IgnoreUnlessTls,
 }
 
 /// A verdict for the kernel's entry `key`, if it still holds connection `conn_id`.
@@ -47,6 +50,8 @@ pub fn apply(conns: &mut BpfHashMap<MapData, ConnKey, ConnInfo>, update: KernelU
         ConnVerdict::Ignore => info.proto = proto::NONE,
         ConnVerdict::Confirm => info.flags &= !conn_flags::PROBATION,
         ConnVerdict::Track(p) => info.proto = p,
+        ConnVerdict::IgnoreUnlessTls if info.flags & conn_flags::TLS != 0 => return,
+        ConnVerdict::IgnoreUnlessTls => info.proto = proto::NONE,
     }
     let _ = conns.insert(update.key, info, 0);
 }

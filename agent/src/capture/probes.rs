@@ -129,6 +129,7 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
         .override_global("PROTOCOLS", &settings.protocols, true)
         .override_global("PAYLOAD_BYTES", &settings.payload_bytes, true)
         .override_global("FORK_CHILD_PID_OFFSET", &child_pid_offset, true)
+        .override_global("TLS_ON", &u32::from(settings.tls), true)
         .map_max_entries("EVENTS", settings.ring_bytes)
         .load(EBPF_OBJECT)?;
     // The fork program first: a child forked between the two attaches is then still known.
@@ -144,6 +145,11 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
         .map_err(|source| ProbeError::Program { name, source })?;
     if settings.tls {
         super::tls::load(&mut ebpf).map_err(|(name, e)| refused(name, e))?;
+        let name = "sonde_thread_exit";
+        let exit: &mut TracePoint = program(&mut ebpf, name)?;
+        exit.load().map_err(|e| refused(name, e))?;
+        exit.attach("sched", "sched_process_exit")
+            .map_err(|source| ProbeError::Program { name, source })?;
     }
     Ok(ebpf)
 }

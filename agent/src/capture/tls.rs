@@ -150,6 +150,7 @@ impl TlsAttacher {
                             m.path
                         ));
                     }
+                    Err(_) if !target.exists() => continue, // the process is gone: try another
                     Err(e) => {
                         log.push(format!("TLS: cannot attach to {} (pid {pid}): {e}", m.path))
                     }
@@ -197,7 +198,12 @@ impl TlsAttacher {
                 ));
                 true
             }
-            Err(_) => false,
+            Err(_) => {
+                if !exe.exists() {
+                    self.exes_done.remove(&key); // gone before it could be read: another time
+                }
+                false
+            }
         }
     }
 }
@@ -215,8 +221,16 @@ fn attach(ebpf: &mut Ebpf, target: &Path, first_decides: bool) -> Result<usize, 
     let mut attached = 0;
     let mut last_error = None;
     for (program, function) in ENTRIES {
-        let entry = uprobe(ebpf, program).map_err(|(n, e)| format!("{n}: {e}"))?;
-        if let Err(e) = entry.attach(function, target, UProbeScope::AllProcesses) {
+        // The return probe first: one without its entry finds no call and does nothing,
+        // while an entry without its return would leave every call it records behind.
+        let ret = uprobe(ebpf, RETURN).map_err(|(n, e)| format!("{n}: {e}"))?;
+        let attempt = match ret.attach(function, target, UProbeScope::AllProcesses) {
+            Ok(_) => uprobe(ebpf, program)
+                .map_err(|(_, e)| e)
+                .and_then(|entry| entry.attach(function, target, UProbeScope::AllProcesses)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = attempt {
             if first_decides && attached == 0 {
                 return Err(format!("{function}: {e}"));
             }
@@ -224,9 +238,6 @@ fn attach(ebpf: &mut Ebpf, target: &Path, first_decides: bool) -> Result<usize, 
             last_error = Some(format!("{function}: {e}"));
             continue;
         }
-        let ret = uprobe(ebpf, RETURN).map_err(|(n, e)| format!("{n}: {e}"))?;
-        ret.attach(function, target, UProbeScope::AllProcesses)
-            .map_err(|e| format!("{function} (return): {e}"))?;
         attached += 1;
     }
     match (attached, last_error) {
@@ -255,7 +266,11 @@ fn libssl_mappings(maps: &str) -> Vec<Mapping> {
             continue; // "(deleted)" or a path with spaces: not a file we can open
         }
         let name = path.rsplit('/').next().unwrap_or(path);
-        if !name.starts_with("libssl.so") {
+        // libssl.so.3, and the copies Python wheels vendor (libssl-1a2b3c4d.so.3); not
+        // NSS's libssl3.so, which is another library.
+        let openssl =
+            name.starts_with("libssl.so") || (name.starts_with("libssl-") && name.contains(".so"));
+        if !openssl {
             continue;
         }
         let Ok(inode) = inode.parse::<u64>() else {
@@ -284,6 +299,8 @@ mod tests {
 7f1c1000-7f1c2000 r-xp 00001000 08:01 1311 /usr/lib/x86_64-linux-gnu/libssl.so.3
 7f1c3000-7f1c4000 r-xp 00001000 08:01 1400 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
 7f1c5000-7f1c6000 r-xp 00001000 00:2a 77 /opt/app/lib/libssl.so.1.1
+7f1c6000-7f1c7000 r-xp 00001000 00:2a 78 /venv/psycopg2_binary.libs/libssl-0a1b2c3d.so.3
+7f1c6000-7f1c7000 r-xp 00001000 08:01 79 /usr/lib/x86_64-linux-gnu/libssl3.so
 7f1c7000-7f1c8000 r-xp 00001000 08:01 1500 /tmp/libssl.so.3 (deleted)
 7ffd0000-7ffd1000 rw-p 00000000 00:00 0 [stack]
 ";
@@ -300,6 +317,11 @@ mod tests {
                     dev: "00:2a".into(),
                     inode: 77,
                     path: "/opt/app/lib/libssl.so.1.1".into()
+                },
+                Mapping {
+                    dev: "00:2a".into(),
+                    inode: 78,
+                    path: "/venv/psycopg2_binary.libs/libssl-0a1b2c3d.so.3".into()
                 },
             ]
         );

@@ -52,6 +52,9 @@ struct Connection {
     /// this protocol, and no plaintext has come through the uprobes yet: counted as
     /// unreadable once `ENCRYPTED_GRACE_NS` pass without any (or at its close).
     encrypted: Option<(u64, &'static str)>,
+    /// It stopped being readable as it was (encryption, a CONNECT tunnel): TLS plaintext
+    /// that comes later is read afresh, even after it was counted as unreadable.
+    switched: bool,
 }
 
 /// How long a connection that switched to encryption may take to show its TLS plaintext
@@ -72,6 +75,8 @@ pub struct ConnTable {
     finished: Finished,
     /// What the kernel's connection table should learn, applied after each batch.
     kernel_updates: Vec<KernelUpdate>,
+    /// Timestamp of the newest event handled.
+    newest_ts: u64,
 }
 
 impl ConnTable {
@@ -104,6 +109,7 @@ impl ConnTable {
 
     pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CallSink) {
         let h = &ev.header;
+        self.newest_ts = self.newest_ts.max(h.ts_ns);
         // By connection id, not fd: a dup()ed or inherited copy of a socket (inetd-style
         // servers read fd 0 and write fd 1) is one connection whatever fd carries it.
         let key = (h.tgid, h.conn.conn_id);
@@ -139,7 +145,7 @@ impl ConnTable {
         let c = match self.conns.entry(key) {
             Entry::Occupied(o) => {
                 let c = o.into_mut();
-                if c.encrypted.is_some() && h.conn.flags & conn_flags::TLS != 0 {
+                if c.switched && !c.tls && h.conn.flags & conn_flags::TLS != 0 {
                     // It switched to TLS, and its plaintext now arrives through the OpenSSL
                     // uprobes: read it afresh, from its first plaintext message.
                     c.encrypted = None;
@@ -154,7 +160,12 @@ impl ConnTable {
                 }
                 if c.ignored {
                     // Another copy of the fd (dup) still ships: tell the kernel about it too.
-                    self.kernel_updates.push(update(ConnVerdict::Ignore));
+                    let verdict = if c.switched {
+                        ConnVerdict::IgnoreUnlessTls
+                    } else {
+                        ConnVerdict::Ignore
+                    };
+                    self.kernel_updates.push(update(verdict));
                 }
                 if h.conn.flags & conn_flags::LOST != 0 {
                     // The kernel could not ship some events before this one (probation).
@@ -206,13 +217,20 @@ impl ConnTable {
                 }
                 match session.readable() {
                     Readable::Yes => {}
-                    Readable::Upgraded => c.ignored = true,
+                    Readable::Upgraded => {
+                        c.ignored = true;
+                        c.switched = true;
+                    }
                     Readable::Encrypted => {
                         c.encrypted = Some((h.ts_ns, session.protocol()));
                         c.ignored = true;
+                        c.switched = true;
                     }
                 }
-                if c.ignored {
+                if c.switched && c.ignored {
+                    self.kernel_updates
+                        .push(update(ConnVerdict::IgnoreUnlessTls));
+                } else if c.ignored {
                     self.kernel_updates.push(update(ConnVerdict::Ignore));
                 }
             }
@@ -300,6 +318,7 @@ fn open_connection(
         session,
         tls: info.flags & conn_flags::TLS != 0,
         encrypted: None,
+        switched: false,
     }
 }
 
@@ -327,9 +346,11 @@ impl ConnTable {
         stale.len()
     }
 
-    /// Connections that switched to encryption more than `ENCRYPTED_GRACE_NS` ago and showed
-    /// no plaintext since are counted as unreadable.
-    pub fn count_encrypted(&mut self, now_ns: u64, sink: &mut impl CallSink) {
+    /// Connections that switched to encryption more than `ENCRYPTED_GRACE_NS` before the
+    /// newest event processed (not the clock: a backlog must not count a switch whose
+    /// plaintext is still queued) and showed no plaintext since are counted as unreadable.
+    pub fn count_encrypted(&mut self, sink: &mut impl CallSink) {
+        let now_ns = self.newest_ts;
         for c in self.conns.values_mut() {
             if let Some((since, protocol)) = c.encrypted {
                 if now_ns.saturating_sub(since) > ENCRYPTED_GRACE_NS {

@@ -249,18 +249,21 @@ impl HttpSession {
 
     /// The requests still waiting end with `failure` as their error; the one being
     /// answered keeps the status its response began with.
+    /// An LLM stream that ended as its API ends one (`[DONE]`) is complete even if the
+    /// connection closed before the HTTP body's own end (the SDKs stop reading there).
     fn fail_pending(&mut self, ts: u64, failure: &str, out: &mut Finished) {
         let mut status = self.response_status.take();
         while let Some(req) = self.pending.pop_front() {
-            let sent = self.responses.body_size();
-            let body = if status.is_some() { sent } else { 0 };
-            out.http.push(exchange(
-                req,
-                status.take(),
-                body,
-                Some(failure.to_string()),
-                ts,
-            ));
+            let answered = status.is_some();
+            let body = if answered {
+                self.responses.body_size()
+            } else {
+                0
+            };
+            let completed = answered && req.llm.as_ref().is_some_and(|r| r.call.stream_completed);
+            let failure = (!completed).then(|| failure.to_string());
+            out.http
+                .push(exchange(req, status.take(), body, failure, ts));
         }
         self.open_request = None;
     }
@@ -491,5 +494,46 @@ mod llm_tests {
         assert!(llm.truncated);
         assert_eq!(llm.header_provider, Some("openai"));
         assert_eq!(out.http[0].request_body_size, body.len() as u64);
+    }
+
+    /// The client read `[DONE]` and closed before the chunked body's last chunk: the
+    /// stream is complete, not failed.
+    #[test]
+    fn a_stream_closed_after_done_is_complete() {
+        let mut s = HttpSession::default();
+        let mut out = Finished::default();
+        let body = br#"{"model": "m", "stream": true}"#;
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let request = [head.as_bytes(), body].concat();
+        let mut feed = |from_client, payload: &[u8], ts| {
+            let chunk = Chunk {
+                from_client,
+                payload,
+                gap: 0,
+                ts,
+                tid: 1,
+            };
+            s.feed(&chunk, &mut out);
+        };
+        feed(true, &request, 1);
+        let events =
+            b"data: {\"choices\": [{\"delta\": {\"content\": \"hi\"}}]}\n\ndata: [DONE]\n\n";
+        let response = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+                .as_slice(),
+            format!("{:x}\r\n", events.len()).as_bytes(),
+            events,
+            b"\r\n",
+        ]
+        .concat();
+        feed(false, &response, 2);
+        s.closed(3, Role::Client, &mut out);
+        assert_eq!(out.http.len(), 1);
+        assert_eq!(out.http[0].failure, None);
+        assert_eq!(out.http[0].status, Some(200));
+        assert!(out.http[0].llm.as_ref().unwrap().stream_completed);
     }
 }
