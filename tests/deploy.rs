@@ -421,6 +421,13 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         "sonde alone: it holds the ServiceAccount credentials itself"
     );
     let c = &pod["containers"][0];
+    // The image is named by kustomize's `images:` (the placeholder the docs tell users to
+    // set), at the version being built.
+    assert_eq!(c["image"], "sonde");
+    let image = &kustomization["images"][0];
+    assert_eq!(image["name"].as_str(), Some("sonde"));
+    assert!(image["newName"].as_str().unwrap().ends_with("/sonde"));
+    assert_eq!(image["newTag"].as_str(), Some(env!("CARGO_PKG_VERSION")));
     assert!(
         c["env"]
             .as_array()

@@ -171,9 +171,14 @@ impl Sonde {
         let mut cmd = Command::new(sonde_bin());
         cmd.args(["--print-spans", "json", "--metrics-addr", &metrics_addr])
             .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .envs(env.iter().copied());
+        Sonde::spawn(cmd, metrics_addr)
+    }
+
+    /// sonde as `cmd` starts it (an installed binary, a container), which must make it print
+    /// spans as JSON on stdout and serve /metrics at `metrics_addr`.
+    pub fn spawn(mut cmd: Command, metrics_addr: String) -> Sonde {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn_owned(cmd);
         let stdout = child.stdout.take().unwrap();
         // The log lines pass through to the test's output and are kept for `logs()`.

@@ -1,5 +1,5 @@
 //! Developer commands: `cargo xtask setup | build | run | test | bench http|redis|postgres |
-//! gpu-check`.
+//! kernels | image | deb | dashboards | gpu-check`.
 //!
 //! Every command sets up what it needs first (idempotently, saying what it does), so a fresh
 //! machine needs nothing but cargo.
@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod dashboards;
+mod deb;
 mod gpu_check;
+mod image;
 mod kernels;
 
 /// Debian packages the build, the tests and the benchmarks use.
@@ -38,6 +40,15 @@ const DEB_PACKAGES: &[&str] = &[
     "cpio",
     "xz-utils",
     "zstd",
+    // `cargo xtask image` and its test: podman runs the image as the DaemonSet would
+    // (runc: crun refuses this machine's hybrid cgroups; netavark and iptables publish the
+    // metrics port); `cargo xtask deb`: strip and objdump, lintian.
+    "podman",
+    "runc",
+    "netavark",
+    "iptables",
+    "binutils",
+    "lintian",
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -47,8 +58,9 @@ commands:
                  bpf-linker built against the nightly toolchain's LLVM); safe to repeat
   build          setup, then cargo build --release (target/release/sonde)
   run [ARGS..]   build, then run target/release/sonde with ARGS (as root)
-  test           build, then run every test: unit tests and the integration tests that load
-                 the real probes and drive real servers (needs root)
+  test           build, image and deb, then run every test: unit tests, the integration
+                 tests that load the real probes and drive real servers, the image under
+                 podman, the package under dpkg, the kernel matrix (needs root)
   bench http     build, then wrk against nginx with sonde off and on, interleaved
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
@@ -59,6 +71,13 @@ commands:
                  with exact span counts (--only 5.10,6.1 picks kernels; --sonde PATH runs
                  a built binary and skips setup and build; packages are cached in
                  ~/.cache/sonde/kernels)
+  image          build, then write an OCI image (target/image/sonde-VERSION.oci.tar): the
+                 stripped binary and the glibc libraries it links, nothing else
+                 (--tag NAME (localhost/sonde:VERSION); --load puts it in podman's store;
+                 --sonde PATH uses a built binary)
+  deb            build, then write a Debian package (target/deb/sonde_VERSION_amd64.deb):
+                 binary, systemd unit (enabled on install), /etc/sonde/sonde.yaml as a
+                 conffile, manual page, docs (--sonde PATH uses a built binary)
   dashboards     write the Grafana dashboards under deploy/grafana/ (from xtask/src/dashboards.rs)
   gpu-check      on a host with an NVIDIA GPU and PyTorch: sonde beside a GPU workload,
                  its figures compared with nvidia-smi's (--sonde PATH uses a built binary
@@ -89,6 +108,10 @@ fn main() -> Result<()> {
         Some("test") => {
             setup()?;
             build()?;
+            // The roll-out tests run what users install: the image and the package.
+            let sonde = root.join("target/release/sonde");
+            build_image(&root, &sonde, &image::default_reference())?;
+            build_deb(&root, &sonde)?;
             test()
         }
         Some("bench") => {
@@ -109,14 +132,7 @@ fn main() -> Result<()> {
         }
         Some("kernels") => {
             let rest = &args[1..];
-            let sonde = match rest.iter().position(|a| a == "--sonde") {
-                Some(i) => PathBuf::from(rest.get(i + 1).context("--sonde needs a path")?),
-                None => {
-                    setup()?;
-                    build()?;
-                    root.join("target/release/sonde")
-                }
-            };
+            let sonde = given_or_built_sonde(&root, rest)?;
             let (_, failed) = kernels::run_matrix(&root, &sonde, rest)?;
             if failed > 0 {
                 bail!("{failed} kernel matrix checks failed");
@@ -126,21 +142,121 @@ fn main() -> Result<()> {
         Some("dashboards") => dashboards::write(&root.join("deploy/grafana")),
         Some("gpu-check") => {
             let rest = &args[1..];
-            let sonde = match rest.iter().position(|a| a == "--sonde") {
-                Some(i) => PathBuf::from(rest.get(i + 1).context("--sonde needs a path")?),
-                None => {
-                    setup()?;
-                    build()?;
-                    root.join("target/release/sonde")
-                }
-            };
+            let sonde = given_or_built_sonde(&root, rest)?;
             gpu_check::run(&sonde, rest)
+        }
+        Some("image") => {
+            let rest = &args[1..];
+            let sonde = given_or_built_sonde(&root, rest)?;
+            let reference = match rest.iter().position(|a| a == "--tag") {
+                Some(i) => rest
+                    .get(i + 1)
+                    .context("--tag needs an image name")?
+                    .clone(),
+                None => image::default_reference(),
+            };
+            let archive = build_image(&root, &sonde, &reference)?;
+            if rest.iter().any(|a| a == "--load") {
+                step(&format!("podman load: {reference}"));
+                image::load(&archive, &reference)?;
+            }
+            Ok(())
+        }
+        Some("deb") => {
+            let sonde = given_or_built_sonde(&root, &args[1..])?;
+            build_deb(&root, &sonde).map(|_| ())
         }
         _ => {
             eprint!("{USAGE}");
             std::process::exit(2);
         }
     }
+}
+
+/// The binary named by `--sonde PATH` in `rest`, else the one `setup` and `build` make.
+fn given_or_built_sonde(root: &Path, rest: &[String]) -> Result<PathBuf> {
+    match rest.iter().position(|a| a == "--sonde") {
+        Some(i) => Ok(PathBuf::from(
+            rest.get(i + 1).context("--sonde needs a path")?,
+        )),
+        None => {
+            setup()?;
+            build()?;
+            Ok(root.join("target/release/sonde"))
+        }
+    }
+}
+
+fn build_image(root: &Path, sonde: &Path, reference: &str) -> Result<PathBuf> {
+    let archive = image::build(root, &stripped(root, sonde)?, reference)?;
+    step(&format!(
+        "image {reference}: {} ({:.1} MiB)",
+        archive.display(),
+        std::fs::metadata(&archive)?.len() as f64 / (1024.0 * 1024.0)
+    ));
+    Ok(archive)
+}
+
+fn build_deb(root: &Path, sonde: &Path) -> Result<PathBuf> {
+    let deb = deb::build(root, &stripped(root, sonde)?)?;
+    step(&format!(
+        "package: {} ({:.1} MiB)",
+        deb.display(),
+        std::fs::metadata(&deb)?.len() as f64 / (1024.0 * 1024.0)
+    ));
+    Ok(deb)
+}
+
+/// A copy of `sonde` without its symbol table (the packages ship this one; the eBPF object
+/// is data and stays).
+fn stripped(root: &Path, sonde: &Path) -> Result<PathBuf> {
+    let out = root.join("target/package/sonde");
+    std::fs::create_dir_all(out.parent().context("target/package")?)?;
+    run(Command::new("strip")
+        .args(["--strip-unneeded", "--remove-section=.comment", "-o"])
+        .arg(&out)
+        .arg(sonde))
+    .context("strip (binutils) could not copy the binary")?;
+    Ok(out)
+}
+
+/// The HEAD commit's time (seconds since the epoch): every timestamp in the packages, so a
+/// commit gives the same bytes each time. 0 outside a git checkout.
+fn commit_time(root: &Path) -> u64 {
+    git(root, &["log", "-1", "--format=%ct"])
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The HEAD commit's id, or "unknown" outside a git checkout.
+fn commit_id(root: &Path) -> String {
+    git(root, &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into())
+}
+
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `epoch` as an RFC 3339 UTC time (`2026-12-03T06:14:16Z`), or with `-R` as RFC 5322
+/// (Debian's changelog), through date(1).
+fn format_time(epoch: u64, format: &str) -> String {
+    Command::new("date")
+        .args(["-u", "-d", &format!("@{epoch}"), format])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn rfc3339(epoch: u64) -> String {
+    format_time(epoch, "+%Y-%m-%dT%H:%M:%SZ")
 }
 
 fn workspace_root() -> PathBuf {
