@@ -6,9 +6,8 @@
 //! 50 ms of what the client measured; the prompt, the completion and the API key appear
 //! nowhere in sonde's spans, metrics, logs or summary table.
 use std::io::Read;
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sonde_tests::*;
@@ -41,14 +40,7 @@ fn fake_llm_with(service: &str, args: &[String]) -> u16 {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     std::mem::forget(spawn_owned(server));
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "fake server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_port(port, "the wire-format LLM server");
     port
 }
 

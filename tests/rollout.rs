@@ -210,14 +210,7 @@ fn image_observes_the_host(variant: &str, least_privilege: bool) {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut server = spawn_owned(server);
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "http.server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_port(port, "http.server");
     let script = format!(
         "import urllib.request, time\n\
          for i in range(5):\n    urllib.request.urlopen('http://127.0.0.1:{port}/{variant}-%d.txt' % i).read()\n\

@@ -1,6 +1,7 @@
-//! HTTPS read in clear text through the OpenSSL uprobes (libssl.so.3): nginx with a TLS
-//! listener driven by curl and by Python `requests`, and Python's own `http.server` wrapped
-//! in `ssl`; exact counts, statuses, sizes and `url.scheme=https` on both sides, keep-alive,
+//! HTTPS read in clear text through the OpenSSL uprobes (libssl.so.3, and OpenSSL linked
+//! into node): nginx with a TLS listener driven by curl, Python `requests`, httpx's async
+//! client and Node's `https`, Python's own `http.server` wrapped in `ssl`, and a Node HTTPS
+//! server; exact counts, statuses, sizes and `url.scheme=https` on both sides, keep-alive,
 //! and a connection its client opened before sonde started.
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -11,6 +12,29 @@ use sonde_tests::*;
 
 fn on_port(s: &Value, port: u16) -> bool {
     s["attributes"]["server.port"].as_u64() == Some(port as u64)
+}
+
+/// One curl process: `urls` on one keep-alive connection, certificates not checked.
+fn curl_keep_alive(urls: &[String]) {
+    let mut cmd = Command::new("curl");
+    cmd.arg("-sk");
+    for url in urls {
+        cmd.args(["-o", "/dev/null", url]);
+    }
+    run(&mut cmd);
+}
+
+/// Each span's (url.path, status code), in order.
+fn paths_and_statuses(spans: &[Value]) -> Vec<(String, String)> {
+    spans
+        .iter()
+        .map(|s| {
+            (
+                attr(s, "url.path").unwrap(),
+                attr(s, "http.response.status_code").unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn https_nginx(name: &str) -> (Nginx, u16) {
@@ -24,7 +48,8 @@ fn https_nginx(name: &str) -> (Nginx, u16) {
         &format!(
             "ssl_certificate {cert};\nssl_certificate_key {key};\n\
              location /secure/ {{ return 200 \"secure\\n\"; }}\n\
-             location /secure/missing {{ return 404; }}"
+             location /secure/missing {{ return 404; }}\n\
+             location /secure/post {{ return 200 \"secure\\n\"; }}"
         ),
     );
     (nginx, port)
@@ -38,18 +63,7 @@ fn https_through_nginx_from_curl_and_python_requests() {
     let sonde = Sonde::start();
     let url = |p: &str| format!("https://127.0.0.1:{port}/secure/{p}");
     // curl: 4 requests on one keep-alive connection, the last a 404.
-    run(Command::new("curl")
-        .args([
-            "-sk",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-            "-o",
-            "/dev/null",
-        ])
-        .args(["-o", "/dev/null"])
-        .args([url("a"), url("b"), url("c"), url("missing")]));
+    curl_keep_alive(&[url("a"), url("b"), url("c"), url("missing")]);
     // Python requests: 3 requests on one session (one connection), OpenSSL through `ssl`.
     let script = format!(
         "import requests, urllib3\nurllib3.disable_warnings()\ns = requests.Session()\n\
@@ -140,11 +154,7 @@ fn python_https_server_and_a_connection_older_than_sonde() {
         .args(["-c", &server_script])
         .env("OTEL_SERVICE_NAME", "py-tls-server");
     std::mem::forget(spawn_owned(server));
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "server start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_port(port, "python https server");
     // The client connects and makes one request before sonde starts, then 3 more on the same
     // connection once the test creates the file `go`.
     let go = dir.join("go");
@@ -314,22 +324,32 @@ fn redis_over_tls_gives_exact_command_counts() {
 
 /// Node has OpenSSL linked in statically, with its symbols exported: the executable itself
 /// gets the uprobes (within a second of the process's start). Node runs OpenSSL over memory
-/// BIOs, though: its ciphertext moves through libuv outside the SSL calls, so no syscall
-/// inside a call names the socket. Its plaintext is then dropped and counted
-/// (`tls_fd_unknown`), never put on a guessed connection; nginx's side is read as usual.
+/// BIOs: its first SSL_write on a connection makes no syscall, and the write libuv makes
+/// right after names the socket (its first record is exactly that plaintext's encryption).
+/// Keep-alive requests, a POST with a body, and a second connection after the first SSL*
+/// was freed: each request seen once on both sides, nothing dropped.
 #[test]
-fn node_with_openssl_linked_in_is_counted_not_guessed() {
+fn node_https_client_with_openssl_linked_in() {
     let _serial = serial();
     let (_nginx, port) = https_nginx("tls-node");
     let sonde = Sonde::start();
     let script = format!(
         "const https = require('https');\n\
-         const agent = new https.Agent({{ keepAlive: true, maxSockets: 1 }});\n\
-         const get = (p) => new Promise((ok, fail) => https.get({{ host: '127.0.0.1', port: {port},\n\
-           path: p, agent, rejectUnauthorized: false }}, (r) => {{ r.resume(); r.on('end', () => ok(r.statusCode)); }}).on('error', fail));\n\
+         const call = (agent, method, p, body) => new Promise((ok, fail) => {{\n\
+           const req = https.request({{ host: '127.0.0.1', port: {port}, method, path: p, agent,\n\
+             rejectUnauthorized: false, headers: body ? {{ 'content-length': body.length }} : {{}} }},\n\
+             (r) => {{ r.resume(); r.on('end', () => ok(r.statusCode)); }});\n\
+           req.on('error', fail); req.end(body);\n\
+         }});\n\
          (async () => {{\n\
            await new Promise((ok) => setTimeout(ok, 1500)); // sonde attaches within a second\n\
-           for (const p of ['/secure/n1', '/secure/n2', '/secure/missing']) console.log(await get(p));\n\
+           let agent = new https.Agent({{ keepAlive: true, maxSockets: 1 }});\n\
+           for (const p of ['/secure/n1', '/secure/n2', '/secure/missing']) console.log(await call(agent, 'GET', p));\n\
+           console.log(await call(agent, 'POST', '/secure/post', 'x'.repeat(1000)));\n\
+           agent.destroy();\n\
+           await new Promise((ok) => setTimeout(ok, 100));\n\
+           agent = new https.Agent({{ keepAlive: true, maxSockets: 1 }});\n\
+           console.log(await call(agent, 'GET', '/secure/n3'));\n\
            agent.destroy();\n\
          }})();\n"
     );
@@ -338,23 +358,167 @@ fn node_with_openssl_linked_in_is_counted_not_guessed() {
         .env("OTEL_SERVICE_NAME", "node-https"));
     assert_eq!(
         out.split_whitespace().collect::<Vec<_>>(),
-        ["200", "200", "404"]
+        ["200", "200", "404", "200", "200"]
     );
-    let server = sonde.wait_spans(3, |s| kind(s) == "SERVER" && on_port(s, port));
-    assert_eq!(server.len(), 3, "{server:#?}");
-    let statuses: Vec<String> = server
+    let paths = [
+        "/secure/n1",
+        "/secure/n2",
+        "/secure/missing",
+        "/secure/post",
+        "/secure/n3",
+    ];
+    let statuses = ["200", "200", "404", "200", "200"];
+    let server = sonde.wait_spans(5, |s| kind(s) == "SERVER" && on_port(s, port));
+    let client = sonde.wait_spans(5, |s| {
+        kind(s) == "CLIENT" && on_port(s, port) && s["service.name"] == "node-https"
+    });
+    for side in [&server, &client] {
+        assert_eq!(side.len(), 5, "{side:#?}");
+        let seen = paths_and_statuses(side);
+        let want: Vec<(String, String)> = paths
+            .iter()
+            .zip(statuses)
+            .map(|(p, s)| (p.to_string(), s.to_string()))
+            .collect();
+        assert_eq!(seen, want);
+        for s in side.iter() {
+            assert_eq!(attr(s, "url.scheme").as_deref(), Some("https"), "{s}");
+            let body = if attr(s, "url.path").as_deref() == Some("/secure/post") {
+                "1000"
+            } else {
+                "0"
+            };
+            assert_eq!(
+                attr(s, "http.request.body.size").as_deref(),
+                Some(body),
+                "{s}"
+            );
+        }
+    }
+    // The response sizes nginx sent, as both sides saw them.
+    for s in server.iter().chain(&client) {
+        if attr(s, "http.response.status_code").as_deref() == Some("200") {
+            assert_eq!(
+                attr(s, "http.response.body.size").as_deref(),
+                Some("7"),
+                "{s}"
+            );
+        }
+    }
+    // Four requests on the keep-alive connection, the fifth on a second one.
+    let client_ports: Vec<String> = server
         .iter()
-        .map(|s| attr(s, "http.response.status_code").unwrap())
+        .map(|s| attr(s, "network.peer.port").unwrap())
         .collect();
-    assert_eq!(statuses, ["200", "200", "404"]);
-    // No client span is made up, and each of node's 6 calls (3 writes, 3 reads at least)
-    // is counted.
-    let client = sonde.spans(|s| kind(s) == "CLIENT" && s["service.name"] == "node-https");
-    assert!(client.is_empty(), "{client:#?}");
-    assert!(tls_fd_unknown(&sonde.metrics()) >= 6.0);
+    assert!(client_ports[..4].iter().all(|p| *p == client_ports[0]));
+    assert_ne!(client_ports[4], client_ports[0]);
+    assert_eq!(tls_fd_unknown(&sonde.metrics()), 0.0);
     assert!(
         sonde.logs().contains("OpenSSL linked in"),
         "{}",
         sonde.logs()
     );
+}
+
+/// A Node HTTPS server: its SSL_read over a memory BIO comes before any write on the
+/// connection, and the ciphertext read just before it (one of whose records is exactly
+/// that plaintext's encryption) names the socket. curl's requests on one keep-alive
+/// connection, a POST among them: each seen once by the server and by curl.
+#[test]
+fn node_https_server_reads_through_memory_bios() {
+    let _serial = serial();
+    let dir = tempdir("tls-node-server");
+    let (cert, key) = self_signed_certificate(&dir);
+    let port = free_port();
+    let script = format!(
+        "const https = require('https'), fs = require('fs');\n\
+         https.createServer({{ cert: fs.readFileSync('{cert}'), key: fs.readFileSync('{key}') }}, (req, res) => {{\n\
+           let size = 0;\n\
+           req.on('data', (c) => size += c.length);\n\
+           req.on('end', () => {{ res.statusCode = req.url.endsWith('missing') ? 404 : 200; res.end('node ' + size + '\\n'); }});\n\
+         }}).listen({port}, '127.0.0.1');\n"
+    );
+    let sonde = Sonde::start();
+    let mut node = Command::new("node");
+    node.args(["-e", &script])
+        .env("OTEL_SERVICE_NAME", "node-server")
+        .stdout(Stdio::null());
+    let mut node = spawn_owned(node);
+    wait_port(port, "node");
+    // sonde attaches to node within a second of its start.
+    std::thread::sleep(Duration::from_millis(1500));
+    let url = |p: &str| format!("https://127.0.0.1:{port}/{p}");
+    curl_keep_alive(&[url("one"), url("two"), url("missing")]);
+    run(Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "--data-binary", "0123456789"])
+        .arg(url("post")));
+    let server = sonde.wait_spans(4, |s| {
+        kind(s) == "SERVER" && on_port(s, port) && s["service.name"] == "node-server"
+    });
+    let client = sonde.wait_spans(4, |s| kind(s) == "CLIENT" && on_port(s, port));
+    for side in [&server, &client] {
+        let seen: Vec<(String, String, String)> = side
+            .iter()
+            .map(|s| {
+                (
+                    attr(s, "url.path").unwrap(),
+                    attr(s, "http.response.status_code").unwrap(),
+                    attr(s, "http.request.body.size").unwrap(),
+                )
+            })
+            .collect();
+        let want = [
+            ("/one", "200", "0"),
+            ("/two", "200", "0"),
+            ("/missing", "404", "0"),
+            ("/post", "200", "10"),
+        ]
+        .map(|(p, s, b)| (p.to_string(), s.to_string(), b.to_string()));
+        assert_eq!(seen, want, "{side:#?}");
+        for s in side.iter() {
+            assert_eq!(attr(s, "url.scheme").as_deref(), Some("https"), "{s}");
+        }
+    }
+    assert_eq!(tls_fd_unknown(&sonde.metrics()), 0.0);
+    let _ = node.kill();
+    let _ = node.wait();
+}
+
+/// Python's asyncio TLS (`SSLObject` over memory BIOs, as httpx's async client and so
+/// `AsyncOpenAI` use it): 3 requests on one connection, each seen once on both sides.
+#[test]
+fn python_asyncio_https_client_through_memory_bios() {
+    let _serial = serial();
+    let (_nginx, port) = https_nginx("tls-asyncio");
+    let sonde = Sonde::start();
+    let script = format!(
+        "import asyncio, httpx\n\
+         async def main():\n\
+         \x20   async with httpx.AsyncClient(verify=False) as c:\n\
+         \x20       for p in ['a1', 'a2', 'missing']:\n\
+         \x20           print((await c.get('https://127.0.0.1:{port}/secure/' + p)).status_code)\n\
+         asyncio.run(main())\n"
+    );
+    let out = run(Command::new("python3")
+        .args(["-c", &script])
+        .env("OTEL_SERVICE_NAME", "py-asyncio"));
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["200", "200", "404"]
+    );
+    let server = sonde.wait_spans(3, |s| kind(s) == "SERVER" && on_port(s, port));
+    let client = sonde.wait_spans(3, |s| {
+        kind(s) == "CLIENT" && on_port(s, port) && s["service.name"] == "py-asyncio"
+    });
+    for side in [&server, &client] {
+        let seen = paths_and_statuses(side);
+        let want = [
+            ("/secure/a1", "200"),
+            ("/secure/a2", "200"),
+            ("/secure/missing", "404"),
+        ]
+        .map(|(p, s)| (p.to_string(), s.to_string()));
+        assert_eq!(seen, want, "{side:#?}");
+    }
+    assert_eq!(tls_fd_unknown(&sonde.metrics()), 0.0);
 }

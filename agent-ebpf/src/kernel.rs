@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_probe_read_user,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::{btf_tracepoint, map, tracepoint, uprobe, uretprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -16,7 +16,7 @@ use aya_ebpf::{
 use sonde_ebpf::{
     conn_flags, direction, drop_reason, event_kind, proto, role, ConnInfo, ConnKey, EventHeader,
     EVENT_HEADER_LEN, MAX_CONNS, MAX_FORKS, MAX_IOVECS, MAX_PAYLOAD, MAX_SSL_CALLS,
-    PROBATION_EVENTS, RING_BYTES,
+    MAX_UNBOUND_WRITES, PROBATION_EVENTS, RING_BYTES,
 };
 
 /// sonde's own process id, set by the loader: sonde never observes its own traffic.
@@ -154,7 +154,7 @@ struct Source {
     kind: u8,
     /// The buffer (`SRC_BUF`) or the iovec array (`SRC_IOV`).
     ptr: u64,
-    /// The iovec count (`SRC_IOV`).
+    /// The iovec count (`SRC_IOV`), or the bytes kept (`SRC_KERNEL`).
     iovs: u64,
 }
 
@@ -163,6 +163,8 @@ const SRC_NONE: u8 = 0;
 const SRC_BUF: u8 = 1;
 /// An iovec array (readv/writev, and *msg through their msghdr).
 const SRC_IOV: u8 = 2;
+/// Bytes sonde kept in a map (a memory-BIO `SSL_write`'s plaintext): `iovs` is how many.
+const SRC_KERNEL: u8 = 3;
 
 const NO_PAYLOAD: Source = Source {
     kind: SRC_NONE,
@@ -176,6 +178,15 @@ fn buf(ptr: u64) -> Source {
         kind: SRC_BUF,
         ptr,
         iovs: 0,
+    }
+}
+
+#[inline(always)]
+fn kernel_bytes(ptr: u64, count: u64) -> Source {
+    Source {
+        kind: SRC_KERNEL,
+        ptr,
+        iovs: count,
     }
 }
 
@@ -220,7 +231,14 @@ static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(MAX_SS
 /// that the map stays bounded whatever happens.)
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sonde_thread_exit(_ctx: TracePointContext) -> u32 {
-    let _ = SSL_CALLS.remove(&bpf_get_current_pid_tgid());
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = SSL_CALLS.remove(&pid_tgid);
+    let _ = CIPHER_READS.remove(&pid_tgid);
+    // SAFETY: the reference points into the map value, valid for this program run.
+    if unsafe { UNBOUND_WRITES.get(&pid_tgid) }.is_some_and(|w| w.bound == 0) {
+        count_drop(drop_reason::TLS_FD_UNKNOWN);
+    }
+    let _ = UNBOUND_WRITES.remove(&pid_tgid);
     0
 }
 
@@ -228,6 +246,70 @@ pub fn sonde_thread_exit(_ctx: TracePointContext) -> u32 {
 /// buffer makes no syscall, and its plaintext goes to the socket its connection last used.
 #[map]
 static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// An `SSL_write` that returned without a syscall inside it, on an `SSL*` whose socket is
+/// not known yet: OpenSSL wrote the ciphertext to a memory BIO (Node, Python's asyncio),
+/// and the program writes it to the socket itself soon after, on the same thread. That
+/// write, when its first record is exactly this plaintext's encryption, names the socket.
+/// The plaintext is copied here at the call's return: the program may free its buffer
+/// before it writes the ciphertext out (Node does).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UnboundWrite {
+    ssl: u64,
+    /// The call's plaintext length.
+    len: u64,
+    /// How many of its first bytes `bytes` holds (at most MAX_PAYLOAD - 1).
+    copied: u64,
+    /// Set once a write bound it: the entry stays (its bytes were shipped from it) until
+    /// the thread's next unbound write replaces it.
+    bound: u64,
+    bytes: [u8; MAX_PAYLOAD],
+}
+
+#[map]
+static UNBOUND_WRITES: LruHashMap<u64, UnboundWrite> =
+    LruHashMap::with_max_entries(MAX_UNBOUND_WRITES, 0);
+
+/// A zeroed value to create an `UNBOUND_WRITES` entry from (too large for the stack); the
+/// entry is then filled in place.
+#[map]
+static UNBOUND_TEMPLATE: PerCpuArray<UnboundWrite> = PerCpuArray::with_max_entries(1, 0);
+
+/// The application-data records (their lengths, 0 for none) at the start of the thread's
+/// last ciphertext read outside an SSL call, and its socket: an `SSL_read` over a memory
+/// BIO (a server's first request, before any write bound its `SSL*`) returns the plaintext
+/// of one of them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CipherRead {
+    fd: i32,
+    _pad: u32,
+    records: [u64; CIPHER_READ_RECORDS],
+}
+
+const CIPHER_READ_RECORDS: usize = 4;
+
+#[map]
+static CIPHER_READS: LruHashMap<u64, CipherRead> = LruHashMap::with_max_entries(MAX_SSL_CALLS, 0);
+
+/// The most plaintext one TLS record carries.
+const TLS_RECORD_PLAINTEXT: u64 = 16384;
+
+/// `SSL_free`: the `SSL*` is gone, and the same address may be the next connection's.
+#[uprobe]
+pub fn sonde_ssl_free(ctx: ProbeContext) -> u32 {
+    let Some(ssl) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let ssl_key = SslKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        ssl,
+    };
+    let _ = SSL_FDS.remove(&ssl_key);
+    0
+}
 
 #[uprobe]
 pub fn sonde_ssl_write(ctx: ProbeContext) -> u32 {
@@ -319,10 +401,20 @@ fn ssl_exit(ctx: &RetProbeContext) -> Result<(), i64> {
         // SAFETY: as above.
         match unsafe { SSL_FDS.get(&ssl_key) } {
             Some(fd) => *fd,
-            None => {
-                count_drop(drop_reason::TLS_FD_UNKNOWN);
+            None if call.dir == direction::EGRESS as u32 => {
+                keep_unbound_write(pid_tgid, call.ssl, call.buf, len);
                 return Ok(());
             }
+            None => match bound_read(pid_tgid, len) {
+                Some(fd) => {
+                    let _ = SSL_FDS.insert(&ssl_key, &fd, 0);
+                    fd
+                }
+                None => {
+                    count_drop(drop_reason::TLS_FD_UNKNOWN);
+                    return Ok(());
+                }
+            },
         }
     };
     let key = ConnKey { tgid, fd };
@@ -492,8 +584,8 @@ fn on_data(
     key: &ConnKey,
     pid_tgid: u64,
     dir: u8,
-    src: Source,
-    len: u64,
+    mut src: Source,
+    mut len: u64,
     socket_call: bool,
     tls: bool,
 ) -> Result<(), i64> {
@@ -514,18 +606,7 @@ fn on_data(
             // SAFETY: `info` points into the map value, valid for this program run.
             let mut conn = unsafe { *info };
             if tls {
-                // Plaintext: the connection is TLS, and what its ciphertext looked like
-                // (nothing of ours) no longer decides.
-                if conn.flags & conn_flags::TLS == 0 {
-                    conn.flags |= conn_flags::TLS;
-                    if conn.proto == proto::NONE {
-                        conn.proto = proto::UNKNOWN;
-                    }
-                    unsafe {
-                        (*info).flags = conn.flags;
-                        (*info).proto = conn.proto;
-                    }
-                }
+                mark_tls(info, &mut conn);
             } else if TLS_ON.load() != 0 && may_be_tls(&conn) {
                 // Inside SSL_read/SSL_write these bytes are the call's ciphertext: they
                 // name its socket, and are not parsed.
@@ -534,18 +615,20 @@ fn on_data(
                         if (*call).fd < 0 {
                             (*call).fd = key.fd;
                         }
-                        if conn.flags & conn_flags::TLS == 0 {
-                            // Known to be TLS from now on: a "not ours" verdict came from the
-                            // handshake, and the plaintext decides again.
-                            (*info).flags = conn.flags | conn_flags::TLS;
-                            if conn.proto == proto::NONE {
-                                (*info).proto = proto::UNKNOWN;
-                            }
-                        }
                     }
+                    mark_tls(info, &mut conn);
                     return Ok(());
                 }
-                if conn.flags & conn_flags::TLS != 0 && src.kind != SRC_NONE {
+                if dir == direction::INGRESS {
+                    note_cipher_read(key, pid_tgid, src, len);
+                }
+                if let Some((plain, plain_len)) = bound_write(key, pid_tgid, dir, src, len) {
+                    // The ciphertext of this thread's last SSL_write into a memory BIO:
+                    // that call's plaintext goes in its place.
+                    src = plain;
+                    len = plain_len;
+                    mark_tls(info, &mut conn);
+                } else if conn.flags & conn_flags::TLS != 0 && src.kind != SRC_NONE {
                     // Handshake or alert records, outside a call. (A sendfile, whose bytes
                     // are not read, still goes through: kernel TLS sends bodies that way,
                     // and the framing needs their length.)
@@ -676,6 +759,206 @@ fn on_data(
         0,
         first,
     )
+}
+
+/// Copies an unbound `SSL_write`'s plaintext (its first MAX_PAYLOAD - 1 bytes) into the
+/// thread's `UNBOUND_WRITES` entry. One per thread: an older one never written out is lost,
+/// and counted.
+#[inline(always)]
+fn keep_unbound_write(pid_tgid: u64, ssl: u64, buf: u64, len: u64) {
+    let entry = match UNBOUND_WRITES.get_ptr_mut(&pid_tgid) {
+        Some(e) => {
+            // SAFETY (all derefs of `e`): a pointer into this thread's map value, valid for
+            // this program run; only this thread's programs use this key.
+            if unsafe { (*e).bound } == 0 {
+                count_drop(drop_reason::TLS_FD_UNKNOWN);
+            }
+            e
+        }
+        None => {
+            let Some(template) = UNBOUND_TEMPLATE.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: a per-CPU map value, valid for this program run; only its zeroes are
+            // read (it is never written).
+            if UNBOUND_WRITES
+                .insert(&pid_tgid, unsafe { &*template }, 0)
+                .is_err()
+            {
+                count_drop(drop_reason::TLS_FD_UNKNOWN);
+                return;
+            }
+            let Some(e) = UNBOUND_WRITES.get_ptr_mut(&pid_tgid) else {
+                return;
+            };
+            e
+        }
+    };
+    let want = if len > OFF_MASK as u64 {
+        OFF_MASK
+    } else {
+        len as usize
+    };
+    // Masked behind black_box, as in `emit`, for the older verifiers.
+    let n = core::hint::black_box(want) & OFF_MASK;
+    unsafe {
+        (*entry).ssl = ssl;
+        (*entry).len = len;
+        (*entry).bound = 0;
+        let dst = (*entry).bytes.as_mut_ptr() as *mut c_void;
+        (*entry).copied = if bpf_probe_read_user(dst, n as u32, buf as *const c_void) == 0 {
+            n as u64
+        } else {
+            0
+        };
+    }
+}
+
+/// The thread's pending memory-BIO `SSL_write` if `src`, written to `key`'s socket, starts
+/// with its encryption: an application-data record (type 23, version 3.x) that `encrypts`
+/// exactly its plaintext. Then the `SSL*` is bound to the socket from here on, and the
+/// plaintext kept at the call's return is returned as a source (with its length) to ship in
+/// place of the ciphertext.
+#[inline(always)]
+fn bound_write(
+    key: &ConnKey,
+    pid_tgid: u64,
+    dir: u8,
+    src: Source,
+    len: u64,
+) -> Option<(Source, u64)> {
+    if dir != direction::EGRESS {
+        return None;
+    }
+    let w = UNBOUND_WRITES.get_ptr_mut(&pid_tgid)?;
+    // SAFETY (all derefs of `w`): a pointer into this thread's map value, valid for this
+    // program run.
+    let (ssl, plain_len, copied) = unsafe {
+        if (*w).bound != 0 {
+            return None;
+        }
+        ((*w).ssl, (*w).len, (*w).copied)
+    };
+    let (ptr, avail) = first_buffer(src, len)?;
+    if avail < 5 {
+        return None;
+    }
+    let head = read_user::<[u8; 5]>(ptr).ok()?;
+    if head[0] != 23 || head[1] != 3 {
+        return None;
+    }
+    let record = ((head[3] as u64) << 8) | head[4] as u64;
+    if !encrypts(record, plain_len) {
+        return None;
+    }
+    unsafe { (*w).bound = 1 };
+    let ssl_key = SslKey {
+        tgid: key.tgid,
+        _pad: 0,
+        ssl,
+    };
+    let _ = SSL_FDS.insert(&ssl_key, &key.fd, 0);
+    let bytes = unsafe { (*w).bytes.as_ptr() } as u64;
+    Some((kernel_bytes(bytes, copied), plain_len))
+}
+
+/// Whether `record` (a ciphertext record's length) carries `plaintext` bytes (up to one
+/// record's worth) under an AEAD: 16 more for TLS 1.2 ChaCha20-Poly1305, 17 for TLS 1.3
+/// (tag and inner type), 24 for TLS 1.2 GCM (explicit nonce and tag).
+#[inline(always)]
+fn encrypts(record: u64, plaintext: u64) -> bool {
+    let plaintext = if plaintext < TLS_RECORD_PLAINTEXT {
+        plaintext
+    } else {
+        TLS_RECORD_PLAINTEXT
+    };
+    matches!(record.wrapping_sub(plaintext), 16 | 17 | 24)
+}
+
+/// The first buffer of `src` and how many of its bytes count (at most `len`).
+#[inline(always)]
+fn first_buffer(src: Source, len: u64) -> Option<(u64, u64)> {
+    match src.kind {
+        SRC_BUF => Some((src.ptr, len)),
+        SRC_IOV if src.iovs > 0 => {
+            let first = read_user::<[u64; 2]>(src.ptr).ok()?;
+            Some((first[0], if first[1] < len { first[1] } else { len }))
+        }
+        _ => None,
+    }
+}
+
+/// Keeps the application-data record lengths at the start of a ciphertext read (outside a
+/// call: a program that runs OpenSSL over memory BIOs), for `bound_read`.
+#[inline(always)]
+fn note_cipher_read(key: &ConnKey, pid_tgid: u64, src: Source, len: u64) {
+    let Some((ptr, avail)) = first_buffer(src, len) else {
+        return;
+    };
+    let mut read = CipherRead {
+        fd: key.fd,
+        _pad: 0,
+        records: [0; CIPHER_READ_RECORDS],
+    };
+    let mut off: u64 = 0;
+    let mut found = false;
+    for i in 0..CIPHER_READ_RECORDS {
+        if off + 5 > avail {
+            break;
+        }
+        let Ok(head) = read_user::<[u8; 5]>(ptr + off) else {
+            break;
+        };
+        if !(20..=23).contains(&head[0]) || head[1] != 3 {
+            break;
+        }
+        let record = ((head[3] as u64) << 8) | head[4] as u64;
+        if head[0] == 23 {
+            read.records[i] = record;
+            found = true;
+        }
+        off += 5 + record;
+    }
+    if found {
+        let _ = CIPHER_READS.insert(&pid_tgid, &read, 0);
+    }
+}
+
+/// The socket of an `SSL_read` that made no syscall and whose `SSL*` is not bound yet:
+/// the thread's last ciphertext read, if one of its records encrypts exactly `len` bytes.
+#[inline(always)]
+fn bound_read(pid_tgid: u64, len: u64) -> Option<i32> {
+    // SAFETY: the reference points into the map value, valid for this program run.
+    let read = unsafe { CIPHER_READS.get(&pid_tgid) }.copied()?;
+    let mut hit = false;
+    for record in read.records {
+        if record != 0 && encrypts(record, len) {
+            hit = true;
+        }
+    }
+    if !hit {
+        return None;
+    }
+    let _ = CIPHER_READS.remove(&pid_tgid);
+    Some(read.fd)
+}
+
+/// The connection is TLS from now on: what its ciphertext looked like (a handshake, "not
+/// ours") no longer decides, its plaintext does.
+#[inline(always)]
+fn mark_tls(info: *mut ConnInfo, conn: &mut ConnInfo) {
+    if conn.flags & conn_flags::TLS != 0 {
+        return;
+    }
+    conn.flags |= conn_flags::TLS;
+    if conn.proto == proto::NONE {
+        conn.proto = proto::UNKNOWN;
+    }
+    // SAFETY: `info` points into the CONNS value, valid for this program run.
+    unsafe {
+        (*info).flags = conn.flags;
+        (*info).proto = conn.proto;
+    }
 }
 
 #[inline(always)]
@@ -927,8 +1210,9 @@ fn classify_payload(src: Source, len: u64) -> Class {
     if len < 4 {
         return NOT_OURS;
     }
-    let ptr = match src.kind {
-        SRC_BUF => src.ptr,
+    let (ptr, avail) = match src.kind {
+        SRC_BUF => (src.ptr, len),
+        SRC_KERNEL => (src.ptr, if src.iovs < len { src.iovs } else { len }),
         SRC_IOV => {
             if src.iovs == 0 || src.ptr == 0 {
                 return NOT_OURS;
@@ -936,20 +1220,21 @@ fn classify_payload(src: Source, len: u64) -> Class {
             let Ok(first) = read_user::<[u64; 2]>(src.ptr) else {
                 return NOT_OURS;
             };
-            if first[1] < 4 {
-                return NOT_OURS;
-            }
-            if first[1] < 8 {
-                return classify_short(first[0]);
-            }
-            first[0]
+            (first[0], if first[1] < len { first[1] } else { len })
         }
         _ => return NOT_OURS,
     };
-    if len < 8 {
-        return classify_short(ptr);
+    if avail < 4 {
+        return NOT_OURS;
     }
-    let Ok(b) = read_user::<[u8; 8]>(ptr) else {
+    let kernel = src.kind == SRC_KERNEL;
+    if avail < 8 {
+        let Ok(b) = read_bytes::<[u8; 4]>(ptr, kernel) else {
+            return NOT_OURS;
+        };
+        return classify_short(&b);
+    }
+    let Ok(b) = read_bytes::<[u8; 8]>(ptr, kernel) else {
         return NOT_OURS;
     };
     let http = classify_http(&b);
@@ -984,11 +1269,8 @@ const CLASS_REQUEST: u8 = 1;
 const CLASS_RESPONSE: u8 = 2;
 
 #[inline(always)]
-fn classify_short(ptr: u64) -> Class {
-    let Ok(b) = read_user::<[u8; 4]>(ptr) else {
-        return NOT_OURS;
-    };
-    let class = match &b {
+fn classify_short(b: &[u8; 4]) -> Class {
+    let class = match b {
         b"HTTP" => CLASS_RESPONSE,
         b"GET " | b"PUT " | b"POST" | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC" => {
             CLASS_REQUEST
@@ -1110,7 +1392,22 @@ fn emit(
     // the 5.10 and 6.1 verifiers do not follow those branches (6.1 saw the iovec offset as
     // unbounded and refused "invalid access to map value").
     let mut tail: usize = 0;
-    if src.kind == SRC_BUF {
+    if src.kind == SRC_KERNEL {
+        // Plaintext kept in a map: as many bytes as were kept, no tail.
+        let want = if (want as u64) > src.iovs {
+            src.iovs as usize
+        } else {
+            want
+        };
+        let n = core::hint::black_box(want) & LEN_MASK;
+        if unsafe { bpf_probe_read_kernel(data as *mut c_void, n as u32, src.ptr as *const c_void) }
+            == 0
+        {
+            copied = n;
+        } else {
+            count_drop(drop_reason::READ_FAILED);
+        }
+    } else if src.kind == SRC_BUF {
         let n = core::hint::black_box(want) & LEN_MASK;
         if unsafe { bpf_probe_read_user(data as *mut c_void, n as u32, src.ptr as *const c_void) }
             == 0
@@ -1231,17 +1528,28 @@ fn count_drop(reason: u32) {
 
 #[inline(always)]
 fn read_user<T: Copy>(addr: u64) -> Result<T, i64> {
+    read_bytes(addr, false)
+}
+
+/// A `T` read from user memory, or from kernel memory (`SRC_KERNEL` bytes).
+#[inline(always)]
+fn read_bytes<T: Copy>(addr: u64, kernel: bool) -> Result<T, i64> {
     // Zeroed, not uninitialised: the 5.10 verifier refuses any load of a stack slot that
     // some path left unwritten, and a failed read leaves it so.
     // SAFETY: only used with integer and byte-array types, for which all zeroes is valid.
     let mut v: T = unsafe { core::mem::zeroed() };
-    // SAFETY: the helper writes at most size_of::<T>() bytes into `v`.
+    let (dst, size, src) = (
+        &mut v as *mut T as *mut c_void,
+        core::mem::size_of::<T>() as u32,
+        addr as *const c_void,
+    );
+    // SAFETY: the helpers write at most size_of::<T>() bytes into `v`.
     let r = unsafe {
-        bpf_probe_read_user(
-            &mut v as *mut T as *mut c_void,
-            core::mem::size_of::<T>() as u32,
-            addr as *const c_void,
-        )
+        if kernel {
+            bpf_probe_read_kernel(dst, size, src)
+        } else {
+            bpf_probe_read_user(dst, size, src)
+        }
     };
     if r == 0 {
         Ok(v)

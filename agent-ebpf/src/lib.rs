@@ -19,6 +19,9 @@ pub const RING_BYTES: u32 = 8 * 1024 * 1024;
 pub const MAX_FORKS: u32 = 16384;
 /// Threads inside an `SSL_read`/`SSL_write` at once.
 pub const MAX_SSL_CALLS: u32 = 16384;
+/// Threads with a memory-BIO `SSL_write` whose ciphertext they have not written yet (each
+/// entry holds MAX_PAYLOAD bytes of plaintext; least recently used first out).
+pub const MAX_UNBOUND_WRITES: u32 = 256;
 
 /// Event kinds (`EventHeader::kind`). Read with `EventKind::try_from`, never transmuted.
 pub mod event_kind {

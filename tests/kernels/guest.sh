@@ -59,6 +59,7 @@ http {
   server { listen 127.0.0.1:8080; location / { return 200 "ok\n"; } }
   server {
     listen 127.0.0.1:8443 ssl;
+    listen 127.0.0.1:8444 ssl;
     ssl_certificate $W/nginx/cert.pem; ssl_certificate_key $W/nginx/key.pem;
     location / { return 200 "secure\n"; }
   }
@@ -83,6 +84,21 @@ wait_port 8443 "nginx TLS" && {
     curl -sk -o /dev/null -o /dev/null -o /dev/null "$url" "$url" "$url" \
         && traffic nginx_tls 3
 }
+
+# Node's https (OpenSSL linked into node, memory BIOs): three keep-alive requests to the
+# second TLS port, after a wait for sonde to attach to the new node process.
+if command -v node > /dev/null; then
+    node -e "
+      const https = require('https');
+      const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+      const get = () => new Promise((ok, fail) => https.get({ host: '127.0.0.1', port: 8444,
+        path: '/node', agent, rejectUnauthorized: false },
+        (r) => { r.resume(); r.on('end', () => ok(r.statusCode)); }).on('error', fail));
+      setTimeout(async () => {
+        for (let i = 0; i < 3; i++) if (await get() !== 200) process.exit(1);
+        agent.destroy();
+      }, 2000);" && traffic node_tls 3
+fi
 
 # busybox httpd: the parent accepts and forks; the child serves on fd 0 and 1.
 echo "hello from busybox" > "$W/bb/index.html"

@@ -111,6 +111,18 @@ pub fn tempdir(name: &str) -> PathBuf {
 }
 
 /// Waits until `url` answers 200, or panics after `secs`.
+/// Waits until something accepts connections on 127.0.0.1:`port` (20 s at most).
+pub fn wait_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn wait_http_ok(host_port: &str, path: &str, secs: u64) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
@@ -354,14 +366,7 @@ impl Nginx {
             .arg(dir.join("nginx.conf"))
             .args(["-g", "daemon off;"]);
         let child = spawn_owned(cmd);
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "nginx did not start; see {d}/error.log"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_port(port, &format!("nginx (see {d}/error.log)"));
         Nginx {
             port,
             pid: child.id(),

@@ -666,20 +666,30 @@ fn check_guest_output(out: &Path) -> Vec<(String, Result<String, String>)> {
             http(s, "CLIENT", "curl", "8080") && attr(s, "http.response.status_code") == "200"
         }),
     );
-    let https = |s: &Value, kind: &str, service: &str| {
-        http(s, kind, service, "8443")
+    let https = |s: &Value, kind: &str, service: &str, port: &str| {
+        http(s, kind, service, port)
             && attr(s, "url.scheme") == "https"
             && attr(s, "http.response.status_code") == "200"
     };
     expect(
         "nginx HTTPS (OpenSSL uprobes): server spans",
         sent("nginx_tls"),
-        count(&|s| https(s, "SERVER", "nginx")),
+        count(&|s| https(s, "SERVER", "nginx", "8443")),
     );
     expect(
         "nginx HTTPS: curl client spans",
         sent("nginx_tls"),
-        count(&|s| https(s, "CLIENT", "curl")),
+        count(&|s| https(s, "CLIENT", "curl", "8443")),
+    );
+    expect(
+        "Node HTTPS (memory BIOs): node client spans",
+        sent("node_tls"),
+        count(&|s| https(s, "CLIENT", "node", "8444")),
+    );
+    expect(
+        "Node HTTPS: nginx server spans",
+        sent("node_tls"),
+        count(&|s| https(s, "SERVER", "nginx", "8444")),
     );
     let bb_parent: Option<u64> = read("busybox.pid").trim().parse().ok();
     expect(

@@ -23,13 +23,15 @@ const ENTRIES: [(&str, &str); 4] = [
     ("sonde_ssl_read_ex", "SSL_read_ex"),
 ];
 const RETURN: &str = "sonde_ssl_return";
+/// `SSL_free` (entry only): forgets the freed `SSL*`'s socket.
+const FREE: (&str, &str) = ("sonde_ssl_free", "SSL_free");
 
 /// Every process's maps are read again this often.
 const FULL_SCAN: Duration = Duration::from_secs(10);
 
 /// Loads the TLS programs (before any attach).
 pub fn load(ebpf: &mut Ebpf) -> Result<(), (&'static str, ProgramError)> {
-    for name in ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]) {
+    for name in ENTRIES.iter().map(|(p, _)| *p).chain([RETURN, FREE.0]) {
         uprobe(ebpf, name)?.load().map_err(|e| (name, e))?;
     }
     Ok(())
@@ -239,6 +241,15 @@ fn attach(ebpf: &mut Ebpf, target: &Path, first_decides: bool) -> Result<usize, 
             continue;
         }
         attached += 1;
+    }
+    if attached > 0 {
+        // Without it a freed SSL*'s address, reused by a later connection, would still
+        // name the old socket. (Every OpenSSL exports it; a failure is reported.)
+        let (program, function) = FREE;
+        let free = uprobe(ebpf, program).map_err(|(n, e)| format!("{n}: {e}"))?;
+        if let Err(e) = free.attach(function, target, UProbeScope::AllProcesses) {
+            return Err(format!("{function}: {e}"));
+        }
     }
     match (attached, last_error) {
         (0, Some(e)) => Err(e),
