@@ -356,7 +356,8 @@ fn short_lived_backends_give_every_server_span() {
 /// be read; the connection is counted on both sides and gives no span.
 /// PostgreSQL with SSL (`sslmode=require`) through OpenSSL: after the SSLRequest is
 /// answered `S`, the plaintext comes from the TLS uprobes and gives the same spans as in
-/// clear text, on both sides; nothing is counted as unreadable.
+/// clear text, on both sides: psql's query, and every statement of pgbench's (prepared)
+/// transactions exactly; nothing is counted as unreadable.
 #[test]
 fn ssl_connections_are_read_through_openssl() {
     // Not while the other SSL test's sonde, which counts every switch it sees, looks on.
@@ -389,6 +390,27 @@ fn ssl_connections_are_read_through_openssl() {
             ("SERVER".to_string(), "postgres".to_string())
         ],
         "{spans:#?}"
+    );
+    // pgbench over SSL, two clients, extended protocol: exact statement counts.
+    let db = "bench_ssl";
+    pg.pgbench_db(db);
+    let (clients, per_client) = (2, 20);
+    run(pg
+        .client("pgbench")
+        .env("PGSSLMODE", "require")
+        .args(["-n", "-M", "prepared", "-c", &clients.to_string()])
+        .args(["-t", &per_client.to_string(), db]));
+    let expected = tpcb(clients * per_client);
+    let total: usize = expected.values().sum();
+    assert_eq!(
+        names(env, db, "CLIENT", "pgbench", total),
+        expected,
+        "client"
+    );
+    assert_eq!(
+        names(env, db, "SERVER", "postgres", total),
+        expected,
+        "server"
     );
     // Past the grace the counter waits for plaintext (2 s): still nothing unreadable.
     std::thread::sleep(std::time::Duration::from_millis(3000));

@@ -3,7 +3,6 @@
 //! patch's capabilities alone), and the .deb of `cargo xtask deb`, installed with dpkg.
 //! `cargo xtask test` builds both before the tests run.
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 use sonde_tests::*;
@@ -253,11 +252,13 @@ fn image_observes_the_host(variant: &str, least_privilege: bool) {
     );
     let _ = server.kill();
     let _ = server.wait();
-    let _ = Command::new("podman")
-        .args(["stop", "--time", "5", &name])
-        .stdout(Stdio::null())
-        .status();
-    std::thread::sleep(Duration::from_millis(200));
+    // SIGTERM to podman, which passes it on: sonde stops and the container is removed.
+    drop(sonde);
+    let gone = Command::new("podman")
+        .args(["container", "exists", &name])
+        .status()
+        .unwrap();
+    assert!(!gone.success(), "container {name} still there");
 }
 
 #[test]
@@ -365,8 +366,7 @@ fn deb_installs_runs_keeps_its_configuration_and_purges() {
     assert_eq!(clients.len(), 3, "{clients:?}");
     assert!(servers.iter().all(|s| s["service.name"] == "nginx"));
     assert!(clients.iter().all(|s| s["service.name"] == "curl"));
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(sonde.pid as i32, libc::SIGTERM) };
+    drop(sonde);
 
     // An edited configuration survives a reinstall, without a question.
     let edited = format!("{config}# edited by the administrator\n");

@@ -1,5 +1,5 @@
-//! HTTPS read in clear text through the OpenSSL uprobes (libssl.so.3, and OpenSSL linked
-//! into node): nginx with a TLS listener driven by curl, Python `requests`, httpx's async
+//! HTTPS read in clear text through the OpenSSL uprobes (libssl.so.3, bullseye's
+//! libssl.so.1.1, and OpenSSL linked into node): nginx with a TLS listener driven by curl, Python `requests`, httpx's async
 //! client and Node's `https`, Python's own `http.server` wrapped in `ssl`, and a Node HTTPS
 //! server; exact counts, statuses, sizes and `url.scheme=https` on both sides, keep-alive,
 //! and a connection its client opened before sonde started.
@@ -333,6 +333,8 @@ fn node_https_client_with_openssl_linked_in() {
     let _serial = serial();
     let (_nginx, port) = https_nginx("tls-node");
     let sonde = Sonde::start();
+    let go_file = tempdir("tls-node-go").join("go");
+    let go = go_file.display();
     let script = format!(
         "const https = require('https');\n\
          const call = (agent, method, p, body) => new Promise((ok, fail) => {{\n\
@@ -342,7 +344,8 @@ fn node_https_client_with_openssl_linked_in() {
            req.on('error', fail); req.end(body);\n\
          }});\n\
          (async () => {{\n\
-           await new Promise((ok) => setTimeout(ok, 1500)); // sonde attaches within a second\n\
+           // The test creates the file once sonde has attached to this node.\n\
+           while (!require('fs').existsSync('{go}')) await new Promise((ok) => setTimeout(ok, 20));\n\
            let agent = new https.Agent({{ keepAlive: true, maxSockets: 1 }});\n\
            for (const p of ['/secure/n1', '/secure/n2', '/secure/missing']) console.log(await call(agent, 'GET', p));\n\
            console.log(await call(agent, 'POST', '/secure/post', 'x'.repeat(1000)));\n\
@@ -353,11 +356,18 @@ fn node_https_client_with_openssl_linked_in() {
            agent.destroy();\n\
          }})();\n"
     );
-    let out = run(Command::new("node")
-        .args(["-e", &script])
-        .env("OTEL_SERVICE_NAME", "node-https"));
+    let mut node = Command::new("node");
+    node.args(["-e", &script])
+        .env("OTEL_SERVICE_NAME", "node-https")
+        .stdout(Stdio::piped());
+    let node = spawn_owned(node);
+    sonde.wait_log("/usr/bin/node (OpenSSL linked in");
+    std::fs::write(&go_file, "").unwrap();
+    let out = node.wait_with_output().unwrap();
     assert_eq!(
-        out.split_whitespace().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
         ["200", "200", "404", "200", "200"]
     );
     let paths = [
@@ -445,8 +455,7 @@ fn node_https_server_reads_through_memory_bios() {
         .stdout(Stdio::null());
     let mut node = spawn_owned(node);
     wait_port(port, "node");
-    // sonde attaches to node within a second of its start.
-    std::thread::sleep(Duration::from_millis(1500));
+    sonde.wait_log("/usr/bin/node (OpenSSL linked in");
     let url = |p: &str| format!("https://127.0.0.1:{port}/{p}");
     curl_keep_alive(&[url("one"), url("two"), url("missing")]);
     run(Command::new("curl")
@@ -521,4 +530,46 @@ fn python_asyncio_https_client_through_memory_bios() {
         assert_eq!(seen, want, "{side:#?}");
     }
     assert_eq!(tls_fd_unknown(&sonde.metrics()), 0.0);
+}
+
+/// OpenSSL 1.1 (`libssl.so.1.1`, Debian bullseye's 1.1.1, unpacked by `cargo xtask setup`):
+/// `openssl s_client` sends two requests on one connection once sonde has attached to the
+/// library it maps; each is seen once by s_client and by nginx.
+#[test]
+fn openssl_1_1_client() {
+    let _serial = serial();
+    let dir = openssl_1_1();
+    let (_nginx, port) = https_nginx("tls-openssl11");
+    let sonde = Sonde::start();
+    let mut cmd = Command::new(dir.join("usr/bin/openssl"));
+    cmd.args(["s_client", "-quiet", "-ign_eof", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("LD_LIBRARY_PATH", dir.join("usr/lib/x86_64-linux-gnu"))
+        .env("OTEL_SERVICE_NAME", "openssl-1.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // Not spawn_owned, which closes stdin: the requests go in through it. nginx's close
+    // after the second ends the process.
+    let mut client = cmd.spawn().unwrap();
+    sonde.wait_log("openssl-1.1/usr/lib/x86_64-linux-gnu/libssl.so.1.1");
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    let requests = format!(
+        "GET /secure/o1 HTTP/1.1\r\n{host}\r\n\
+         GET /secure/missing HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
+    );
+    std::io::Write::write_all(client.stdin.as_mut().unwrap(), requests.as_bytes()).unwrap();
+    let out = client.wait_with_output().unwrap();
+    let replies = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(replies.matches("HTTP/1.1 ").count(), 2, "{replies}");
+    let server = sonde.wait_spans(2, |s| kind(s) == "SERVER" && on_port(s, port));
+    let client = sonde.wait_spans(2, |s| {
+        kind(s) == "CLIENT" && on_port(s, port) && s["service.name"] == "openssl-1.1"
+    });
+    let want = [("/secure/o1", "200"), ("/secure/missing", "404")]
+        .map(|(p, s)| (p.to_string(), s.to_string()));
+    for side in [&server, &client] {
+        assert_eq!(paths_and_statuses(side), want, "{side:#?}");
+    }
+    assert!(sonde.logs().contains("libssl.so.1.1"), "{}", sonde.logs());
 }

@@ -111,6 +111,24 @@ pub fn tempdir(name: &str) -> PathBuf {
 }
 
 /// Waits until `url` answers 200, or panics after `secs`.
+/// Debian bullseye's OpenSSL 1.1 (`usr/bin/openssl`, `usr/lib/x86_64-linux-gnu/libssl.so.1.1`),
+/// unpacked by `cargo xtask setup` under `~/.cache/sonde/openssl-1.1`.
+pub fn openssl_1_1() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache"))
+        .join("sonde/openssl-1.1");
+    assert!(
+        dir.join(".complete").exists(),
+        "{} is missing: `cargo xtask setup` fetches it",
+        dir.display()
+    );
+    dir
+}
+
 /// Waits until something accepts connections on 127.0.0.1:`port` (20 s at most).
 pub fn wait_port(port: u16, what: &str) {
     let start = Instant::now();
@@ -164,7 +182,7 @@ pub struct Sonde {
     pub metrics_addr: String,
     spans: Arc<Mutex<Vec<Value>>>,
     logs: Arc<Mutex<String>>,
-    _child: Child,
+    child: Child,
 }
 
 impl Sonde {
@@ -223,13 +241,27 @@ impl Sonde {
             metrics_addr,
             spans,
             logs,
-            _child: child,
+            child,
         }
     }
 
     /// What sonde logged so far (its stderr).
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits (20 s at most) until sonde's log holds `needle`: for instance that it attached
+    /// its TLS uprobes to a new process's library before the test sends traffic.
+    pub fn wait_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.logs().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "sonde did not log {needle:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Spans for which `pred` holds, right now.
@@ -271,6 +303,24 @@ impl Sonde {
             http_get(&self.metrics_addr, "/metrics").expect("metrics endpoint answers");
         assert_eq!(status, 200);
         Metrics(body)
+    }
+}
+
+/// A test's sonde stops with the test (SIGTERM, as systemd stops it): the sondes of earlier
+/// tests would otherwise keep scanning /proc and slow the next ones down.
+impl Drop for Sonde {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -545,14 +595,15 @@ impl Postgres {
     /// A new database with pgbench's tables (scale 1), copied from a template that
     /// `pgbench -i` filled once: no statement of the set-up runs in the new database.
     pub fn pgbench_db(&self, db: &str) {
-        static TEMPLATE: Mutex<bool> = Mutex::new(false);
-        let mut filled = TEMPLATE.lock().unwrap_or_else(|e| e.into_inner());
-        if !*filled {
+        // The servers (by port) whose template is filled.
+        static FILLED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+        let mut filled = FILLED.lock().unwrap_or_else(|e| e.into_inner());
+        if !filled.contains(&self.port) {
             self.psql("postgres", "CREATE DATABASE pgbench_template");
             run(self
                 .client("pgbench")
                 .args(["-i", "-q", "-s", "1", "pgbench_template"]));
-            *filled = true;
+            filled.push(self.port);
         }
         self.psql(
             "postgres",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{run, step};
+use crate::{debian, run, step};
 
 /// A kernel of the matrix: the Debian suite that ships it and its image package's name
 /// before the ABI number (the newest ABI the suite has is taken).
@@ -126,84 +126,7 @@ fn print_outcome(o: &Outcome) {
 }
 
 fn cache_dir() -> PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache"))
-        .join("sonde/kernels")
-}
-
-/// The Debian archive and security archive URIs this machine's apt uses (sources.list or
-/// deb822 .sources files).
-fn debian_archives() -> Result<(String, Option<String>)> {
-    let mut texts = vec![std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        paths.sort();
-        texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
-    }
-    let (mut main, mut security) = (None, None);
-    for text in &texts {
-        for line in text.lines().map(str::trim) {
-            let uri = if let Some(rest) = line.strip_prefix("URIs:") {
-                rest.split_whitespace().next()
-            } else if let Some(rest) = line.strip_prefix("deb ") {
-                rest.split_whitespace().find(|w| !w.starts_with('['))
-            } else {
-                None
-            };
-            let Some(uri) = uri.map(|u| u.trim_end_matches('/').to_string()) else {
-                continue;
-            };
-            let slot = if uri.ends_with("-security") {
-                &mut security
-            } else {
-                &mut main
-            };
-            slot.get_or_insert(uri);
-        }
-    }
-    match main {
-        Some(main) => Ok((main, security)),
-        None => {
-            bail!("no Debian archive found in /etc/apt/sources.list or /etc/apt/sources.list.d")
-        }
-    }
-}
-
-/// apt-get with a configuration of its own under `dir`: the suite's package lists and the
-/// downloads never touch the machine's apt state.
-fn private_apt(dir: &Path, tool: &str) -> Command {
-    let mut cmd = Command::new(tool);
-    let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
-    cmd.arg("-o")
-        .arg(opt("Dir::Etc::SourceList", &dir.join("sources.list")))
-        .args(["-o", "Dir::Etc::SourceParts=/nonexistent"])
-        .arg("-o")
-        .arg(opt("Dir::State::Lists", &dir.join("lists")))
-        .arg("-o")
-        .arg(opt("Dir::State::status", &dir.join("status")))
-        .arg("-o")
-        .arg(opt("Dir::Cache", &dir.join("cache")))
-        .args(["-o", "Debug::NoLocking=1", "-o", "APT::Get::List-Cleanup=0"])
-        // Root downloads into root's cache; no translations or AppStream metadata.
-        .args([
-            "-o",
-            "APT::Sandbox::User=root",
-            "-o",
-            "Acquire::Languages=none",
-        ])
-        .args([
-            "-o",
-            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false",
-        ])
-        .args([
-            "-o",
-            "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false",
-        ]);
-    cmd
+    debian::cache_root().join("kernels")
 }
 
 /// Downloads (once) and unpacks the newest image package of the kernel; returns the
@@ -213,39 +136,15 @@ fn fetch_kernel(cache: &Path, k: &Kernel) -> Result<PathBuf> {
     if unpacked.join(".complete").exists() {
         return Ok(unpacked);
     }
-    let apt = cache.join(format!("apt-{}", k.suite));
-    std::fs::create_dir_all(apt.join("lists/partial"))?;
-    std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
-    std::fs::write(apt.join("status"), "")?;
-    // The suite and its security updates, where the newest kernels of a release are.
-    let (archive, security) = debian_archives()?;
-    let mut sources = format!("deb {archive} {} main\n", k.suite);
-    if let Some(security) = security {
-        sources.push_str(&format!("deb {security} {}-security main\n", k.suite));
-    }
-    std::fs::write(apt.join("sources.list"), sources)?;
-    step(&format!("apt-get update for {} (private lists)", k.suite));
-    run(private_apt(&apt, "apt-get").args(["update", "-qq"]))?;
-    let names = private_apt(&apt, "apt-cache")
+    let apt = debian::suite_apt(cache, k.suite)?;
+    let names = debian::private_apt(&apt, "apt-cache")
         .args(["pkgnames", k.package_prefix])
         .output()
         .context("apt-cache pkgnames")?;
     let package = newest_image(&String::from_utf8_lossy(&names.stdout), k.package_prefix)
         .with_context(|| format!("{} has no {}*-amd64 package", k.suite, k.package_prefix))?;
     step(&format!("downloading {package} from {}", k.suite));
-    let debs = cache.join("debs");
-    std::fs::create_dir_all(&debs)?;
-    run(private_apt(&apt, "apt-get")
-        .args(["download", "-qq", &package])
-        .current_dir(&debs))?;
-    let deb = std::fs::read_dir(&debs)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-        })
-        .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+    let deb = debian::download(&apt, &cache.join("debs"), &package)?;
     let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked)?;
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod dashboards;
 mod deb;
+mod debian;
 mod gpu_check;
 mod image;
 mod kernels;
@@ -54,7 +55,8 @@ const DEB_PACKAGES: &[&str] = &[
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  setup          install what building and testing need (Debian packages, nightly rust-src,
+  setup          install what building and testing need (Debian packages, PyPI packages,
+                 bullseye's OpenSSL 1.1 under ~/.cache/sonde, nightly rust-src,
                  bpf-linker built against the nightly toolchain's LLVM); safe to repeat
   build          setup, then cargo build --release (target/release/sonde)
   run [ARGS..]   build, then run target/release/sonde with ARGS (as root)
@@ -288,6 +290,7 @@ fn succeeds(cmd: &mut Command) -> bool {
 fn setup() -> Result<()> {
     setup_debian_packages()?;
     setup_python_tools()?;
+    debian::setup_openssl_1_1()?;
     setup_nightly()?;
     setup_bpf_linker()
 }

@@ -13,10 +13,12 @@ pub enum AttrValue {
     StrArray(Vec<String>),
 }
 
-/// `server.address` and `server.port`: the Host header when present, else `fallback`.
+/// `server.address` and `server.port`: the Host header when present (without a port: the
+/// scheme's, 443 over TLS, else 80), else `fallback`.
 pub fn server_endpoint(
     host: Option<&str>,
     fallback: Option<SocketAddr>,
+    tls: bool,
 ) -> (Option<String>, Option<u16>) {
     if let Some(h) = host.filter(|h| !h.is_empty()) {
         let (name, port) = match h.rsplit_once(':') {
@@ -25,7 +27,8 @@ pub fn server_endpoint(
             None => (h, None),
         };
         let name = name.trim_start_matches('[').trim_end_matches(']');
-        return (Some(name.to_string()), port.or(Some(80)));
+        let default_port = if tls { 443 } else { 80 };
+        return (Some(name.to_string()), port.or(Some(default_port)));
     }
     match fallback {
         Some(a) => (Some(a.ip().to_string()), Some(a.port())),

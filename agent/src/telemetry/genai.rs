@@ -71,7 +71,7 @@ pub fn provider(call: &HttpCall, llm: &LlmCall, rules: &[ProviderRule]) -> Strin
         .request
         .host
         .as_deref()
-        .map(|h| server_endpoint(Some(h), None).0);
+        .map(|h| server_endpoint(Some(h), None, false).0);
     if let Some(p) = host.flatten().as_deref().and_then(provider_of_host) {
         return p.to_string();
     }

@@ -284,7 +284,7 @@ struct Base {
 impl Base {
     fn of(call: &HttpCall, llm: &LlmCall) -> Base {
         let (address, port) = match call.role {
-            Role::Client => server_endpoint(call.request.host.as_deref(), call.peer),
+            Role::Client => server_endpoint(call.request.host.as_deref(), call.peer, call.tls),
             Role::Server => (
                 call.local.map(|a| a.ip().to_string()),
                 call.local.map(|a| a.port()),

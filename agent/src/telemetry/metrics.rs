@@ -539,7 +539,8 @@ impl Metrics {
                 call.route.as_deref().unwrap_or_default().to_string(),
             ]),
             Role::Client => {
-                let (addr, port) = server_endpoint(call.request.host.as_deref(), call.peer);
+                let (addr, port) =
+                    server_endpoint(call.request.host.as_deref(), call.peer, call.tls);
                 self.http_client.series(vec![
                     service_name,
                     method,

@@ -166,7 +166,7 @@ impl Span {
         } else {
             call.peer
         };
-        let (addr, port) = server_endpoint(req.host.as_deref(), fallback);
+        let (addr, port) = server_endpoint(req.host.as_deref(), fallback, call.tls);
         if let Some(addr) = addr {
             a.push(("server.address", AttrValue::Str(addr)));
         }
@@ -363,20 +363,24 @@ mod tests {
     #[test]
     fn server_endpoint_from_host_header() {
         assert_eq!(
-            server_endpoint(Some("api:8080"), None),
+            server_endpoint(Some("api:8080"), None, false),
             (Some("api".into()), Some(8080))
         );
         assert_eq!(
-            server_endpoint(Some("api"), None),
+            server_endpoint(Some("api"), None, false),
             (Some("api".into()), Some(80))
         );
         assert_eq!(
-            server_endpoint(Some("[::1]:81"), None),
+            server_endpoint(Some("api"), None, true),
+            (Some("api".into()), Some(443))
+        );
+        assert_eq!(
+            server_endpoint(Some("[::1]:81"), None, true),
             (Some("::1".into()), Some(81))
         );
         let fb: SocketAddr = "10.0.0.1:9000".parse().unwrap();
         assert_eq!(
-            server_endpoint(None, Some(fb)),
+            server_endpoint(None, Some(fb), true),
             (Some("10.0.0.1".into()), Some(9000))
         );
     }
