@@ -8,6 +8,8 @@ use serde_json::Value;
 use sonde_tests::*;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// What the .deb test appends to the installed configuration, as an administrator would.
+const EDIT: &str = "# edited by the administrator\n";
 
 fn built(path: &str) -> std::path::PathBuf {
     let p = workspace_root().join(path);
@@ -17,6 +19,17 @@ fn built(path: &str) -> std::path::PathBuf {
         p.display()
     );
     p
+}
+
+/// The commit being tested: the packages must have been built from it (a stale archive in
+/// target/ from an earlier build must not pass for this one).
+fn head_commit() -> String {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(workspace_root())
+        .args(["rev-parse", "HEAD"]))
+    .trim()
+    .to_string()
 }
 
 fn yaml(path: &str) -> Value {
@@ -165,6 +178,11 @@ fn loaded_image() -> &'static str {
         let labels = &config["Labels"];
         assert_eq!(labels["org.opencontainers.image.version"], VERSION);
         assert_eq!(labels["org.opencontainers.image.licenses"], "Apache-2.0");
+        assert_eq!(
+            labels["org.opencontainers.image.revision"],
+            head_commit().as_str(),
+            "the image is from an earlier build: run `cargo xtask image`"
+        );
         assert!(labels["org.opencontainers.image.source"]
             .as_str()
             .unwrap()
@@ -294,13 +312,29 @@ fn deb_installs_runs_keeps_its_configuration_and_purges() {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&lintian.stdout);
+    assert!(
+        lintian.status.success(),
+        "lintian failed: {report}{}",
+        String::from_utf8_lossy(&lintian.stderr)
+    );
     let tags: Vec<&str> = report
         .lines()
         .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
         .collect();
     assert!(tags.is_empty(), "lintian: {report}");
 
-    // A package left by an earlier run goes first.
+    // A package left by an earlier run goes first; an administrator's own configuration
+    // is never purged by a test.
+    let default_config = run(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --fsys-tarfile {deb} | tar -xO ./etc/sonde/sonde.yaml"
+    )));
+    if let Ok(present) = std::fs::read_to_string("/etc/sonde/sonde.yaml") {
+        let ours = [default_config.clone(), format!("{default_config}{EDIT}")];
+        assert!(
+            ours.contains(&present),
+            "/etc/sonde/sonde.yaml here is not the package's: this test would purge it"
+        );
+    }
     let _ = Command::new("dpkg")
         .args(["--purge", "sonde"])
         .stdout(Stdio::null())
@@ -336,6 +370,12 @@ fn deb_installs_runs_keeps_its_configuration_and_purges() {
         assert!(std::path::Path::new(file).exists(), "{file}");
     }
     let config = std::fs::read_to_string("/etc/sonde/sonde.yaml").unwrap();
+    assert_eq!(config, default_config);
+    let changelog = run(Command::new("zcat").arg("/usr/share/doc/sonde/changelog.gz"));
+    assert!(
+        changelog.contains(&head_commit()),
+        "the package is from an earlier build: run `cargo xtask deb`\n{changelog}"
+    );
     assert!(
         config.contains("/usr/share/doc/sonde/configuration.md"),
         "{config}"
@@ -369,7 +409,7 @@ fn deb_installs_runs_keeps_its_configuration_and_purges() {
     drop(sonde);
 
     // An edited configuration survives a reinstall, without a question.
-    let edited = format!("{config}# edited by the administrator\n");
+    let edited = format!("{config}{EDIT}");
     std::fs::write("/etc/sonde/sonde.yaml", &edited).unwrap();
     dpkg(&["--install", deb]);
     assert_eq!(

@@ -9,7 +9,7 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::{btf_tracepoint, map, tracepoint, uprobe, uretprobe},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, RetProbeContext, TracePointContext},
     Global,
 };
@@ -154,7 +154,7 @@ struct Source {
     kind: u8,
     /// The buffer (`SRC_BUF`) or the iovec array (`SRC_IOV`).
     ptr: u64,
-    /// The iovec count (`SRC_IOV`), or the bytes kept (`SRC_KERNEL`).
+    /// The iovec count (`SRC_IOV`), or the bytes staged (`SRC_KERNEL`).
     iovs: u64,
 }
 
@@ -163,7 +163,8 @@ const SRC_NONE: u8 = 0;
 const SRC_BUF: u8 = 1;
 /// An iovec array (readv/writev, and *msg through their msghdr).
 const SRC_IOV: u8 = 2;
-/// Bytes sonde kept in a map (a memory-BIO `SSL_write`'s plaintext): `iovs` is how many.
+/// A memory-BIO `SSL_write`'s plaintext staged in `UNBOUND_STAGING`: `iovs` is how many
+/// bytes.
 const SRC_KERNEL: u8 = 3;
 
 const NO_PAYLOAD: Source = Source {
@@ -181,11 +182,14 @@ fn buf(ptr: u64) -> Source {
     }
 }
 
+/// The `count` bytes staged in this CPU's `UNBOUND_STAGING` (no pointer: the readers
+/// look the map up themselves, which keeps map-value pointers out of the code that does
+/// arithmetic on user addresses).
 #[inline(always)]
-fn kernel_bytes(ptr: u64, count: u64) -> Source {
+fn staged_plaintext(count: u64) -> Source {
     Source {
         kind: SRC_KERNEL,
-        ptr,
+        ptr: 0,
         iovs: count,
     }
 }
@@ -234,11 +238,9 @@ pub fn sonde_thread_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = SSL_CALLS.remove(&pid_tgid);
     let _ = CIPHER_READS.remove(&pid_tgid);
-    // SAFETY: the reference points into the map value, valid for this program run.
-    if unsafe { UNBOUND_WRITES.get(&pid_tgid) }.is_some_and(|w| w.bound == 0) {
+    if UNBOUND_WRITES.remove(&pid_tgid).is_ok() {
         count_drop(drop_reason::TLS_FD_UNKNOWN);
     }
-    let _ = UNBOUND_WRITES.remove(&pid_tgid);
     0
 }
 
@@ -259,22 +261,25 @@ pub struct UnboundWrite {
     ssl: u64,
     /// The call's plaintext length.
     len: u64,
-    /// How many of its first bytes `bytes` holds (at most MAX_PAYLOAD - 1).
+    /// How many of its first bytes `bytes` holds (1 to MAX_PAYLOAD - 1).
     copied: u64,
-    /// Set once a write bound it: the entry stays (its bytes were shipped from it) until
-    /// the thread's next unbound write replaces it.
-    bound: u64,
     bytes: [u8; MAX_PAYLOAD],
 }
 
+/// One entry per thread, deleted when a write binds it (or the thread's next unbound write
+/// replaces it, or the thread exits: both counted as `tls_fd_unknown`). Not an LRU map: a
+/// full map refuses the new entry, which is counted, instead of dropping an old one
+/// silently.
 #[map]
-static UNBOUND_WRITES: LruHashMap<u64, UnboundWrite> =
-    LruHashMap::with_max_entries(MAX_UNBOUND_WRITES, 0);
+static UNBOUND_WRITES: HashMap<u64, UnboundWrite> =
+    HashMap::with_max_entries(MAX_UNBOUND_WRITES, 0);
 
-/// A zeroed value to create an `UNBOUND_WRITES` entry from (too large for the stack); the
-/// entry is then filled in place.
+/// Per-CPU room for one `UnboundWrite` (too large for the stack): the value a new entry is
+/// inserted from (then filled in place), and where a bound entry's plaintext is moved
+/// before the entry is deleted, to be shipped from there (the sys_exit program runs with
+/// preemption off, so nothing else uses this CPU's copy meanwhile).
 #[map]
-static UNBOUND_TEMPLATE: PerCpuArray<UnboundWrite> = PerCpuArray::with_max_entries(1, 0);
+static UNBOUND_STAGING: PerCpuArray<UnboundWrite> = PerCpuArray::with_max_entries(1, 0);
 
 /// The application-data records (their lengths, 0 for none) at the start of the thread's
 /// last ciphertext read outside an SSL call, and its socket: an `SSL_read` over a memory
@@ -284,8 +289,8 @@ static UNBOUND_TEMPLATE: PerCpuArray<UnboundWrite> = PerCpuArray::with_max_entri
 #[derive(Clone, Copy)]
 pub struct CipherRead {
     fd: i32,
-    _pad: u32,
-    records: [u64; CIPHER_READ_RECORDS],
+    /// Record lengths fit 16 bits (at most 2^14 + 2048 by the TLS specification).
+    records: [u16; CIPHER_READ_RECORDS],
 }
 
 const CIPHER_READ_RECORDS: usize = 4;
@@ -619,13 +624,20 @@ fn on_data(
                     mark_tls(info, &mut conn);
                     return Ok(());
                 }
-                if dir == direction::INGRESS {
+                // A socket no SSL* is tied to yet (no TLS flag): a memory-BIO program's
+                // ciphertext may tie one.
+                let bound = if conn.flags & conn_flags::TLS != 0 {
+                    None
+                } else if dir == direction::INGRESS {
                     note_cipher_read(key, pid_tgid, src, len);
-                }
-                if let Some((plain, plain_len)) = bound_write(key, pid_tgid, dir, src, len) {
+                    None
+                } else {
+                    bound_write(key, pid_tgid, src, len)
+                };
+                if let Some((staged, plain_len)) = bound {
                     // The ciphertext of this thread's last SSL_write into a memory BIO:
                     // that call's plaintext goes in its place.
-                    src = plain;
+                    src = staged_plaintext(staged);
                     len = plain_len;
                     mark_tls(info, &mut conn);
                 } else if conn.flags & conn_flags::TLS != 0 && src.kind != SRC_NONE {
@@ -762,36 +774,30 @@ fn on_data(
 }
 
 /// Copies an unbound `SSL_write`'s plaintext (its first MAX_PAYLOAD - 1 bytes) into the
-/// thread's `UNBOUND_WRITES` entry. One per thread: an older one never written out is lost,
-/// and counted.
+/// thread's `UNBOUND_WRITES` entry. One per thread: an older one never written out is lost;
+/// every loss here is counted.
 #[inline(always)]
 fn keep_unbound_write(pid_tgid: u64, ssl: u64, buf: u64, len: u64) {
     let entry = match UNBOUND_WRITES.get_ptr_mut(&pid_tgid) {
         Some(e) => {
-            // SAFETY (all derefs of `e`): a pointer into this thread's map value, valid for
-            // this program run; only this thread's programs use this key.
-            if unsafe { (*e).bound } == 0 {
-                count_drop(drop_reason::TLS_FD_UNKNOWN);
-            }
+            count_drop(drop_reason::TLS_FD_UNKNOWN); // the older one, replaced
             e
         }
         None => {
-            let Some(template) = UNBOUND_TEMPLATE.get_ptr(0) else {
-                return;
-            };
-            // SAFETY: a per-CPU map value, valid for this program run; only its zeroes are
-            // read (it is never written).
-            if UNBOUND_WRITES
-                .insert(&pid_tgid, unsafe { &*template }, 0)
-                .is_err()
-            {
+            let Some(template) = UNBOUND_STAGING.get_ptr(0) else {
                 count_drop(drop_reason::TLS_FD_UNKNOWN);
                 return;
-            }
-            let Some(e) = UNBOUND_WRITES.get_ptr_mut(&pid_tgid) else {
-                return;
             };
-            e
+            // SAFETY: a per-CPU map value, valid for this program run; what it holds does
+            // not matter (every field read later is written below).
+            let inserted = UNBOUND_WRITES.insert(&pid_tgid, unsafe { &*template }, 0);
+            match UNBOUND_WRITES.get_ptr_mut(&pid_tgid) {
+                Some(e) if inserted.is_ok() => e,
+                _ => {
+                    count_drop(drop_reason::TLS_FD_UNKNOWN); // the map is full
+                    return;
+                }
+            }
         }
     };
     let want = if len > OFF_MASK as u64 {
@@ -801,44 +807,36 @@ fn keep_unbound_write(pid_tgid: u64, ssl: u64, buf: u64, len: u64) {
     };
     // Masked behind black_box, as in `emit`, for the older verifiers.
     let n = core::hint::black_box(want) & OFF_MASK;
+    // SAFETY (all derefs of `entry`): a pointer into this thread's map value, valid for this
+    // program run; only this thread's programs use this key.
+    let copied = unsafe {
+        let dst = (*entry).bytes.as_mut_ptr() as *mut c_void;
+        bpf_probe_read_user(dst, n as u32, buf as *const c_void) == 0
+    };
+    if !copied || n == 0 {
+        let _ = UNBOUND_WRITES.remove(&pid_tgid);
+        count_drop(drop_reason::TLS_FD_UNKNOWN);
+        return;
+    }
     unsafe {
         (*entry).ssl = ssl;
         (*entry).len = len;
-        (*entry).bound = 0;
-        let dst = (*entry).bytes.as_mut_ptr() as *mut c_void;
-        (*entry).copied = if bpf_probe_read_user(dst, n as u32, buf as *const c_void) == 0 {
-            n as u64
-        } else {
-            0
-        };
+        (*entry).copied = n as u64;
     }
 }
 
-/// The thread's pending memory-BIO `SSL_write` if `src`, written to `key`'s socket, starts
-/// with its encryption: an application-data record (type 23, version 3.x) that `encrypts`
-/// exactly its plaintext. Then the `SSL*` is bound to the socket from here on, and the
-/// plaintext kept at the call's return is returned as a source (with its length) to ship in
-/// place of the ciphertext.
+/// The thread's pending memory-BIO `SSL_write` if `src`, written to `key`'s socket (one no
+/// `SSL*` is tied to yet), starts with its encryption: an application-data record (type
+/// 23, version 3.x) that `encrypts` exactly its plaintext. Then the `SSL*` is bound to the
+/// socket from here on, the entry's plaintext is moved to this CPU's staging copy and the
+/// entry deleted; returns how many bytes were staged and the plaintext's length, to ship
+/// in place of the ciphertext.
 #[inline(always)]
-fn bound_write(
-    key: &ConnKey,
-    pid_tgid: u64,
-    dir: u8,
-    src: Source,
-    len: u64,
-) -> Option<(Source, u64)> {
-    if dir != direction::EGRESS {
-        return None;
-    }
-    let w = UNBOUND_WRITES.get_ptr_mut(&pid_tgid)?;
+fn bound_write(key: &ConnKey, pid_tgid: u64, src: Source, len: u64) -> Option<(u64, u64)> {
+    let w = UNBOUND_WRITES.get_ptr(&pid_tgid)?;
     // SAFETY (all derefs of `w`): a pointer into this thread's map value, valid for this
     // program run.
-    let (ssl, plain_len, copied) = unsafe {
-        if (*w).bound != 0 {
-            return None;
-        }
-        ((*w).ssl, (*w).len, (*w).copied)
-    };
+    let (ssl, plain_len, copied) = unsafe { ((*w).ssl, (*w).len, (*w).copied) };
     let (ptr, avail) = first_buffer(src, len)?;
     if avail < 5 {
         return None;
@@ -851,15 +849,29 @@ fn bound_write(
     if !encrypts(record, plain_len) {
         return None;
     }
-    unsafe { (*w).bound = 1 };
+    let staging = UNBOUND_STAGING.get_ptr_mut(0)?;
+    let n = core::hint::black_box(copied as usize) & OFF_MASK;
+    // SAFETY: `staging` is this CPU's value; the helper writes at most n < MAX_PAYLOAD bytes
+    // into its `bytes`.
+    let moved = unsafe {
+        bpf_probe_read_kernel(
+            (*staging).bytes.as_mut_ptr() as *mut c_void,
+            n as u32,
+            (*w).bytes.as_ptr() as *const c_void,
+        )
+    };
+    let _ = UNBOUND_WRITES.remove(&pid_tgid);
+    if moved != 0 {
+        count_drop(drop_reason::TLS_FD_UNKNOWN);
+        return None;
+    }
     let ssl_key = SslKey {
         tgid: key.tgid,
         _pad: 0,
         ssl,
     };
     let _ = SSL_FDS.insert(&ssl_key, &key.fd, 0);
-    let bytes = unsafe { (*w).bytes.as_ptr() } as u64;
-    Some((kernel_bytes(bytes, copied), plain_len))
+    Some((n as u64, plain_len))
 }
 
 /// Whether `record` (a ciphertext record's length) carries `plaintext` bytes (up to one
@@ -897,7 +909,6 @@ fn note_cipher_read(key: &ConnKey, pid_tgid: u64, src: Source, len: u64) {
     };
     let mut read = CipherRead {
         fd: key.fd,
-        _pad: 0,
         records: [0; CIPHER_READ_RECORDS],
     };
     let mut off: u64 = 0;
@@ -914,7 +925,7 @@ fn note_cipher_read(key: &ConnKey, pid_tgid: u64, src: Source, len: u64) {
         }
         let record = ((head[3] as u64) << 8) | head[4] as u64;
         if head[0] == 23 {
-            read.records[i] = record;
+            read.records[i] = record as u16;
             found = true;
         }
         off += 5 + record;
@@ -932,7 +943,7 @@ fn bound_read(pid_tgid: u64, len: u64) -> Option<i32> {
     let read = unsafe { CIPHER_READS.get(&pid_tgid) }.copied()?;
     let mut hit = false;
     for record in read.records {
-        if record != 0 && encrypts(record, len) {
+        if record != 0 && encrypts(record as u64, len) {
             hit = true;
         }
     }
@@ -1212,7 +1223,16 @@ fn classify_payload(src: Source, len: u64) -> Class {
     }
     let (ptr, avail) = match src.kind {
         SRC_BUF => (src.ptr, len),
-        SRC_KERNEL => (src.ptr, if src.iovs < len { src.iovs } else { len }),
+        SRC_KERNEL => {
+            // This CPU's staged plaintext (the map is looked up here, so that no map-value
+            // pointer travels in a Source).
+            let Some(staging) = UNBOUND_STAGING.get_ptr(0) else {
+                return NOT_OURS;
+            };
+            // SAFETY: only the address of this CPU's map value is taken.
+            let bytes = unsafe { (*staging).bytes.as_ptr() } as u64;
+            (bytes, if src.iovs < len { src.iovs } else { len })
+        }
         SRC_IOV => {
             if src.iovs == 0 || src.ptr == 0 {
                 return NOT_OURS;
@@ -1393,16 +1413,27 @@ fn emit(
     // unbounded and refused "invalid access to map value").
     let mut tail: usize = 0;
     if src.kind == SRC_KERNEL {
-        // Plaintext kept in a map: as many bytes as were kept, no tail.
+        // This CPU's staged plaintext (a memory-BIO SSL_write): as many bytes as were
+        // kept, no tail.
         let want = if (want as u64) > src.iovs {
             src.iovs as usize
         } else {
             want
         };
-        let n = core::hint::black_box(want) & LEN_MASK;
-        if unsafe { bpf_probe_read_kernel(data as *mut c_void, n as u32, src.ptr as *const c_void) }
-            == 0
-        {
+        let n = core::hint::black_box(want) & OFF_MASK;
+        let read = match UNBOUND_STAGING.get_ptr(0) {
+            // SAFETY: this CPU's map value; the helper writes n < MAX_PAYLOAD bytes into
+            // `data`.
+            Some(staging) => unsafe {
+                bpf_probe_read_kernel(
+                    data as *mut c_void,
+                    n as u32,
+                    (*staging).bytes.as_ptr() as *const c_void,
+                )
+            },
+            None => -1,
+        };
+        if read == 0 {
             copied = n;
         } else {
             count_drop(drop_reason::READ_FAILED);
@@ -1531,7 +1562,7 @@ fn read_user<T: Copy>(addr: u64) -> Result<T, i64> {
     read_bytes(addr, false)
 }
 
-/// A `T` read from user memory, or from kernel memory (`SRC_KERNEL` bytes).
+/// A `T` read from user memory, or from kernel memory (staged plaintext).
 #[inline(always)]
 fn read_bytes<T: Copy>(addr: u64, kernel: bool) -> Result<T, i64> {
     // Zeroed, not uninitialised: the 5.10 verifier refuses any load of a stack slot that

@@ -262,13 +262,14 @@ fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(gz.finish()?)
 }
 
-/// DEBIAN/md5sums: every file below `tree` except DEBIAN/, as md5sum writes it.
+/// DEBIAN/md5sums: every file below `tree` except DEBIAN/ and the conffiles under etc/
+/// (dpkg keeps their sums itself), as md5sum writes it.
 fn md5sums(tree: &Path) -> Result<String> {
     let mut files: Vec<String> = walk(tree)?
         .into_iter()
         .filter(|p| p.is_file())
         .filter_map(|p| Some(p.strip_prefix(tree).ok()?.to_string_lossy().into_owned()))
-        .filter(|p| !p.starts_with("DEBIAN"))
+        .filter(|p| !p.starts_with("DEBIAN") && !p.starts_with("etc/"))
         .collect();
     files.sort();
     let out = Command::new("md5sum")
@@ -346,7 +347,7 @@ fi
 
 const POSTRM: &str = r#"#!/bin/sh
 set -e
-if [ -d /run/systemd/system ]; then
+if [ "$1" = "remove" ] && [ -d /run/systemd/system ]; then
 	systemctl --system daemon-reload >/dev/null || true
 fi
 if [ "$1" = "remove" ] && command -v deb-systemd-helper >/dev/null; then

@@ -91,7 +91,11 @@ pub fn build(root: &Path, binary: &Path, reference: &str) -> Result<PathBuf> {
         "annotations": labels,
     }))?;
     let mut manifest_ref = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
-    manifest_ref["annotations"] = json!({ "org.opencontainers.image.ref.name": reference });
+    // ref.name for podman and skopeo; containerd's name for `docker load`.
+    manifest_ref["annotations"] = json!({
+        "org.opencontainers.image.ref.name": reference,
+        "io.containerd.image.name": reference,
+    });
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",

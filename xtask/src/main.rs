@@ -190,6 +190,7 @@ fn given_or_built_sonde(root: &Path, rest: &[String]) -> Result<PathBuf> {
 }
 
 fn build_image(root: &Path, sonde: &Path, reference: &str) -> Result<PathBuf> {
+    check_x86_64()?;
     let archive = image::build(root, &stripped(root, sonde)?, reference)?;
     step(&format!(
         "image {reference}: {} ({:.1} MiB)",
@@ -200,6 +201,7 @@ fn build_image(root: &Path, sonde: &Path, reference: &str) -> Result<PathBuf> {
 }
 
 fn build_deb(root: &Path, sonde: &Path) -> Result<PathBuf> {
+    check_x86_64()?;
     let deb = deb::build(root, &stripped(root, sonde)?)?;
     step(&format!(
         "package: {} ({:.1} MiB)",
@@ -207,6 +209,14 @@ fn build_deb(root: &Path, sonde: &Path) -> Result<PathBuf> {
         std::fs::metadata(&deb)?.len() as f64 / (1024.0 * 1024.0)
     ));
     Ok(deb)
+}
+
+/// The packages say amd64 (and the eBPF programs read x86-64 registers).
+fn check_x86_64() -> Result<()> {
+    if std::env::consts::ARCH != "x86_64" {
+        bail!("the image and the package are built for x86-64 hosts only");
+    }
+    Ok(())
 }
 
 /// A copy of `sonde` without its symbol table (the packages ship this one; the eBPF object

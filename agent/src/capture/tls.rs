@@ -243,12 +243,13 @@ fn attach(ebpf: &mut Ebpf, target: &Path, first_decides: bool) -> Result<usize, 
         attached += 1;
     }
     if attached > 0 {
-        // Without it a freed SSL*'s address, reused by a later connection, would still
-        // name the old socket. (Every OpenSSL exports it; a failure is reported.)
+        // Without it a freed SSL*'s address, reused by a later connection, names the old
+        // socket until a call with a syscall in it names the new one. (Every OpenSSL
+        // exports it; the calls above stay attached either way.)
         let (program, function) = FREE;
         let free = uprobe(ebpf, program).map_err(|(n, e)| format!("{n}: {e}"))?;
         if let Err(e) = free.attach(function, target, UProbeScope::AllProcesses) {
-            return Err(format!("{function}: {e}"));
+            log::warn!("TLS: {function} not attached in {}: {e}", target.display());
         }
     }
     match (attached, last_error) {
