@@ -95,6 +95,36 @@ fn assert_usage(span: &Value, saw: &Value, reason: &str) {
     );
 }
 
+/// The OpenAI JSON chat call's response model, id and tokens are what the client saw
+/// (`saw`: the client's "json" entry).
+fn assert_json_call(span: &Value, saw: &Value) {
+    assert_eq!(
+        attr(span, "gen_ai.response.model").as_deref(),
+        saw["model"].as_str()
+    );
+    assert_eq!(
+        attr(span, "gen_ai.response.id").as_deref(),
+        saw["id"].as_str()
+    );
+    let tokens = |key: &str| attr_i64(span, &format!("gen_ai.usage.{key}_tokens"));
+    assert_eq!(tokens("input"), saw["input"].as_i64());
+    assert_eq!(tokens("output"), saw["output"].as_i64());
+}
+
+/// The OpenAI stream with include_usage: complete, the chunks and time to first chunk the
+/// client saw, and the usage chunk the server sent (10 + 2 messages in, 3 chunks out).
+fn assert_usage_stream(span: &Value, saw: &Value) {
+    assert_eq!(span["attributes"]["gen_ai.request.stream"], true);
+    assert_eq!(span["attributes"]["sonde.gen_ai.stream.completed"], true);
+    assert_eq!(
+        attr_i64(span, "sonde.gen_ai.stream.chunks"),
+        saw["chunks"].as_i64()
+    );
+    assert_eq!(attr_i64(span, "gen_ai.usage.input_tokens"), Some(12));
+    assert_eq!(attr_i64(span, "gen_ai.usage.output_tokens"), Some(3));
+    assert_ttft(span, saw["ttft"].as_f64().unwrap());
+}
+
 /// Neither prompts, nor completions, nor the API key leave sonde.
 fn assert_no_secrets(sonde: &Sonde) {
     let everything =
@@ -125,22 +155,7 @@ fn openai_sdk_calls_give_genai_spans_and_metrics_on_both_sides() {
             attr(json, "gen_ai.provider.name").as_deref(),
             Some("openai")
         );
-        assert_eq!(
-            attr(json, "gen_ai.response.model").as_deref(),
-            seen["json"]["model"].as_str()
-        );
-        assert_eq!(
-            attr(json, "gen_ai.response.id").as_deref(),
-            seen["json"]["id"].as_str()
-        );
-        assert_eq!(
-            attr_i64(json, "gen_ai.usage.input_tokens"),
-            seen["json"]["input"].as_i64()
-        );
-        assert_eq!(
-            attr_i64(json, "gen_ai.usage.output_tokens"),
-            seen["json"]["output"].as_i64()
-        );
+        assert_json_call(json, &seen["json"]);
         assert_eq!(
             json["attributes"]["gen_ai.response.finish_reasons"],
             serde_json::json!(["stop"])
@@ -153,19 +168,7 @@ fn openai_sdk_calls_give_genai_spans_and_metrics_on_both_sides() {
         );
 
         let streamed = by_model(&spans, "model-stream-usage");
-        assert_eq!(streamed["attributes"]["gen_ai.request.stream"], true);
-        assert_eq!(
-            streamed["attributes"]["sonde.gen_ai.stream.completed"],
-            true
-        );
-        assert_eq!(
-            attr_i64(streamed, "sonde.gen_ai.stream.chunks"),
-            seen["stream-usage"]["chunks"].as_i64()
-        );
-        // The usage chunk the server sent: 10 + 2 messages in, 3 chunks out.
-        assert_eq!(attr_i64(streamed, "gen_ai.usage.input_tokens"), Some(12));
-        assert_eq!(attr_i64(streamed, "gen_ai.usage.output_tokens"), Some(3));
-        assert_ttft(streamed, seen["stream-usage"]["ttft"].as_f64().unwrap());
+        assert_usage_stream(streamed, &seen["stream-usage"]);
 
         // The SDK stops reading at [DONE] and closes: the stream is complete, not failed.
         assert_eq!(attr(streamed, "error.type"), None);
@@ -401,6 +404,34 @@ fn anthropic_calls(https: bool) {
         assert_eq!(
             attr_i64(cut, "sonde.gen_ai.stream.chunks"),
             seen["cut-stream"]["chunks"].as_i64()
+        );
+    }
+    assert_no_secrets(&sonde);
+}
+
+/// AsyncOpenAI over HTTPS (httpx on asyncio: OpenSSL over memory BIOs, the way LLM
+/// gateways call providers): the same GenAI spans on both sides as with the sync client.
+#[test]
+fn async_openai_calls_over_https() {
+    let sonde = Sonde::start();
+    let (cert, key) = self_signed_certificate(&tempdir("llm-async-https"));
+    let port = fake_llm_with("aoa-server", &[cert, key]);
+    let seen = client(
+        "async_openai_client.py",
+        &format!("https://127.0.0.1:{port}/v1"),
+        "aoa-client",
+    );
+    for (kind, service) in [("CLIENT", "aoa-client"), ("SERVER", "aoa-server")] {
+        let spans = genai_spans(&sonde, 2, kind, service);
+        for s in &spans {
+            assert_eq!(attr(s, "url.scheme").as_deref(), Some("https"), "{s}");
+            assert_eq!(attr(s, "gen_ai.provider.name").as_deref(), Some("openai"));
+            assert_eq!(attr(s, "error.type"), None, "{s}");
+        }
+        assert_json_call(by_model(&spans, "model-json"), &seen["json"]);
+        assert_usage_stream(
+            by_model(&spans, "model-stream-usage"),
+            &seen["stream-usage"],
         );
     }
     assert_no_secrets(&sonde);

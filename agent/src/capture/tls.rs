@@ -4,10 +4,10 @@
 //! it, so a process started later is covered the moment it calls into an attached file).
 //!
 //! Files are found in `/proc/PID/maps` and attached through `/proc/PID/root`, so a
-//! container's own libssl is attached too. Processes are looked at when first seen (sonde
-//! lists `/proc` every second) and all of them again every `FULL_SCAN` (a process may load
-//! libssl after it started: Python imports `ssl` on demand).
-use std::collections::HashSet;
+//! container's own libssl is attached too. Sonde lists `/proc` every second: a process is
+//! looked at each time during its first `YOUNG` seconds, and all of them again every
+//! `FULL_SCAN` (a process may load libssl after it started: Python imports `ssl` on demand).
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,10 @@ const FREE: (&str, &str) = ("sonde_ssl_free", "SSL_free");
 
 /// Every process's maps are read again this often.
 const FULL_SCAN: Duration = Duration::from_secs(10);
+/// A process's maps are read every second for this long after sonde first sees it: a
+/// program may load libssl after it starts (Python imports `ssl` when a module first needs
+/// it), and its first TLS calls come soon after.
+const YOUNG: Duration = Duration::from_secs(10);
 
 /// Loads the TLS programs (before any attach).
 pub fn load(ebpf: &mut Ebpf) -> Result<(), (&'static str, ProgramError)> {
@@ -64,7 +68,8 @@ pub struct TlsAttacher {
     exes_done: HashSet<(u64, u64)>,
     /// The executables among them with OpenSSL linked in.
     static_exes: HashSet<(u64, u64)>,
-    seen_pids: HashSet<u32>,
+    /// When each live process was first seen.
+    seen_pids: HashMap<u32, Instant>,
     last_full: Option<Instant>,
     coverage: TlsCoverage,
     proc_root: PathBuf,
@@ -88,7 +93,7 @@ impl TlsAttacher {
             done: HashSet::new(),
             exes_done: HashSet::new(),
             static_exes: HashSet::new(),
-            seen_pids: HashSet::new(),
+            seen_pids: HashMap::new(),
             last_full: None,
             coverage: TlsCoverage::default(),
             proc_root,
@@ -122,7 +127,11 @@ impl TlsAttacher {
                 continue;
             };
             alive.insert(pid);
-            if pid == own || (!full && self.seen_pids.contains(&pid)) {
+            let young = self
+                .seen_pids
+                .get(&pid)
+                .is_none_or(|first| first.elapsed() < YOUNG);
+            if pid == own || (!full && !young) {
                 continue;
             }
             let Ok(maps) = std::fs::read_to_string(self.proc_root.join(format!("{pid}/maps")))
@@ -160,8 +169,11 @@ impl TlsAttacher {
                 self.done.insert(key);
             }
         }
-        self.seen_pids.retain(|p| alive.contains(p));
-        self.seen_pids.extend(alive);
+        self.seen_pids.retain(|p, _| alive.contains(p));
+        let now = Instant::now();
+        for pid in alive {
+            self.seen_pids.entry(pid).or_insert(now);
+        }
         if full {
             self.coverage.processes = covered;
         }
