@@ -1,6 +1,8 @@
 //! Connections opened before sonde started are picked up when they next carry data: an
-//! HTTP keep-alive connection, and a PostgreSQL session whose statements were prepared
-//! before sonde could see their text.
+//! HTTP keep-alive connection, a PostgreSQL session whose statements were prepared before
+//! sonde could see their text, and every live connection after sonde was killed with -9
+//! under load and started again (the kill leaves none of its programs or maps in the
+//! kernel).
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -28,19 +30,25 @@ fn get(s: &mut TcpStream, port: u16, path: &str) {
     }
 }
 
-#[test]
-fn connection_opened_before_sonde_started() {
-    let _one = ONE_SONDE.lock().unwrap_or_else(|e| e.into_inner());
+/// nginx answering "old" on a new port, and a connection to it (no sonde yet).
+fn nginx_and_a_connection(name: &str) -> (Nginx, u16, TcpStream) {
     let port = free_port();
     let nginx = Nginx::start(
-        "pre-nginx",
+        name,
         &[format!("127.0.0.1:{port}")],
         port,
         "location / { return 200 \"old\\n\"; }",
     );
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    (nginx, port, conn)
+}
+
+#[test]
+fn connection_opened_before_sonde_started() {
+    let _one = ONE_SONDE.lock().unwrap_or_else(|e| e.into_inner());
+    let (nginx, port, mut conn) = nginx_and_a_connection("pre-nginx");
     get(&mut conn, port, "/before");
     let local_port = conn.local_addr().unwrap().port().to_string();
 
@@ -143,4 +151,75 @@ fn postgres_statements_prepared_before_sonde_started() {
             .collect();
         assert_eq!(ops, expected, "{side}");
     }
+}
+
+/// The ids of every BPF program and map the kernel holds now.
+fn bpf_ids() -> BTreeSet<(String, u64)> {
+    let mut ids = BTreeSet::new();
+    for what in ["prog", "map"] {
+        let out = run(std::process::Command::new("bpftool").args(["-j", what, "show"]));
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for item in list.as_array().unwrap() {
+            let name = item["name"].as_str().unwrap_or_default();
+            ids.insert((format!("{what} {name}"), item["id"].as_u64().unwrap()));
+        }
+    }
+    ids
+}
+
+/// kill -9 of sonde while wrk loads nginx: its programs and maps leave the kernel (it pins
+/// nothing), and a sonde started again picks up the live connections: the keep-alive
+/// connection opened before either sonde, and wrk's.
+#[test]
+fn killed_under_load_leaves_nothing_and_a_restart_picks_up_live_connections() {
+    let _one = ONE_SONDE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = bpf_ids();
+    let (_nginx, port, mut conn) = nginx_and_a_connection("kill-nginx");
+    get(&mut conn, port, "/first");
+
+    let mut first = Sonde::start();
+    // What this sonde loaded: the programs and maps that were not there before it.
+    let loaded: BTreeSet<(String, u64)> = bpf_ids().difference(&before).cloned().collect();
+    assert!(
+        loaded.iter().any(|(n, _)| n == "prog sonde_sys_exit")
+            && loaded.iter().any(|(n, _)| n == "map CONNS"),
+        "{loaded:?}"
+    );
+    let mut wrk = std::process::Command::new("wrk")
+        .args(["-t1", "-c8", "-d10s"])
+        .arg(format!("http://127.0.0.1:{port}/load"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    first.kill_hard();
+    // Freed once the last reference goes (an RCU grace period later).
+    let start = std::time::Instant::now();
+    loop {
+        let left: Vec<_> = bpf_ids().intersection(&loaded).cloned().collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "left in the kernel after kill -9: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let second = Sonde::start();
+    get(&mut conn, port, "/after-restart");
+    let server = second.wait_spans(1, |s| {
+        kind(s) == "SERVER" && path_starts(s, "/after-restart")
+    });
+    assert_eq!(server.len(), 1, "{server:?}");
+    let me = std::process::id();
+    let client = second.wait_spans(1, |s| {
+        kind(s) == "CLIENT" && s["process.pid"] == me && path_starts(s, "/after-restart")
+    });
+    assert_eq!(client.len(), 1, "{client:?}");
+    // wrk's connections were opened before the restart too; they carry on being read.
+    let load = second.wait_spans(100, |s| kind(s) == "SERVER" && path_starts(s, "/load"));
+    assert!(load.len() >= 100, "{} wrk requests seen", load.len());
+    assert!(wrk.wait().unwrap().success());
 }

@@ -245,6 +245,12 @@ impl Sonde {
         }
     }
 
+    /// kill -9, as a crash or the OOM killer would end it; waits until it is gone.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// What sonde logged so far (its stderr).
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
@@ -310,7 +316,10 @@ impl Sonde {
 /// tests would otherwise keep scanning /proc and slow the next ones down.
 impl Drop for Sonde {
     fn drop(&mut self) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return; // already exited and reaped: its pid may be another process's now
+        }
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
