@@ -624,9 +624,14 @@ fn on_data(
                     mark_tls(info, &mut conn);
                     return Ok(());
                 }
-                // A socket no SSL* is tied to yet (no TLS flag): a memory-BIO program's
-                // ciphertext may tie one.
-                let bound = if conn.flags & conn_flags::TLS != 0 {
+                // A socket no SSL* is tied to yet whose bytes may be TLS records: a
+                // memory-BIO program's ciphertext may tie one. (Other connections judged not
+                // ours, most of them, cost nothing here.)
+                let unbound_tls = conn.flags & conn_flags::TLS == 0
+                    && (conn.flags & conn_flags::TLS_RECORDS != 0
+                        || conn.proto == proto::UNKNOWN
+                        || conn.proto == proto::POSTGRES);
+                let bound = if !unbound_tls {
                     None
                 } else if dir == direction::INGRESS {
                     note_cipher_read(key, pid_tgid, src, len);
@@ -679,6 +684,9 @@ fn on_data(
                     // write may be part of a split request line.
                     if len >= 8 {
                         unsafe { (*info).proto = proto::NONE };
+                    }
+                    if class.tls_record {
+                        unsafe { (*info).flags |= conn_flags::TLS_RECORDS };
                     }
                     return Ok(());
                 }
@@ -841,12 +849,8 @@ fn bound_write(key: &ConnKey, pid_tgid: u64, src: Source, len: u64) -> Option<(u
     if avail < 5 {
         return None;
     }
-    let head = read_user::<[u8; 5]>(ptr).ok()?;
-    if head[0] != 23 || head[1] != 3 {
-        return None;
-    }
-    let record = ((head[3] as u64) << 8) | head[4] as u64;
-    if !encrypts(record, plain_len) {
+    let (content_type, record) = record_header(ptr)?;
+    if content_type != 23 || !encrypts(record, plain_len) {
         return None;
     }
     let staging = UNBOUND_STAGING.get_ptr_mut(0)?;
@@ -887,6 +891,17 @@ fn encrypts(record: u64, plaintext: u64) -> bool {
     matches!(record.wrapping_sub(plaintext), 16 | 17 | 24)
 }
 
+/// The content type and length of the TLS record whose 5-byte header is at `ptr` (user
+/// memory), if it is one: types 20 to 23, version 3.x.
+#[inline(always)]
+fn record_header(ptr: u64) -> Option<(u8, u64)> {
+    let head = read_user::<[u8; 5]>(ptr).ok()?;
+    if !(20..=23).contains(&head[0]) || head[1] != 3 {
+        return None;
+    }
+    Some((head[0], ((head[3] as u64) << 8) | head[4] as u64))
+}
+
 /// The first buffer of `src` and how many of its bytes count (at most `len`).
 #[inline(always)]
 fn first_buffer(src: Source, len: u64) -> Option<(u64, u64)> {
@@ -917,14 +932,10 @@ fn note_cipher_read(key: &ConnKey, pid_tgid: u64, src: Source, len: u64) {
         if off + 5 > avail {
             break;
         }
-        let Ok(head) = read_user::<[u8; 5]>(ptr + off) else {
+        let Some((content_type, record)) = record_header(ptr + off) else {
             break;
         };
-        if !(20..=23).contains(&head[0]) || head[1] != 3 {
-            break;
-        }
-        let record = ((head[3] as u64) << 8) | head[4] as u64;
-        if head[0] == 23 {
+        if content_type == 23 {
             read.records[i] = record as u16;
             found = true;
         }

@@ -98,6 +98,10 @@ pub mod conn_flags {
     /// A TLS connection: its plaintext comes from the OpenSSL uprobes, and its ciphertext
     /// (the syscalls) is never shipped.
     pub const TLS: u8 = 64;
+    /// Its first payload was a TLS record, and no `SSL*` is tied to it yet: only such a
+    /// connection (or one not classified yet, or PostgreSQL, which switches to TLS) is
+    /// looked at for a memory-BIO program's ciphertext.
+    pub const TLS_RECORDS: u8 = 128;
 }
 
 /// Events a connection on probation may ship before userspace confirms it. Its first event

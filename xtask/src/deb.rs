@@ -46,18 +46,16 @@ pub fn build(root: &Path, binary: &Path) -> Result<PathBuf> {
     };
 
     put("usr/bin/sonde", &std::fs::read(binary)?, 0o755)?;
-    let unit = std::fs::read_to_string(root.join("deploy/systemd/sonde.service"))?;
-    put(
-        "lib/systemd/system/sonde.service",
-        moved_from_usr_local(&unit, "deploy/systemd/sonde.service")?.as_bytes(),
-        0o644,
-    )?;
-    let config = std::fs::read_to_string(root.join("deploy/systemd/sonde.yaml"))?;
-    put(
-        "etc/sonde/sonde.yaml",
-        moved_from_usr_local(&config, "deploy/systemd/sonde.yaml")?.as_bytes(),
-        0o644,
-    )?;
+    for (source, dest) in [
+        (
+            "deploy/systemd/sonde.service",
+            "lib/systemd/system/sonde.service",
+        ),
+        ("deploy/systemd/sonde.yaml", "etc/sonde/sonde.yaml"),
+    ] {
+        let text = std::fs::read_to_string(root.join(source))?;
+        put(dest, moved_from_usr_local(&text, source)?.as_bytes(), 0o644)?;
+    }
     for doc in DOCS {
         let name = Path::new(doc).file_name().context("doc name")?;
         let dest = format!("usr/share/doc/sonde/{}", name.to_string_lossy());

@@ -111,9 +111,9 @@ fn main() -> Result<()> {
             setup()?;
             build()?;
             // The roll-out tests run what users install: the image and the package.
-            let sonde = root.join("target/release/sonde");
-            build_image(&root, &sonde, &image::default_reference())?;
-            build_deb(&root, &sonde)?;
+            let binary = packaged_binary(&root, &root.join("target/release/sonde"))?;
+            build_image(&root, &binary, &image::default_reference())?;
+            build_deb(&root, &binary)?;
             test()
         }
         Some("bench") => {
@@ -157,7 +157,7 @@ fn main() -> Result<()> {
                     .clone(),
                 None => image::default_reference(),
             };
-            let archive = build_image(&root, &sonde, &reference)?;
+            let archive = build_image(&root, &packaged_binary(&root, &sonde)?, &reference)?;
             if rest.iter().any(|a| a == "--load") {
                 step(&format!("podman load: {reference}"));
                 image::load(&archive, &reference)?;
@@ -166,7 +166,7 @@ fn main() -> Result<()> {
         }
         Some("deb") => {
             let sonde = given_or_built_sonde(&root, &args[1..])?;
-            build_deb(&root, &sonde).map(|_| ())
+            build_deb(&root, &packaged_binary(&root, &sonde)?).map(|_| ())
         }
         _ => {
             eprint!("{USAGE}");
@@ -189,39 +189,33 @@ fn given_or_built_sonde(root: &Path, rest: &[String]) -> Result<PathBuf> {
     }
 }
 
-fn build_image(root: &Path, sonde: &Path, reference: &str) -> Result<PathBuf> {
-    check_x86_64()?;
-    let archive = image::build(root, &stripped(root, sonde)?, reference)?;
-    step(&format!(
-        "image {reference}: {} ({:.1} MiB)",
-        archive.display(),
-        std::fs::metadata(&archive)?.len() as f64 / (1024.0 * 1024.0)
-    ));
+/// `binary` (from `packaged_binary`) as an OCI image archive.
+fn build_image(root: &Path, binary: &Path, reference: &str) -> Result<PathBuf> {
+    let archive = image::build(root, binary, reference)?;
+    step(&format!("image {reference}: {}", with_size(&archive)?));
     Ok(archive)
 }
 
-fn build_deb(root: &Path, sonde: &Path) -> Result<PathBuf> {
-    check_x86_64()?;
-    let deb = deb::build(root, &stripped(root, sonde)?)?;
-    step(&format!(
-        "package: {} ({:.1} MiB)",
-        deb.display(),
-        std::fs::metadata(&deb)?.len() as f64 / (1024.0 * 1024.0)
-    ));
+/// `binary` (from `packaged_binary`) in a Debian package.
+fn build_deb(root: &Path, binary: &Path) -> Result<PathBuf> {
+    let deb = deb::build(root, binary)?;
+    step(&format!("package: {}", with_size(&deb)?));
     Ok(deb)
 }
 
-/// The packages say amd64 (and the eBPF programs read x86-64 registers).
-fn check_x86_64() -> Result<()> {
+/// "PATH (N.N MiB)", for the progress lines.
+fn with_size(path: &Path) -> Result<String> {
+    let mib = std::fs::metadata(path)?.len() as f64 / (1024.0 * 1024.0);
+    Ok(format!("{} ({mib:.1} MiB)", path.display()))
+}
+
+/// The binary the packages ship: a copy of `sonde` without its symbol table (the eBPF
+/// object is data and stays). x86-64 only: the packages say amd64, and the eBPF programs
+/// read x86-64 registers.
+fn packaged_binary(root: &Path, sonde: &Path) -> Result<PathBuf> {
     if std::env::consts::ARCH != "x86_64" {
         bail!("the image and the package are built for x86-64 hosts only");
     }
-    Ok(())
-}
-
-/// A copy of `sonde` without its symbol table (the packages ship this one; the eBPF object
-/// is data and stays).
-fn stripped(root: &Path, sonde: &Path) -> Result<PathBuf> {
     let out = root.join("target/package/sonde");
     std::fs::create_dir_all(out.parent().context("target/package")?)?;
     run(Command::new("strip")
