@@ -8,7 +8,8 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sonde_tests::collector::{start_grpc, HttpCollector, ReceivedSpan};
+use sonde_tests::collector::{start_grpc, start_grpc_tls, Collector, HttpCollector, ReceivedSpan};
+use sonde_tests::pki::Pki;
 use sonde_tests::*;
 
 fn nginx(name: &str) -> Nginx {
@@ -421,6 +422,177 @@ fn collector_down_for_30s_then_back() {
     }
 }
 
+/// Starts sonde exporting to `env`'s TLS endpoints, makes 5 requests to nginx on `path` and
+/// returns the server spans `collector` received within `secs` seconds, with sonde.
+fn five_spans_over_tls(
+    env: &[(&str, &str)],
+    collector: &Collector,
+    path: &str,
+    secs: u64,
+) -> (Vec<ReceivedSpan>, Sonde) {
+    let nginx = nginx(&format!("otlp-tls-nginx{}", path.replace('/', "-")));
+    let mut env = env.to_vec();
+    env.extend([
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+    ]);
+    let sonde = Sonde::start_with_env(&[], &env);
+    get_many(nginx.port, path, 5, None);
+    let spans = collector.wait_spans(5, secs, |s| path_is(s, path) && s.span.kind == 2);
+    (spans, sonde)
+}
+
+/// Waits until sonde counts dropped spans of `signal` (a refused collector), 20 s at most.
+fn wait_export_dropped(sonde: &Sonde, signal: &str) -> f64 {
+    let start = Instant::now();
+    loop {
+        let n = sonde
+            .metrics()
+            .sum("sonde_export_dropped_total", &[("signal", signal)]);
+        if n > 0.0 || start.elapsed() > Duration::from_secs(20) {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn otlp_over_tls_with_a_private_ca_and_client_certificates() {
+    let _g = serial();
+    let dir = tempdir("otlp-tls");
+    let pki = Pki::new(&dir);
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let (ca, other_ca) = (path(&pki.ca), path(&pki.other_ca));
+    let (client_cert, client_key) = (path(&pki.client_cert), path(&pki.client_key));
+
+    // gRPC; the collector requires a client certificate signed by its CA, and gets one.
+    let (grpc, port) = start_grpc_tls(pki.tonic_config(true));
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let (spans, sonde) = five_spans_over_tls(
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &client_cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &client_key),
+        ],
+        &grpc,
+        "/grpc-tls",
+        20,
+    );
+    assert_eq!(
+        spans.len(),
+        5,
+        "spans over gRPC with TLS and a client certificate"
+    );
+    let start = Instant::now();
+    while grpc
+        .latest_histogram("http.server.request.duration")
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "metrics over gRPC with TLS"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(sonde);
+
+    // HTTP/protobuf with the per-signal variables; client certificate required.
+    let mut https = HttpCollector::start_tls(pki.server_config(true));
+    let endpoint = format!("https://127.0.0.1:{}", https.port);
+    let (spans, sonde) = five_spans_over_tls(
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", &client_cert),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", &client_key),
+            ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", &ca),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+                &client_cert,
+            ),
+            ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", &client_key),
+        ],
+        &https.collector,
+        "/http-tls",
+        20,
+    );
+    assert_eq!(spans.len(), 5, "spans over HTTPS with a client certificate");
+    drop(sonde);
+    https.stop();
+
+    // No certificate variable: the system roots (SSL_CERT_FILE points them at the CA, as an
+    // administrator's bundle would hold it). The collector asks for no client certificate.
+    let mut https = HttpCollector::start_tls(pki.server_config(false));
+    let endpoint = format!("https://127.0.0.1:{}", https.port);
+    let (spans, sonde) = five_spans_over_tls(
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("SSL_CERT_FILE", &ca),
+        ],
+        &https.collector,
+        "/system-roots",
+        20,
+    );
+    assert_eq!(
+        spans.len(),
+        5,
+        "spans over HTTPS verified by the system roots"
+    );
+    drop(sonde);
+
+    // The wrong CA: the collector is refused, nothing reaches it, the loss is counted.
+    let (spans, sonde) = five_spans_over_tls(
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &other_ca),
+        ],
+        &https.collector,
+        "/wrong-ca",
+        3,
+    );
+    assert!(
+        spans.is_empty(),
+        "a collector the CA did not sign gets nothing"
+    );
+    assert!(
+        wait_export_dropped(&sonde, "traces") > 0.0,
+        "refused spans are counted"
+    );
+    assert!(
+        sonde.logs().contains("UnknownIssuer") || sonde.logs().contains("certificate"),
+        "the log says why: {}",
+        sonde.logs()
+    );
+    drop(sonde);
+    https.stop();
+
+    // gRPC collector that requires a client certificate, and sonde has none: refused.
+    let (spans, sonde) = five_spans_over_tls(
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("https://127.0.0.1:{port}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ],
+        &grpc,
+        "/no-client-cert",
+        3,
+    );
+    assert!(spans.is_empty(), "no client certificate, no spans");
+    assert!(
+        wait_export_dropped(&sonde, "traces") > 0.0,
+        "refused spans are counted"
+    );
+}
+
 #[test]
 fn bad_otlp_settings_name_the_variable() {
     let cases = [
@@ -428,10 +600,25 @@ fn bad_otlp_settings_name_the_variable() {
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli", "gzip or none"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "ten", "milliseconds"),
         ("OTEL_EXPORTER_OTLP_HEADERS", "novalue", "key=value"),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/nonexistent/ca.pem",
+            "cannot read",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "/etc/hostname",
+            "CLIENT_CERTIFICATE",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "/etc/hostname",
+            "no PEM certificate",
+        ),
     ];
     for (var, value, reason) in cases {
         let out = Command::new(sonde_bin())
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1")
             .env(var, value)
             .output()
             .unwrap();

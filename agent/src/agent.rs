@@ -18,7 +18,7 @@ use crate::config::{Config, OtlpSwitch};
 use crate::conn::ConnTable;
 use crate::export::otlp::encode::ResourceBase;
 use crate::export::otlp::settings::{self, OtlpSettings, SettingsError};
-use crate::export::otlp::transport::HeaderError;
+use crate::export::otlp::transport::TransportError;
 use crate::export::otlp::{Exporter, SpanQueue};
 use crate::gpu::{self, nvml::NvmlBackend};
 use crate::identity::k8s;
@@ -49,7 +49,7 @@ pub enum AgentError {
     #[error("OTLP configuration: {0}")]
     OtlpSettings(#[from] SettingsError),
     #[error("OTLP configuration: {0}")]
-    OtlpHeader(#[from] HeaderError),
+    OtlpTransport(#[from] TransportError),
     #[error("configuration: {0}")]
     Kubernetes(String),
 }
@@ -59,7 +59,7 @@ impl AgentError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AgentError::Probe(ProbeError::MissingPrivileges { .. }) => 2,
-            AgentError::OtlpSettings(_) | AgentError::OtlpHeader(_) => 2,
+            AgentError::OtlpSettings(_) | AgentError::OtlpTransport(_) => 2,
             AgentError::Kubernetes(_) => 2,
             _ => 1,
         }

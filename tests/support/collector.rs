@@ -2,7 +2,7 @@
 //! services) and HTTP/protobuf (a small HTTP/1.1 server), both decoding the real protobuf.
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -218,9 +218,23 @@ fn metadata(m: &tonic::metadata::MetadataMap) -> HashMap<String, String> {
 
 /// A gRPC OTLP collector on `port`, serving until the test process ends.
 pub fn start_grpc(port: u16) -> Collector {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind gRPC port");
+    serve_grpc(listener, None)
+}
+
+/// A gRPC OTLP collector over TLS on a port the kernel picks: (collector, port).
+pub fn start_grpc_tls(tls: tonic::transport::ServerTlsConfig) -> (Collector, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind gRPC port");
+    let port = listener.local_addr().unwrap().port();
+    (serve_grpc(listener, Some(tls)), port)
+}
+
+fn serve_grpc(
+    listener: std::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Collector {
     let collector = Collector::default();
     let c = collector.clone();
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind gRPC port");
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -231,7 +245,11 @@ pub fn start_grpc(port: u16) -> Collector {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            tonic::transport::Server::builder()
+            let mut server = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                server = server.tls_config(tls).unwrap();
+            }
+            server
                 .add_service(
                     TraceServiceServer::new(Grpc(c.clone()))
                         .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
@@ -254,18 +272,30 @@ pub struct HttpCollector {
     pub collector: Collector,
     running: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Serves HTTPS with this configuration.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl HttpCollector {
     /// Listens on a port the kernel picks (a port chosen first and bound later can be
     /// taken in between by any connection's ephemeral port).
     pub fn start() -> HttpCollector {
+        HttpCollector::start_with(None)
+    }
+
+    /// The same over HTTPS.
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> HttpCollector {
+        HttpCollector::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> HttpCollector {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind HTTP port");
         let mut c = HttpCollector {
             port: listener.local_addr().unwrap().port(),
             collector: Collector::default(),
             running: Arc::new(AtomicBool::new(false)),
             thread: None,
+            tls,
         };
         c.serve(listener);
         c
@@ -290,14 +320,26 @@ impl HttpCollector {
         self.running.store(true, Ordering::SeqCst);
         let running = self.running.clone();
         let received = self.collector.received.clone();
+        let tls = self.tls.clone();
         self.thread = Some(std::thread::spawn(move || {
             let mut conns: Vec<std::thread::JoinHandle<()>> = Vec::new();
             while running.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (running, received) = (running.clone(), received.clone());
+                        let tls = tls.clone();
                         conns.push(std::thread::spawn(move || {
-                            serve_http(stream, &running, &received)
+                            stream
+                                .set_read_timeout(Some(Duration::from_millis(100)))
+                                .unwrap();
+                            match tls {
+                                Some(config) => {
+                                    let conn = rustls::ServerConnection::new(config).unwrap();
+                                    let stream = rustls::StreamOwned::new(conn, stream);
+                                    serve_http(stream, &running, &received)
+                                }
+                                None => serve_http(stream, &running, &received),
+                            }
                         }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -316,11 +358,8 @@ impl Drop for HttpCollector {
     }
 }
 
-fn serve_http(stream: TcpStream, running: &AtomicBool, received: &Mutex<Received>) {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
+/// Serves one connection (plain or TLS; reads time out every 100 ms to look at `running`).
+fn serve_http(stream: impl Read + Write, running: &AtomicBool, received: &Mutex<Received>) {
     let mut reader = BufReader::new(stream);
     'requests: while running.load(Ordering::SeqCst) {
         let mut line = String::new();
@@ -404,7 +443,7 @@ fn serve_http(stream: TcpStream, running: &AtomicBool, received: &Mutex<Received
         };
         let status = if ok { "200 OK" } else { "400 Bad Request" };
         let _ = write!(
-            writer,
+            reader.get_mut(),
             "HTTP/1.1 {status}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
         );
     }

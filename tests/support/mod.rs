@@ -4,6 +4,7 @@
 //! Every child process is started with PR_SET_PDEATHSIG from one long-lived spawner thread,
 //! so servers and sonde die with the test binary even when a test fails.
 pub mod collector;
+pub mod pki;
 pub mod promql;
 
 use std::collections::HashMap;

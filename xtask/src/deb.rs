@@ -136,7 +136,7 @@ Architecture: amd64
 Maintainer: {MAINTAINER}
 Installed-Size: {installed_kib}
 Depends: libc6 (>= {glibc}), libgcc-s1
-Recommends: systemd
+Recommends: systemd, ca-certificates
 Section: net
 Priority: optional
 Homepage: {homepage}

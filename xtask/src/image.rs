@@ -23,6 +23,9 @@ pub fn archive_path(root: &Path) -> PathBuf {
         .join(format!("sonde-{}.oci.tar", env!("CARGO_PKG_VERSION")))
 }
 
+/// The CA bundle copied into the image from the building machine.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The name the image gets in the local store when no `--tag` is given.
 pub fn default_reference() -> String {
     format!("localhost/sonde:{}", env!("CARGO_PKG_VERSION"))
@@ -42,6 +45,13 @@ pub fn build(root: &Path, binary: &Path, reference: &str) -> Result<PathBuf> {
         (
             PathBuf::from("usr/share/licenses/sonde/LICENSE"),
             std::fs::read(root.join("LICENSE"))?,
+            0o644,
+        ),
+        // The system roots for OTLP to an https:// collector (Debian's ca-certificates,
+        // where rustls-native-certs looks first).
+        (
+            PathBuf::from(CA_BUNDLE.trim_start_matches('/')),
+            std::fs::read(CA_BUNDLE).with_context(|| format!("reading {CA_BUNDLE}"))?,
             0o644,
         ),
     ];

@@ -30,6 +30,8 @@ const DEB_PACKAGES: &[&str] = &[
     // Server, psql and pgbench (postgresql-NN and its client package).
     "postgresql",
     "openssl",
+    // The CA bundle the image carries, for OTLP to https:// collectors.
+    "ca-certificates",
     // promtool and a Prometheus server for the deploy/prometheus tests; systemd-analyze.
     "prometheus",
     "systemd",

@@ -14,6 +14,7 @@
 //! many services, each under its own Resource.
 pub mod encode;
 pub mod settings;
+pub mod tls;
 pub mod transport;
 
 use std::future::Future;
@@ -73,7 +74,7 @@ impl Exporter {
         settings: OtlpSettings,
         base: ResourceBase,
         metrics: Arc<Metrics>,
-    ) -> Result<(Exporter, SpanQueue), transport::HeaderError> {
+    ) -> Result<(Exporter, SpanQueue), transport::TransportError> {
         let traces = Transport::new(&settings.traces)?;
         let metric_transport = Transport::new(&settings.metrics)?;
         let (tx, rx) = mpsc::channel(settings.max_queue);

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::tls::{FileSetting, TlsFiles};
 use crate::identity::process::percent_decode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +91,8 @@ pub struct Destination {
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub gzip: bool,
+    /// CA and client certificate files, used when the endpoint is https://.
+    pub tls: TlsFiles,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -190,12 +193,45 @@ pub fn from_env(
             }
             None => false,
         };
+        // The per-signal form wins over the general one.
+        let file = |suffix: &str| {
+            [var(suffix), format!("OTEL_EXPORTER_OTLP_{suffix}")]
+                .into_iter()
+                .find_map(|name| {
+                    get(&name).map(|v| FileSetting {
+                        var: name,
+                        path: v.trim().into(),
+                    })
+                })
+        };
+        let tls = TlsFiles {
+            ca: file("CERTIFICATE"),
+            client_cert: file("CLIENT_CERTIFICATE"),
+            client_key: file("CLIENT_KEY"),
+        };
+        match (&tls.client_cert, &tls.client_key) {
+            (Some(f), None) | (None, Some(f)) => {
+                let missing = match tls.client_key {
+                    None => "CLIENT_KEY",
+                    Some(_) => "CLIENT_CERTIFICATE",
+                };
+                return Err(err(
+                    &f.var,
+                    &f.path.display().to_string(),
+                    format!(
+                        "a client certificate needs both; OTEL_EXPORTER_OTLP_{missing} is not set"
+                    ),
+                ));
+            }
+            _ => {}
+        }
         Ok(Destination {
             protocol,
             endpoint,
             headers,
             timeout,
             gzip,
+            tls,
         })
     };
     let number = |name: &str, default: usize| -> Result<usize, SettingsError> {
@@ -260,12 +296,10 @@ pub fn sdk_disabled(env: &dyn Fn(&str) -> Option<String>) -> bool {
 }
 
 fn check_url(v: &str) -> Result<(), String> {
-    if v.starts_with("https://") {
-        return Err("TLS endpoints are not supported yet; send to a collector over http://".into());
-    }
     let rest = v
         .strip_prefix("http://")
-        .ok_or("an endpoint is a URL starting with http://")?;
+        .or_else(|| v.strip_prefix("https://"))
+        .ok_or("an endpoint is a URL starting with http:// or https://")?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err("the URL has no host".into());
     }
@@ -379,12 +413,43 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_per_signal_win_over_the_general_ones() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://col:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/metrics-ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/client-key.pem"),
+        ])
+        .unwrap();
+        assert_eq!(s.traces.endpoint, "https://col:4318/v1/traces");
+        let ca = |d: &Destination| d.tls.ca.clone().map(|f| (f.var, f.path));
+        assert_eq!(
+            ca(&s.traces),
+            Some(("OTEL_EXPORTER_OTLP_CERTIFICATE".into(), "/ca.pem".into()))
+        );
+        assert_eq!(
+            ca(&s.metrics),
+            Some((
+                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE".into(),
+                "/metrics-ca.pem".into()
+            ))
+        );
+        let key = s.metrics.tls.client_key.clone().unwrap();
+        assert_eq!(key.path, std::path::PathBuf::from("/client-key.pem"));
+        assert!(settings(&[]).unwrap().traces.tls.is_empty());
+    }
+
+    #[test]
     fn bad_values_name_the_variable_and_the_reason() {
         let e = settings(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zip")]).unwrap_err();
         assert_eq!(e.var, "OTEL_EXPORTER_OTLP_COMPRESSION");
         assert!(e.to_string().contains("gzip or none"), "{e}");
-        let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://col:4318")]).unwrap_err();
-        assert!(e.reason.contains("TLS"), "{e}");
+        let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://col:4318")]).unwrap_err();
+        assert!(e.reason.contains("https://"), "{e}");
+        let e = settings(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem")]).unwrap_err();
+        assert_eq!(e.var, "OTEL_EXPORTER_OTLP_CLIENT_KEY");
+        assert!(e.reason.contains("CLIENT_CERTIFICATE is not set"), "{e}");
         let e = settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "col:4318")]).unwrap_err();
         assert_eq!(e.var, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         let e = settings(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")]).unwrap_err();

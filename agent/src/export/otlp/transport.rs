@@ -4,6 +4,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -18,6 +19,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::settings::{Destination, Protocol};
+use super::tls::{TlsError, TlsMaterial};
 
 #[derive(Debug, Error)]
 pub enum SendError {
@@ -29,11 +31,13 @@ pub enum SendError {
     Permanent(String),
 }
 
+/// A destination that cannot be set up: sonde does not start.
 #[derive(Debug, Error)]
-#[error("OTLP header `{name}`: {reason}")]
-pub struct HeaderError {
-    name: String,
-    reason: String,
+pub enum TransportError {
+    #[error("OTLP {name}: {reason}")]
+    Setting { name: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// One gRPC export call: the generated clients of the two services share no trait.
@@ -57,7 +61,7 @@ pub enum Transport {
         gzip: bool,
     },
     Http {
-        client: Box<Client<HttpConnector, Full<Bytes>>>,
+        client: Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
         url: hyper::Uri,
         headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
         gzip: bool,
@@ -66,10 +70,27 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn new(d: &Destination) -> Result<Transport, HeaderError> {
-        let bad = |name: &str, reason: String| HeaderError {
-            name: name.to_string(),
+    pub fn new(d: &Destination) -> Result<Transport, TransportError> {
+        let bad = |name: &str, reason: String| TransportError::Setting {
+            name: format!("header `{name}`"),
             reason,
+        };
+        // TLS when the endpoint says https; the files were named in the settings.
+        let tls = match d.endpoint.starts_with("https://") {
+            true => Some(TlsMaterial::load(&d.tls)?),
+            false => {
+                if !d.tls.is_empty() {
+                    log::warn!(
+                        "OTLP endpoint {} is not https://: its certificate settings are unused",
+                        d.endpoint
+                    );
+                }
+                None
+            }
+        };
+        let endpoint_error = |e: &dyn std::fmt::Display| TransportError::Setting {
+            name: "endpoint".into(),
+            reason: e.to_string(),
         };
         Ok(match d.protocol {
             Protocol::Grpc => {
@@ -82,8 +103,14 @@ impl Transport {
                     metadata.insert(key, value);
                 }
                 // The endpoint was checked when the settings were read.
-                let channel = Endpoint::from_shared(d.endpoint.clone())
-                    .map_err(|e| bad("endpoint", e.to_string()))?
+                let mut endpoint =
+                    Endpoint::from_shared(d.endpoint.clone()).map_err(|e| endpoint_error(&e))?;
+                if let Some(tls) = &tls {
+                    endpoint = endpoint
+                        .tls_config(tls.tonic_config())
+                        .map_err(|e| endpoint_error(&e))?;
+                }
+                let channel = endpoint
                     .timeout(d.timeout)
                     .connect_timeout(d.timeout)
                     .connect_lazy();
@@ -102,16 +129,29 @@ impl Transport {
                         .map_err(|e| bad(k, e.to_string()))?;
                     headers.push((name, value));
                 }
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(d.timeout));
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(d.timeout));
+                http.enforce_http(false);
+                let builder = hyper_rustls::HttpsConnectorBuilder::new();
+                let connector = match &tls {
+                    Some(tls) => builder
+                        .with_tls_config(tls.rustls_config()?)
+                        .https_only()
+                        .enable_http1()
+                        .wrap_connector(http),
+                    // A plain http:// endpoint never uses the configuration.
+                    None => builder
+                        .with_tls_config(TlsMaterial::unused_config())
+                        .https_or_http()
+                        .enable_http1()
+                        .wrap_connector(http),
+                };
                 Transport::Http {
                     client: Box::new(Client::builder(TokioExecutor::new()).build(connector)),
                     url: d
                         .endpoint
                         .parse()
-                        .map_err(|e: hyper::http::uri::InvalidUri| {
-                            bad("endpoint", e.to_string())
-                        })?,
+                        .map_err(|e: hyper::http::uri::InvalidUri| endpoint_error(&e))?,
                     headers,
                     gzip: d.gzip,
                     timeout: d.timeout,
@@ -172,7 +212,7 @@ impl Transport {
             .map_err(|e| SendError::Permanent(e.to_string()))?;
         let response = match tokio::time::timeout(*timeout, client.request(request)).await {
             Err(_) => return Err(SendError::Retryable(format!("no answer in {timeout:?}"))),
-            Ok(Err(e)) => return Err(SendError::Retryable(format!("{url}: {e}"))),
+            Ok(Err(e)) => return Err(SendError::Retryable(format!("{url}: {}", chain(&e)))),
             Ok(Ok(r)) => r,
         };
         let status = response.status();
@@ -195,10 +235,29 @@ impl Transport {
     }
 }
 
-/// The gRPC codes the OTLP specification names retryable.
+/// An error with its causes (hyper's own message hides them: "client error (Connect)"), so
+/// that the log says what went wrong, for instance which certificate was refused.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The gRPC codes the OTLP specification names retryable; a status that tonic made from a
+/// connection failure (it carries the transport error as its source) is retryable too.
 fn grpc_error(status: tonic::Status) -> SendError {
+    use std::error::Error;
     use tonic::Code;
-    let message = format!("gRPC {:?}: {}", status.code(), status.message());
+    let mut message = format!("gRPC {:?}: {}", status.code(), status.message());
+    if let Some(cause) = status.source() {
+        message.push_str(": ");
+        message.push_str(&chain(cause));
+    }
     match status.code() {
         Code::Cancelled
         | Code::DeadlineExceeded
@@ -207,6 +266,7 @@ fn grpc_error(status: tonic::Status) -> SendError {
         | Code::OutOfRange
         | Code::Unavailable
         | Code::DataLoss => SendError::Retryable(message),
+        Code::Unknown if status.source().is_some() => SendError::Retryable(message),
         _ => SendError::Permanent(message),
     }
 }
