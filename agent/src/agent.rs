@@ -1,6 +1,7 @@
 //! Start-up, the capture loop, and shutdown.
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use sonde_ebpf::{ConnInfo, ConnKey};
 use thiserror::Error;
 
 use crate::capture::event::Event;
+use crate::capture::instances;
 use crate::capture::kernel_maps::{self, read_drops};
 use crate::capture::probes::{self, ProbeError};
 use crate::capture::ring::RingWaiter;
@@ -52,6 +54,11 @@ pub enum AgentError {
     OtlpTransport(#[from] TransportError),
     #[error("configuration: {0}")]
     Kubernetes(String),
+    #[error(
+        "another sonde is running on this host (pid {}, holding {} eBPF programs): a second one would export everything twice; stop it first, or set single_instance: false (--single-instance false)",
+        .0.pid, .0.programs
+    )]
+    AlreadyRunning(instances::OtherSonde),
 }
 
 /// Exit codes: 0 after a clean shutdown, 1 on any start-up failure, 2 when privileges miss.
@@ -71,6 +78,9 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let otlp = otlp_settings(&config)?;
     let kubernetes = config.kubernetes().map_err(AgentError::Kubernetes)?;
     probes::check_privileges()?;
+    if config.single_instance {
+        refuse_a_second_sonde()?;
+    }
     probes::ensure_tracefs()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -89,6 +99,32 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     });
     rt.block_on(run_async(config, otlp, pods))
 }
+
+/// Fails when another sonde holds eBPF programs; one that is stopping (a restart) gets
+/// `SECOND_SONDE_WAIT` to exit first.
+fn refuse_a_second_sonde() -> Result<(), AgentError> {
+    let find = || instances::find_other_sonde(Path::new("/proc"), std::process::id());
+    let Some(other) = find() else {
+        return Ok(());
+    };
+    log::info!(
+        "another sonde (pid {}) holds eBPF programs: waiting up to {SECOND_SONDE_WAIT:?} for it to exit",
+        other.pid
+    );
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let Some(still) = find() else {
+            return Ok(());
+        };
+        if start.elapsed() >= SECOND_SONDE_WAIT {
+            return Err(AgentError::AlreadyRunning(still));
+        }
+    }
+}
+
+/// How long a starting sonde waits for another one to exit before it refuses to run.
+const SECOND_SONDE_WAIT: Duration = Duration::from_secs(10);
 
 /// The OTLP settings when OTLP export is on.
 fn otlp_settings(config: &Config) -> Result<Option<OtlpSettings>, AgentError> {

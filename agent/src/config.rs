@@ -224,6 +224,11 @@ pub struct Config {
     /// Add process.command_line to OTLP resources (off: command lines can hold secrets).
     #[arg(long, env = "SONDE_RESOURCE_COMMAND_LINE", default_value_t = false, action = clap::ArgAction::Set)]
     pub resource_command_line: bool,
+
+    /// Refuse to start while another sonde runs on this host (it would export everything
+    /// twice); false allows a second one, for instance a test build beside the service.
+    #[arg(long, env = "SONDE_SINGLE_INSTANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub single_instance: bool,
 }
 
 /// The keys a configuration file may set. Every one is optional; unknown keys are errors.
@@ -260,6 +265,7 @@ pub struct FileConfig {
     pub traces_sampler_arg: Option<f64>,
     pub max_label_sets: Option<u64>,
     pub resource_command_line: Option<bool>,
+    pub single_instance: Option<bool>,
 }
 
 #[derive(Debug, Error)]
@@ -511,6 +517,12 @@ impl Config {
         {
             self.resource_command_line = v;
         }
+        if let Some(v) = file
+            .single_instance
+            .filter(|_| from_file("single_instance"))
+        {
+            self.single_instance = v;
+        }
         Ok(())
     }
 
@@ -593,6 +605,7 @@ impl Config {
             traces_sampler_arg: Some(self.traces_sampler_arg),
             max_label_sets: Some(self.max_label_sets),
             resource_command_line: Some(self.resource_command_line),
+            single_instance: Some(self.single_instance),
         };
         serde_yaml_ng::to_string(&effective).expect("plain values serialize")
     }

@@ -71,6 +71,11 @@ pub fn spawn_owned(mut cmd: Command) -> Child {
     });
     let (reply_tx, reply_rx) = channel();
     cmd.stdin(Stdio::null());
+    // Tests run several sondes at once, each counting its own marked traffic: the
+    // one-sonde-per-host guard is off for them, except where a test sets it.
+    if !cmd.get_envs().any(|(k, _)| k == "SONDE_SINGLE_INSTANCE") {
+        cmd.env("SONDE_SINGLE_INSTANCE", "false");
+    }
     tx.lock()
         .unwrap()
         .send((cmd, reply_tx))
