@@ -272,36 +272,7 @@ fn redis_benchmark(port: u16, pipeline: u64, n: u64) -> Result<LoadResult> {
 pub fn postgres(root: &Path, args: &[String]) -> Result<()> {
     let o = options(root, args)?;
     let dir = root.join("target/bench/postgres");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let (uid, gid) = postgres_user()?;
-    std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-    let data = dir.join("data");
-    let status = Command::new(pg_bin("initdb")?)
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-        .arg(&data)
-        .uid(uid)
-        .gid(gid)
-        .stdout(Stdio::null())
-        .status()
-        .context("running initdb")?;
-    if !status.success() {
-        bail!("initdb failed");
-    }
-    let port = free_port()?.to_string();
-    let mut server = Command::new(pg_bin("postgres")?)
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &port, "-k"])
-        .arg(&dir)
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-        .args(["-c", "synchronous_commit=off"])
-        .uid(uid)
-        .gid(gid)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("server.log"))?)
-        .spawn()
-        .context("starting postgres")?;
+    let (mut server, port) = start_postgres(&dir)?;
     let client = |program: &str| -> Result<Command> {
         let mut c = Command::new(pg_bin(program)?);
         c.args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
@@ -344,6 +315,42 @@ pub fn postgres(root: &Path, args: &[String]) -> Result<()> {
     write_report(root, "postgres", &result?)
 }
 
+/// A fresh PostgreSQL cluster initdb'd under `dir` (emptied first), trust authentication,
+/// no fsync, listening on 127.0.0.1: the server and its port.
+pub(crate) fn start_postgres(dir: &Path) -> Result<(Child, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let (uid, gid) = postgres_user()?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    let data = dir.join("data");
+    let status = Command::new(pg_bin("initdb")?)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(&data)
+        .uid(uid)
+        .gid(gid)
+        .stdout(Stdio::null())
+        .status()
+        .context("running initdb")?;
+    if !status.success() {
+        bail!("initdb failed");
+    }
+    let port = free_port()?.to_string();
+    let server = Command::new(pg_bin("postgres")?)
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port, "-k"])
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .args(["-c", "synchronous_commit=off"])
+        .uid(uid)
+        .gid(gid)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log"))?)
+        .spawn()
+        .context("starting postgres")?;
+    Ok((server, port))
+}
+
 /// Statements per second from pgbench's summary (tpcb-like: 7 per transaction).
 fn pgbench_result(text: &str) -> Result<LoadResult> {
     let value = |prefix: &str| -> Option<f64> {
@@ -367,7 +374,7 @@ fn pgbench_result(text: &str) -> Result<LoadResult> {
 }
 
 /// A program of the newest PostgreSQL installed under /usr/lib/postgresql.
-fn pg_bin(program: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn pg_bin(program: &str) -> Result<std::path::PathBuf> {
     let newest = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (cargo xtask setup installs it)")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -387,7 +394,7 @@ fn postgres_user() -> Result<(u32, u32)> {
     }
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         if ready() {
@@ -407,12 +414,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// nginx on `port`; with `tls`, an HTTPS listener with a certificate made here.
-fn start_nginx(dir: &Path, port: u16, tls: bool) -> Result<Child> {
+pub(crate) fn start_nginx(dir: &Path, port: u16, tls: bool) -> Result<Child> {
     let listen = if tls {
         let (cert, key) = (dir.join("bench-cert.pem"), dir.join("bench-key.pem"));
         let made = Command::new("openssl")
@@ -457,7 +464,7 @@ fn start_nginx(dir: &Path, port: u16, tls: bool) -> Result<Child> {
         .context("starting nginx")
 }
 
-fn wait_http(url: &str) -> Result<()> {
+pub(crate) fn wait_http(url: &str) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if Command::new("curl")
@@ -561,7 +568,7 @@ fn with_sonde_running(
     Ok((r, usage))
 }
 
-fn sum_metric(text: &str, name: &str) -> f64 {
+pub(crate) fn sum_metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.starts_with(name)
@@ -572,14 +579,14 @@ fn sum_metric(text: &str, name: &str) -> f64 {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("stat")? + 1..];
     let f: Vec<&str> = after.split_whitespace().collect();
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
-fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }

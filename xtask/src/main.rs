@@ -15,6 +15,7 @@ mod debian;
 mod gpu_check;
 mod image;
 mod kernels;
+mod soak;
 
 /// Debian packages the build, the tests and the benchmarks use.
 const DEB_PACKAGES: &[&str] = &[
@@ -82,6 +83,9 @@ commands:
   deb            build, then write a Debian package (target/deb/sonde_VERSION_amd64.deb):
                  binary, systemd unit (enabled on install), /etc/sonde/sonde.yaml as a
                  conffile, manual page, docs (--sonde PATH uses a built binary)
+  soak           build, then sonde with OTLP on under paced HTTP, Redis and PostgreSQL load
+                 while the collector goes down 30 s of every 90; RSS, CPU and drops each
+                 minute; fails if RSS grew (--minutes N (30), --sonde PATH)
   dashboards     write the Grafana dashboards under deploy/grafana/ (from xtask/src/dashboards.rs)
   gpu-check      on a host with an NVIDIA GPU and PyTorch: sonde beside a GPU workload,
                  its figures compared with nvidia-smi's (--sonde PATH uses a built binary
@@ -144,6 +148,11 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("dashboards") => dashboards::write(&root.join("deploy/grafana")),
+        Some("soak") => {
+            let rest = &args[1..];
+            let sonde = given_or_built_sonde(&root, rest)?;
+            soak::run(&root, &sonde, rest)
+        }
         Some("gpu-check") => {
             let rest = &args[1..];
             let sonde = given_or_built_sonde(&root, rest)?;
