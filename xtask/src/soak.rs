@@ -196,13 +196,14 @@ pub fn run(root: &Path, sonde: &Path, args: &[String]) -> Result<()> {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    // By port: other servers on the host (a test run beside the soak) are left out.
     let http_count = counted(
-        "http_server_request_duration_seconds_count",
-        "service_name=\"nginx\"",
+        "http_client_request_duration_seconds_count",
+        &format!("server_port=\"{nginx_port}\""),
     );
     let redis_count = counted(
         "db_server_operation_duration_seconds_count",
-        "db_system_name=\"redis\"",
+        &format!("server_port=\"{redis_port}\""),
     );
     let sent_http = http_sent.load(Ordering::Relaxed) as f64;
     let sent_redis = redis_sent.load(Ordering::Relaxed) as f64;
