@@ -37,6 +37,11 @@ static PAYLOAD_BYTES: Global<u32> = Global::new(MAX_PAYLOAD as u32);
 #[no_mangle]
 static TLS_ON: Global<u32> = Global::new(0);
 
+/// 1 when set by the loader for the benchmark's floor (`SONDE_BENCH_HOOK_ONLY=1`): the
+/// syscall and TLS programs return at once, so a run measures what the hooks alone cost.
+#[no_mangle]
+static HOOK_ONLY: Global<u32> = Global::new(0);
+
 /// Offset of `child_pid` in the `sched/sched_process_fork` record, set by the loader from
 /// the tracepoint's format file (44 on every kernel seen so far).
 #[no_mangle]
@@ -318,24 +323,36 @@ pub fn sonde_ssl_free(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn sonde_ssl_write(ctx: ProbeContext) -> u32 {
+    if HOOK_ONLY.load() != 0 {
+        return 0;
+    }
     ssl_enter(&ctx, direction::EGRESS, false);
     0
 }
 
 #[uprobe]
 pub fn sonde_ssl_read(ctx: ProbeContext) -> u32 {
+    if HOOK_ONLY.load() != 0 {
+        return 0;
+    }
     ssl_enter(&ctx, direction::INGRESS, false);
     0
 }
 
 #[uprobe]
 pub fn sonde_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    if HOOK_ONLY.load() != 0 {
+        return 0;
+    }
     ssl_enter(&ctx, direction::EGRESS, true);
     0
 }
 
 #[uprobe]
 pub fn sonde_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    if HOOK_ONLY.load() != 0 {
+        return 0;
+    }
     ssl_enter(&ctx, direction::INGRESS, true);
     0
 }
@@ -343,6 +360,9 @@ pub fn sonde_ssl_read_ex(ctx: ProbeContext) -> u32 {
 /// The return of any of the four: the plaintext the call moved, on its socket.
 #[uretprobe]
 pub fn sonde_ssl_return(ctx: RetProbeContext) -> u32 {
+    if HOOK_ONLY.load() != 0 {
+        return 0;
+    }
     let _ = ssl_exit(&ctx);
     0
 }
@@ -436,6 +456,9 @@ fn ssl_exit(ctx: &RetProbeContext) -> Result<(), i64> {
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sonde_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    if HOOK_ONLY.load() != 0 {
+        return 0;
+    }
     let regs: *const pt_regs = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
     let _ = handle(regs, ret);

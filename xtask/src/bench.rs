@@ -30,7 +30,41 @@ struct SondeUsage {
     cpu_us: f64,
     peak_rss_kib: u64,
     dropped: f64,
+    export_dropped: f64,
     spans: f64,
+    /// Events read from the ring during the load.
+    events: f64,
+    /// The kernel programs' run time and runs during the load (`kernel.bpf_stats_enabled`).
+    kernel_ns: f64,
+    kernel_runs: f64,
+}
+
+/// The four ways each round runs the load.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Arm {
+    /// No sonde.
+    Off,
+    /// sonde with every program attached but returning at once (`SONDE_BENCH_HOOK_ONLY=1`):
+    /// the cost of the hooks themselves, which no capture design can go below.
+    Floor,
+    /// sonde with its defaults (Prometheus, no OTLP).
+    On,
+    /// sonde exporting every span (`always_on`) and its metrics each 5 s over OTLP/HTTP to a
+    /// sink that answers 200 (an nginx of its own, left out of the capture).
+    Otlp,
+}
+
+impl Arm {
+    const ALL: [Arm; 4] = [Arm::Off, Arm::Floor, Arm::On, Arm::Otlp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Off => "off",
+            Arm::Floor => "floor",
+            Arm::On => "on",
+            Arm::Otlp => "on+otlp",
+        }
+    }
 }
 
 struct Options {
@@ -38,6 +72,8 @@ struct Options {
     seconds: u64,
     /// The binary measured (`--sonde PATH`; the release build by default).
     sonde: PathBuf,
+    /// Where the OTLP sink keeps its files.
+    dir: PathBuf,
 }
 
 fn options(root: &Path, args: &[String]) -> Result<Options> {
@@ -48,6 +84,7 @@ fn options(root: &Path, args: &[String]) -> Result<Options> {
         pairs: 6,
         seconds: 5,
         sonde: root.join("target/release/sonde"),
+        dir: root.join("target/bench"),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -64,8 +101,9 @@ fn options(root: &Path, args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
-/// Runs `load` `pairs` times without and with sonde, alternating which goes first, and
-/// returns the report (medians over the pairs).
+/// Runs `load` in `pairs` rounds of the four arms (the order rotating each round, so that
+/// the machine's drift hits every arm alike) and returns the report: each arm's medians, and
+/// its ratio to the same round's run without sonde.
 fn compare(
     title: &str,
     unit: &str,
@@ -73,81 +111,194 @@ fn compare(
     load: &mut dyn FnMut() -> Result<LoadResult>,
 ) -> Result<String> {
     step(&format!(
-        "{title}: {} pairs of sonde off/on, order alternating",
+        "{title}: {} rounds of sonde off, floor (hooks only), on, on+otlp",
         o.pairs
     ));
-    let mut off = Vec::new();
-    let mut on = Vec::new();
-    let mut usage = Vec::new();
+    let sink = Sink::start(&o.dir)?;
+    let _stats = BpfStats::enable()?;
     let lat = |r: &LoadResult| match (r.p50_ms, r.p99_ms, r.mean_ms) {
         (Some(p50), Some(p99), _) => format!("p50 {p50:.3} ms  p99 {p99:.3} ms"),
         (_, _, Some(mean)) => format!("mean {mean:.3} ms"),
         _ => String::new(),
     };
-    for pair in 0..o.pairs {
-        let order = if pair % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for with_sonde in order {
-            if with_sonde {
-                let (r, u) = with_sonde_running(&o.sonde, &mut *load)?;
-                eprintln!(
-                    "    pair {pair} on : {:>9.0} {unit}/s  {}  sonde cpu {:.2} us/{unit}  rss {} KiB  dropped {}  spans {}",
-                    r.rate, lat(&r), u.cpu_us / r.ops.max(1) as f64, u.peak_rss_kib, u.dropped, u.spans
-                );
-                on.push(r);
-                usage.push(u);
-            } else {
-                let r = load()?;
-                eprintln!("    pair {pair} off: {:>9.0} {unit}/s  {}", r.rate, lat(&r));
-                off.push(r);
-            }
+    // Per arm: each round's result (and sonde's usage).
+    let mut runs: [Vec<(LoadResult, Option<SondeUsage>)>; 4] = Default::default();
+    for round in 0..o.pairs {
+        for k in 0..Arm::ALL.len() {
+            let arm = Arm::ALL[(k + round) % Arm::ALL.len()];
+            let (r, u) = match arm {
+                Arm::Off => (load()?, None),
+                _ => {
+                    let (r, u) = with_sonde_running(&o.sonde, arm, sink.port, &mut *load)?;
+                    (r, Some(u))
+                }
+            };
+            let extra = u.as_ref().map_or(String::new(), |u| {
+                format!(
+                    "  sonde cpu {:.2} us/{unit}  rss {} KiB  dropped {}  export dropped {}  spans {}",
+                    u.cpu_us / r.ops.max(1) as f64,
+                    u.peak_rss_kib,
+                    u.dropped,
+                    u.export_dropped,
+                    u.spans
+                )
+            });
+            eprintln!(
+                "    round {round} {:<8}: {:>9.0} {unit}/s  {}{extra}",
+                arm.name(),
+                r.rate,
+                lat(&r)
+            );
+            runs[arm as usize].push((r, u));
         }
     }
-    let med = |v: &[LoadResult], f: fn(&LoadResult) -> Option<f64>| {
-        let vals: Vec<f64> = v.iter().filter_map(f).collect();
-        (!vals.is_empty()).then(|| median(vals))
-    };
-    let off_rate = med(&off, |r| Some(r.rate)).unwrap_or(f64::NAN);
-    let on_rate = med(&on, |r| Some(r.rate)).unwrap_or(f64::NAN);
-    // Each pair's own ratio: its two runs were measured back to back.
-    let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a.rate / b.rate).collect();
-    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let cpu_per_op = median(
-        on.iter()
-            .zip(&usage)
-            .map(|(r, u)| u.cpu_us / r.ops.max(1) as f64)
-            .collect(),
-    );
-    let peak_rss = usage.iter().map(|u| u.peak_rss_kib).max().unwrap_or(0);
-    let dropped: f64 = usage.iter().map(|u| u.dropped).sum();
+    let off: Vec<f64> = runs[Arm::Off as usize]
+        .iter()
+        .map(|(r, _)| r.rate)
+        .collect();
     let mut report = format!(
-        "{title} ({} pairs, medians)\n\
-         throughput off  {off_rate:.0} {unit}/s\n\
-         throughput on   {on_rate:.0} {unit}/s\n\
-         ratio on/off    {:.3} (median of the pairs' ratios; lowest {lowest:.3}, highest {highest:.3})\n",
+        "{title} ({} rounds; medians; a ratio is each round's run over the same round's run without sonde)\n\
+         {:<8} {:>12} {:>22} {:>10} {:>10} {:>12} {:>10} {:>11} {:>13} {:>9} {:>8} {:>8}\n",
         o.pairs,
-        median(ratios.clone()),
+        "arm",
+        &format!("{unit}/s"),
+        "ratio (low-high)",
+        "p50 ms",
+        "p99 ms",
+        &format!("cpu us/{unit}"),
+        &format!("events/{unit}"),
+        "kernel ns/run",
+        "kernel ns/event",
+        "rss MiB",
+        "dropped",
+        "export dr",
     );
-    let pairs_of = |name: &str, f: fn(&LoadResult) -> Option<f64>| match (med(&off, f), med(&on, f))
-    {
-        (Some(a), Some(b)) => format!("{name:<15} {a:.3} / {b:.3} ms\n"),
-        _ => String::new(),
-    };
-    report += &pairs_of("p50 off/on", |r| r.p50_ms);
-    report += &pairs_of("p99 off/on", |r| r.p99_ms);
-    report += &pairs_of("mean off/on", |r| r.mean_ms);
+    let mut ratio_of = [f64::NAN; 4];
+    let mut p99_of = [f64::NAN; 4];
+    for arm in Arm::ALL {
+        let rs = &runs[arm as usize];
+        let ratios: Vec<f64> = rs.iter().zip(&off).map(|((r, _), b)| r.rate / b).collect();
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        ratio_of[arm as usize] = median(ratios.clone());
+        let med = |f: &dyn Fn(&LoadResult, Option<&SondeUsage>) -> Option<f64>| {
+            let v: Vec<f64> = rs.iter().filter_map(|(r, u)| f(r, u.as_ref())).collect();
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3}", median(v))
+            }
+        };
+        let p99 = med(&|r, _| r.p99_ms.or(r.mean_ms));
+        p99_of[arm as usize] = p99.parse().unwrap_or(f64::NAN);
+        let rss = rs
+            .iter()
+            .filter_map(|(_, u)| u.as_ref().map(|u| u.peak_rss_kib))
+            .max();
+        let total = |f: fn(&SondeUsage) -> f64| -> String {
+            match arm {
+                Arm::Off => "-".into(),
+                _ => format!(
+                    "{}",
+                    rs.iter()
+                        .filter_map(|(_, u)| u.as_ref().map(f))
+                        .sum::<f64>()
+                ),
+            }
+        };
+        report +=
+            &format!(
+            "{:<8} {:>12.0} {:>22} {:>10} {:>10} {:>12} {:>10} {:>11} {:>13} {:>9} {:>8} {:>8}\n",
+            arm.name(),
+            median(rs.iter().map(|(r, _)| r.rate).collect()),
+            format!("{:.3} ({low:.3}-{high:.3})", ratio_of[arm as usize]),
+            med(&|r, _| r.p50_ms.or(r.mean_ms)),
+            p99,
+            med(&|r, u| u.map(|u| u.cpu_us / r.ops.max(1) as f64)),
+            med(&|r, u| u.map(|u| u.events / r.ops.max(1) as f64)),
+            med(&|_, u| u.filter(|u| u.kernel_runs > 0.0).map(|u| u.kernel_ns / u.kernel_runs)),
+            med(&|_, u| u.filter(|u| u.events > 0.0).map(|u| u.kernel_ns / u.events)),
+            rss.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            total(|u| u.dropped),
+            total(|u| u.export_dropped),
+        );
+    }
+    let floor = ratio_of[Arm::Floor as usize];
     report += &format!(
-        "sonde cpu       {cpu_per_op:.2} us per {unit} (user+system)\n\
-         sonde peak rss  {:.1} MiB\n\
-         events dropped  {dropped}\n",
-        peak_rss as f64 / 1024.0,
+        "cost above the floor (floor ratio - arm ratio): on {:.3}, on+otlp {:.3}\n\
+         p99 latency over off: floor {:.2}, on {:.2}, on+otlp {:.2}\n\
+         (kernel ns/event: all programs' run time over the events shipped; in the floor arm \
+         nothing is shipped)\n",
+        floor - ratio_of[Arm::On as usize],
+        floor - ratio_of[Arm::Otlp as usize],
+        p99_of[Arm::Floor as usize] / p99_of[Arm::Off as usize],
+        p99_of[Arm::On as usize] / p99_of[Arm::Off as usize],
+        p99_of[Arm::Otlp as usize] / p99_of[Arm::Off as usize],
     );
     print!("{report}");
     Ok(report)
+}
+
+/// The OTLP arm's collector: an nginx answering 200 to every POST under /v1/.
+struct Sink {
+    port: u16,
+    nginx: Child,
+}
+
+impl Sink {
+    fn start(dir: &Path) -> Result<Sink> {
+        let dir = dir.join("otlp-sink");
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let nginx = start_nginx(&dir, port, false)?;
+        wait_http(&format!("http://127.0.0.1:{port}/bench"))?;
+        Ok(Sink { port, nginx })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child we spawned and have not reaped.
+        unsafe { libc::kill(self.nginx.id() as i32, libc::SIGTERM) };
+        let _ = self.nginx.wait();
+    }
+}
+
+/// Turns `kernel.bpf_stats_enabled` on (the kernel then times every program run) and back
+/// to what it was when dropped.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<BpfStats> {
+        let before = std::fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled")?;
+        std::fs::write(BPF_STATS, "1").context("turning bpf_stats_enabled on")?;
+        Ok(BpfStats(before.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, &self.0);
+    }
+}
+
+/// Total run time (ns) and runs of sonde's programs, from `bpftool prog show`.
+fn sonde_program_stats() -> Result<(f64, f64)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .context("running bpftool")?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let (mut ns, mut runs) = (0.0, 0.0);
+    for p in progs.as_array().into_iter().flatten() {
+        if p["name"].as_str().is_some_and(|n| n.starts_with("sonde_")) {
+            ns += p["run_time_ns"].as_f64().unwrap_or(0.0);
+            runs += p["run_cnt"].as_f64().unwrap_or(0.0);
+        }
+    }
+    Ok((ns, runs))
 }
 
 fn write_report(root: &Path, name: &str, report: &str) -> Result<()> {
@@ -450,7 +601,8 @@ pub(crate) fn start_nginx(dir: &Path, port: u16, tls: bool) -> Result<Child> {
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
            client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n\
            uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-           server {{\n    {listen}\n    location /bench {{ return 200 \"hello from nginx\\n\"; }}\n  }}\n}}\n",
+           server {{\n    {listen}\n    location /bench {{ return 200 \"hello from nginx\\n\"; }}\n\
+             location /v1/ {{ client_max_body_size 0; return 200; }}\n  }}\n}}\n",
         dir = dir.display()
     );
     let path = dir.join("nginx.conf");
@@ -525,31 +677,53 @@ fn parse_latency(s: &str) -> Result<f64> {
     Ok(num.parse::<f64>()? * scale)
 }
 
-/// Starts sonde (quiet, no span printing), runs `load`, and reads sonde's CPU time, peak
-/// RSS and counters.
+/// Starts sonde (quiet, no span printing) as `arm` runs it, runs `load`, and reads sonde's
+/// CPU time, peak RSS, counters and its programs' kernel time over the load.
 fn with_sonde_running(
     sonde: &Path,
+    arm: Arm,
+    sink_port: u16,
     load: &mut dyn FnMut() -> Result<LoadResult>,
 ) -> Result<(LoadResult, SondeUsage)> {
     let mport = free_port()?;
     let maddr = format!("127.0.0.1:{mport}");
-    let mut sonde = Command::new(sonde)
-        .args(["--quiet", "--metrics-addr", &maddr])
+    let mut cmd = Command::new(sonde);
+    cmd.args(["--quiet", "--metrics-addr", &maddr])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting sonde")?;
+        .stderr(Stdio::null());
+    match arm {
+        Arm::Floor => {
+            cmd.env("SONDE_BENCH_HOOK_ONLY", "1");
+        }
+        Arm::Otlp => {
+            cmd.env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{sink_port}"),
+            )
+            .env("OTEL_TRACES_SAMPLER", "always_on")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "5000")
+            .args(["--exclude", &format!("port={sink_port}")]);
+        }
+        Arm::Off | Arm::On => {}
+    }
+    let mut sonde = cmd.spawn().context("starting sonde")?;
     let pid = sonde.id();
     wait_http(&format!("http://{maddr}/readyz"))?;
+    let scrape = || -> Result<String> {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{maddr}/metrics")])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let events0 = sum_metric(&scrape()?, "sonde_events_received_total");
+    let (ns0, runs0) = sonde_program_stats()?;
     let cpu0 = cpu_ticks(pid)?;
     let r = load()?;
     let cpu1 = cpu_ticks(pid)?;
+    let (ns1, runs1) = sonde_program_stats()?;
     // Let sonde drain what is left in the ring buffer before reading its counters.
     std::thread::sleep(Duration::from_millis(500));
-    let metrics = Command::new("curl")
-        .args(["-s", &format!("http://{maddr}/metrics")])
-        .output()?;
-    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    let metrics = scrape()?;
     let peak_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))?
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -563,7 +737,11 @@ fn with_sonde_running(
         cpu_us: (cpu1 - cpu0) as f64 * tick_us,
         peak_rss_kib,
         dropped: sum_metric(&metrics, "sonde_events_dropped_total"),
+        export_dropped: sum_metric(&metrics, "sonde_export_dropped_total"),
         spans: sum_metric(&metrics, "sonde_spans_total"),
+        events: sum_metric(&metrics, "sonde_events_received_total") - events0,
+        kernel_ns: ns1 - ns0,
+        kernel_runs: runs1 - runs0,
     };
     Ok((r, usage))
 }

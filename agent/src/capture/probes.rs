@@ -115,6 +115,13 @@ pub struct KernelSettings {
     pub tls: bool,
 }
 
+/// The benchmark's floor (`cargo xtask bench`): with `SONDE_BENCH_HOOK_ONLY=1` in its
+/// environment sonde attaches every program as usual, but they return at once and capture
+/// nothing. A development switch, not a setting.
+fn hook_only() -> bool {
+    std::env::var_os("SONDE_BENCH_HOOK_ONLY").is_some_and(|v| v == "1")
+}
+
 /// Loads the kernel programs (telling them sonde's own pid and `settings`) and attaches them.
 pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
     if !Path::new(BTF_VMLINUX).exists() {
@@ -123,6 +130,10 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
     let btf = Btf::from_sys_fs()?;
     let own_pid = std::process::id();
     let child_pid_offset = fork_child_pid_offset();
+    let hook_only = u32::from(hook_only());
+    if hook_only != 0 {
+        log::warn!("SONDE_BENCH_HOOK_ONLY=1: the programs return at once, nothing is captured");
+    }
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("SONDE_TGID", &own_pid, true)
@@ -130,6 +141,7 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
         .override_global("PAYLOAD_BYTES", &settings.payload_bytes, true)
         .override_global("FORK_CHILD_PID_OFFSET", &child_pid_offset, true)
         .override_global("TLS_ON", &u32::from(settings.tls), true)
+        .override_global("HOOK_ONLY", &hook_only, true)
         .map_max_entries("EVENTS", settings.ring_bytes)
         .load(EBPF_OBJECT)?;
     // The fork program first: a child forked between the two attaches is then still known.
