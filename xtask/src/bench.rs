@@ -486,7 +486,7 @@ pub(crate) fn start_postgres(dir: &Path) -> Result<(Child, String)> {
         bail!("initdb failed");
     }
     let port = free_port()?.to_string();
-    let server = Command::new(pg_bin("postgres")?)
+    let server = dies_with_xtask(&mut Command::new(pg_bin("postgres")?))
         .arg("-D")
         .arg(&data)
         .args(["-p", &port, "-k"])
@@ -500,6 +500,19 @@ pub(crate) fn start_postgres(dir: &Path) -> Result<(Child, String)> {
         .spawn()
         .context("starting postgres")?;
     Ok((server, port))
+}
+
+/// `cmd`'s process gets SIGTERM when xtask ends, however it ends (Ctrl-C included), so no
+/// server of a bench or soak outlives it. Spawn it from the main thread: the signal fires
+/// when the spawning thread exits.
+pub(crate) fn dies_with_xtask(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        })
+    }
 }
 
 /// Statements per second from pgbench's summary (tpcb-like: 7 per transaction).
@@ -607,13 +620,15 @@ pub(crate) fn start_nginx(dir: &Path, port: u16, tls: bool) -> Result<Child> {
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
-    Command::new("nginx")
-        .args(["-c"])
-        .arg(&path)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting nginx")
+    dies_with_xtask(
+        Command::new("nginx")
+            .args(["-c"])
+            .arg(&path)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null()),
+    )
+    .spawn()
+    .context("starting nginx")
 }
 
 pub(crate) fn wait_http(url: &str) -> Result<()> {
@@ -688,6 +703,7 @@ fn with_sonde_running(
     let mport = free_port()?;
     let maddr = format!("127.0.0.1:{mport}");
     let mut cmd = Command::new(sonde);
+    dies_with_xtask(&mut cmd);
     cmd.args(["--quiet", "--metrics-addr", &maddr])
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::bench::{
-    cpu_ticks, free_port, pg_bin, start_nginx, start_postgres, sum_metric, ticks_per_second,
-    wait_for, wait_http,
+    cpu_ticks, dies_with_xtask, free_port, pg_bin, start_nginx, start_postgres, sum_metric,
+    ticks_per_second, wait_for, wait_http,
 };
 use crate::step;
 
@@ -59,7 +59,7 @@ pub fn run(root: &Path, sonde: &Path, args: &[String]) -> Result<()> {
     wait_http(&format!("http://127.0.0.1:{nginx_port}/bench"))?;
     let redis_port = free_port()?;
     servers.0.push(
-        Command::new("redis-server")
+        dies_with_xtask(&mut Command::new("redis-server"))
             .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&dir)
@@ -95,7 +95,7 @@ pub fn run(root: &Path, sonde: &Path, args: &[String]) -> Result<()> {
         "soak: {minutes} min, OTLP to a collector down {SINK_DOWN:?} of every {:?}",
         SINK_UP + SINK_DOWN
     ));
-    let mut sonde = Command::new(sonde)
+    let mut sonde = dies_with_xtask(&mut Command::new(sonde))
         .args(["--quiet", "--metrics-addr", &metrics_addr])
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -122,7 +122,7 @@ pub fn run(root: &Path, sonde: &Path, args: &[String]) -> Result<()> {
             std::thread::spawn(move || redis_load(redis_port, &stop, &sent))
         },
     ];
-    let pgbench = pg("pgbench")?
+    let pgbench = dies_with_xtask(&mut pg("pgbench")?)
         .args(["-n", "-M", "prepared", "-c", "2", "-j", "1", "-R", "50"])
         .args(["-T", &(minutes * 60).to_string(), "postgres"])
         .stdout(Stdio::piped())

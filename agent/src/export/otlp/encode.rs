@@ -4,16 +4,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     exemplar, metric, number_data_point, AggregationTemporality, Exemplar, Gauge, Histogram,
     HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
+use opentelemetry_proto::tonic::trace::v1::{span, status};
+use prost::Message;
 
 use super::settings::Temporality;
+use super::wire;
 use crate::gpu::names::Kind;
 use crate::gpu::GpuPoint;
 use crate::identity::process::ProcessInfo;
@@ -119,98 +120,88 @@ pub fn kv_int(k: &str, v: i64) -> KeyValue {
     }
 }
 
-/// Doubles, booleans and string arrays (GenAI attributes).
-fn any_value_of(v: &AttrValue) -> any_value::Value {
-    match v {
-        AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
-        AttrValue::Int(i) => any_value::Value::IntValue(*i),
-        AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
-        AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
-        AttrValue::StrArray(items) => {
-            any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
-                values: items
-                    .iter()
-                    .map(|s| AnyValue {
-                        value: Some(any_value::Value::StringValue(s.clone())),
-                    })
-                    .collect(),
-            })
-        }
+/// One span, as the fields of an OTLP `Span` message.
+fn write_span(b: &mut Vec<u8>, s: &Span) {
+    wire::bytes(b, 1, &s.trace_id.to_be_bytes());
+    wire::bytes(b, 2, &s.span_id.to_be_bytes());
+    if let Some(parent) = s.parent_span_id {
+        wire::bytes(b, 4, &parent.to_be_bytes());
     }
-}
-
-fn span_to_proto(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
-    let attributes = s
-        .attributes
-        .iter()
-        .map(|(k, v)| match v {
-            AttrValue::Str(v) => kv_str(k, v),
-            AttrValue::Int(i) => kv_int(k, *i),
-            other => KeyValue {
-                key: k.to_string(),
-                value: Some(AnyValue {
-                    value: Some(any_value_of(other)),
-                }),
-                ..Default::default()
-            },
-        })
-        .collect();
-    let error = s.attributes.iter().any(|(k, _)| *k == "error.type");
+    if !s.name.is_empty() {
+        wire::string(b, 5, &s.name);
+    }
+    let kind = match s.kind {
+        SpanKind::Server => span::SpanKind::Server,
+        SpanKind::Client => span::SpanKind::Client,
+    };
+    wire::varint(b, 6, kind as u64);
+    wire::fixed64(b, 7, s.start_unix_nano);
+    wire::fixed64(b, 8, s.end_unix_nano);
+    for (k, v) in &s.attributes {
+        wire::message(b, 9, |b| {
+            wire::string(b, 1, k);
+            wire::message(b, 2, |b| write_any_value(b, v));
+        });
+    }
+    if s.attributes.iter().any(|(k, _)| *k == "error.type") {
+        wire::message(b, 15, |b| {
+            wire::varint(b, 3, status::StatusCode::Error as u64)
+        });
+    }
     let mut flags = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE;
     if s.parent_span_id.is_some() {
         // Parents come from a traceparent header: another process's span.
         flags |= FLAG_IS_REMOTE;
     }
-    opentelemetry_proto::tonic::trace::v1::Span {
-        trace_id: s.trace_id.to_be_bytes().to_vec(),
-        span_id: s.span_id.to_be_bytes().to_vec(),
-        parent_span_id: s
-            .parent_span_id
-            .map(|p| p.to_be_bytes().to_vec())
-            .unwrap_or_default(),
-        flags,
-        name: s.name.clone(),
-        kind: match s.kind {
-            SpanKind::Server => span::SpanKind::Server,
-            SpanKind::Client => span::SpanKind::Client,
-        } as i32,
-        start_time_unix_nano: s.start_unix_nano,
-        end_time_unix_nano: s.end_unix_nano,
-        attributes,
-        status: error.then(|| Status {
-            code: status::StatusCode::Error as i32,
-            ..Default::default()
+    wire::fixed32(b, 16, flags);
+}
+
+/// The fields of an `AnyValue`: strings, integers, doubles, booleans and string arrays
+/// (GenAI attributes).
+fn write_any_value(b: &mut Vec<u8>, v: &AttrValue) {
+    match v {
+        AttrValue::Str(s) => wire::string(b, 1, s),
+        AttrValue::Bool(v) => wire::varint(b, 2, u64::from(*v)),
+        AttrValue::Int(i) => wire::varint(b, 3, *i as u64),
+        AttrValue::Double(d) => wire::double(b, 4, *d),
+        AttrValue::StrArray(items) => wire::message(b, 5, |b| {
+            for item in items {
+                wire::message(b, 1, |b| wire::string(b, 1, item));
+            }
         }),
-        ..Default::default()
     }
 }
 
-/// One request for a batch of spans, grouped by the process that made them.
-pub fn traces_request(spans: &[Span], base: &ResourceBase) -> ExportTraceServiceRequest {
-    let mut by_process: Vec<(Arc<ProcessInfo>, Vec<_>)> = Vec::new();
+/// A batch of spans as one encoded `ExportTraceServiceRequest`, grouped by the process that
+/// made them (one Resource each).
+pub fn traces_body(spans: &[Span], base: &ResourceBase) -> Vec<u8> {
+    let mut by_process: Vec<(&Arc<ProcessInfo>, Vec<&Span>)> = Vec::new();
     let mut index: HashMap<(u32, u64), usize> = HashMap::new();
     for s in spans {
         let key = (s.process.pid, s.process.start_time);
         let i = *index.entry(key).or_insert_with(|| {
-            by_process.push((s.process.clone(), Vec::new()));
+            by_process.push((&s.process, Vec::new()));
             by_process.len() - 1
         });
-        by_process[i].1.push(span_to_proto(s));
+        by_process[i].1.push(s);
     }
-    ExportTraceServiceRequest {
-        resource_spans: by_process
-            .into_iter()
-            .map(|(process, spans)| ResourceSpans {
-                resource: Some(base.process(&process)),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope()),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
+    let mut b = Vec::with_capacity(spans.len() * 384 + 1024);
+    let scope = scope();
+    for (process, spans) in by_process {
+        // ExportTraceServiceRequest.resource_spans
+        wire::message(&mut b, 1, |b| {
+            // ResourceSpans.resource: a few per batch, so built as a message struct.
+            wire::message(b, 1, |b| base.process(process).encode_raw(b));
+            // ResourceSpans.scope_spans
+            wire::message(b, 2, |b| {
+                wire::message(b, 1, |b| scope.encode_raw(b));
+                for s in spans {
+                    wire::message(b, 2, |b| write_span(b, s));
+                }
+            });
+        });
     }
+    b
 }
 
 /// A counter of sonde's own, with its labels.
@@ -488,6 +479,138 @@ fn attribute(k: &str, v: &str) -> KeyValue {
 mod tests {
     use super::*;
     use crate::telemetry::metrics::{DB_BUCKETS, DB_LABELS};
+
+    fn process(pid: u32, service: &str) -> Arc<ProcessInfo> {
+        Arc::new(ProcessInfo {
+            pid,
+            exe_name: "python3".into(),
+            exe_path: "/usr/bin/python3".into(),
+            program: "python3".into(),
+            service_name: service.into(),
+            name_from_rule: false,
+            name_from_env: true,
+            pod: None,
+            container_id: None,
+            command_line: None,
+            start_time: 7,
+        })
+    }
+
+    /// The spans written straight into the wire format read back through prost as the
+    /// OTLP messages they stand for: grouping, ids, times, every attribute kind, status and
+    /// flags.
+    #[test]
+    fn spans_encoded_directly_decode_as_otlp() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::ArrayValue;
+        let (web, worker) = (process(10, "web"), process(11, "worker"));
+        let long_path = "/p".repeat(100);
+        let span = |p: &Arc<ProcessInfo>, id: u64, parent: Option<u64>, error: bool| Span {
+            trace_id: 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+            span_id: id,
+            parent_span_id: parent,
+            name: format!("GET {id}"),
+            kind: if parent.is_some() {
+                SpanKind::Server
+            } else {
+                SpanKind::Client
+            },
+            start_unix_nano: 1_700_000_000_000_000_000 + id,
+            end_unix_nano: 1_700_000_000_000_500_000 + id,
+            process: p.clone(),
+            attributes: {
+                let mut a = vec![
+                    ("url.path", AttrValue::Str(long_path.clone())),
+                    ("http.response.status_code", AttrValue::Int(-3)),
+                    ("gen_ai.request.temperature", AttrValue::Double(0.5)),
+                    ("gen_ai.is_stream", AttrValue::Bool(true)),
+                    (
+                        "gen_ai.response.finish_reasons",
+                        AttrValue::StrArray(vec!["stop".into(), String::new()]),
+                    ),
+                ];
+                if error {
+                    a.push(("error.type", AttrValue::Str("500".into())));
+                }
+                a
+            },
+        };
+        let spans = [
+            span(&web, 1, Some(99), false),
+            span(&worker, 2, None, true),
+            span(&web, 3, None, false),
+        ];
+        let body = traces_body(&spans, &base());
+        let req = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        assert_eq!(req.resource_spans.len(), 2, "one Resource per process");
+        let service = |i: usize| {
+            resource_attr(
+                req.resource_spans[i].resource.as_ref().unwrap(),
+                "service.name",
+            )
+        };
+        assert_eq!(service(0).as_deref(), Some("web"));
+        assert_eq!(service(1).as_deref(), Some("worker"));
+        let scope_spans = &req.resource_spans[0].scope_spans[0];
+        assert_eq!(scope_spans.scope.as_ref().unwrap().name, "sonde");
+        let got: Vec<u64> = scope_spans
+            .spans
+            .iter()
+            .map(|s| u64::from_be_bytes(s.span_id[..].try_into().unwrap()))
+            .collect();
+        assert_eq!(got, [1, 3]);
+        let first = &scope_spans.spans[0];
+        assert_eq!(first.trace_id, spans[0].trace_id.to_be_bytes());
+        assert_eq!(first.parent_span_id, 99u64.to_be_bytes());
+        assert_eq!(first.name, "GET 1");
+        assert_eq!(first.kind, span::SpanKind::Server as i32);
+        assert_eq!(first.start_time_unix_nano, spans[0].start_unix_nano);
+        assert_eq!(first.end_time_unix_nano, spans[0].end_unix_nano);
+        assert_eq!(
+            first.flags,
+            FLAG_SAMPLED | FLAG_HAS_IS_REMOTE | FLAG_IS_REMOTE
+        );
+        assert_eq!(first.status, None);
+        let value = |s: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
+            s.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone()?.value)
+        };
+        assert_eq!(
+            value(first, "url.path"),
+            Some(any_value::Value::StringValue(long_path.clone()))
+        );
+        assert_eq!(
+            value(first, "http.response.status_code"),
+            Some(any_value::Value::IntValue(-3))
+        );
+        assert_eq!(
+            value(first, "gen_ai.request.temperature"),
+            Some(any_value::Value::DoubleValue(0.5))
+        );
+        assert_eq!(
+            value(first, "gen_ai.is_stream"),
+            Some(any_value::Value::BoolValue(true))
+        );
+        let string = |s: &str| AnyValue {
+            value: Some(any_value::Value::StringValue(s.into())),
+        };
+        assert_eq!(
+            value(first, "gen_ai.response.finish_reasons"),
+            Some(any_value::Value::ArrayValue(ArrayValue {
+                values: vec![string("stop"), string("")]
+            }))
+        );
+        let failed = &req.resource_spans[1].scope_spans[0].spans[0];
+        assert_eq!(failed.kind, span::SpanKind::Client as i32);
+        assert!(failed.parent_span_id.is_empty());
+        assert_eq!(failed.flags, FLAG_SAMPLED | FLAG_HAS_IS_REMOTE);
+        assert_eq!(
+            failed.status.as_ref().map(|s| s.code),
+            Some(status::StatusCode::Error as i32)
+        );
+    }
 
     fn base() -> ResourceBase {
         ResourceBase {

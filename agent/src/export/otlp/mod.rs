@@ -16,6 +16,7 @@ pub mod encode;
 pub mod settings;
 pub mod tls;
 pub mod transport;
+pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -142,12 +143,12 @@ async fn span_task(
             }
         }
         let n = batch.len() as u64;
-        let req = encode::traces_request(&batch, &base);
+        let body = bytes::Bytes::from(encode::traces_body(&batch, &base));
         batch.clear();
         // Once the queue is closed (shutdown), no retries: the flush has a time limit.
         let retries = if open { RETRIES } else { 0 };
         if let Err(reason) = send_with_retry(Signal::Traces, retries, || {
-            transport.send_traces(req.clone())
+            transport.send_traces(body.clone())
         })
         .await
         {

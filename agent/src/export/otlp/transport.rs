@@ -10,8 +10,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use thiserror::Error;
 use tonic::codec::CompressionEncoding;
@@ -51,6 +49,59 @@ macro_rules! grpc_export {
             tonic::Request::from_parts($metadata.clone(), tonic::Extensions::default(), $req);
         client.export(request).await.map(|_| ()).map_err(grpc_error)
     }};
+}
+
+/// The gRPC method of span export.
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A tonic codec for a request already encoded (`encode::traces_body`); the response
+/// (`ExportTraceServiceResponse`, whose partial-success details sonde does not use) is
+/// skipped.
+#[derive(Clone, Copy, Default)]
+struct EncodedCodec;
+
+impl tonic::codec::Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+
+    fn encoder(&mut self) -> EncodedCodec {
+        EncodedCodec
+    }
+
+    fn decoder(&mut self) -> EncodedCodec {
+        EncodedCodec
+    }
+}
+
+impl tonic::codec::Encoder for EncodedCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for EncodedCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        use bytes::Buf;
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
 }
 
 /// A connection to one signal's destination. gRPC connects lazily and reconnects by itself.
@@ -160,14 +211,33 @@ impl Transport {
         })
     }
 
-    pub async fn send_traces(&self, req: ExportTraceServiceRequest) -> Result<(), SendError> {
+    /// Sends an encoded `ExportTraceServiceRequest` (`encode::traces_body`).
+    pub async fn send_traces(&self, body: Bytes) -> Result<(), SendError> {
         match self {
             Transport::Grpc {
                 channel,
                 metadata,
                 gzip,
-            } => grpc_export!(TraceServiceClient, channel, metadata, *gzip, req),
-            Transport::Http { .. } => self.post(req.encode_to_vec()).await,
+            } => {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                if *gzip {
+                    grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+                }
+                grpc.ready()
+                    .await
+                    .map_err(|e| SendError::Retryable(format!("gRPC channel: {e}")))?;
+                let request = tonic::Request::from_parts(
+                    metadata.clone(),
+                    tonic::Extensions::default(),
+                    body,
+                );
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(TRACE_EXPORT);
+                grpc.unary(request, path, EncodedCodec)
+                    .await
+                    .map(|_| ())
+                    .map_err(grpc_error)
+            }
+            Transport::Http { .. } => self.post(body).await,
         }
     }
 
@@ -178,11 +248,11 @@ impl Transport {
                 metadata,
                 gzip,
             } => grpc_export!(MetricsServiceClient, channel, metadata, *gzip, req),
-            Transport::Http { .. } => self.post(req.encode_to_vec()).await,
+            Transport::Http { .. } => self.post(Bytes::from(req.encode_to_vec())).await,
         }
     }
 
-    async fn post(&self, body: Vec<u8>) -> Result<(), SendError> {
+    async fn post(&self, body: Bytes) -> Result<(), SendError> {
         let Transport::Http {
             client,
             url,
@@ -203,12 +273,12 @@ impl Transport {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             // Writing into a Vec cannot fail.
             let _ = enc.write_all(&body);
-            enc.finish().unwrap_or_default()
+            Bytes::from(enc.finish().unwrap_or_default())
         } else {
             body
         };
         let request = builder
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| SendError::Permanent(e.to_string()))?;
         let response = match tokio::time::timeout(*timeout, client.request(request)).await {
             Err(_) => return Err(SendError::Retryable(format!("no answer in {timeout:?}"))),
