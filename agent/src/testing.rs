@@ -97,3 +97,47 @@ pub fn assert_every_split_same<S: DbSession, T: PartialEq + std::fmt::Debug>(
         assert_eq!(ops(&r), expected, "server cut at {cut}");
     }
 }
+
+/// The unit tests' allocator: the system's, counting the bytes each thread holds, so that a
+/// test can measure what a session keeps (`live_bytes` before and after, same thread).
+struct CountingAlloc;
+
+thread_local! {
+    static LIVE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+fn count(delta: isize) {
+    let _ = LIVE.try_with(|l| l.set(l.get() + delta));
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only a counter of this
+// thread is updated besides.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size() as isize);
+        std::alloc::System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        count(-(layout.size() as isize));
+        std::alloc::System.dealloc(ptr, layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size() as isize);
+        std::alloc::System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        count(new as isize - layout.size() as isize);
+        std::alloc::System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Heap bytes this thread holds now (allocated minus freed since it started).
+pub fn live_bytes() -> isize {
+    LIVE.with(|l| l.get())
+}

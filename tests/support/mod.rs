@@ -683,3 +683,106 @@ pub fn in_container(id: &str, command: &str) -> String {
     let script = format!("echo $$ > {} && exec {command}", procs.display());
     run(Command::new("sh").args(["-c", &script]))
 }
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`): sonde's resident memory now and
+/// at its peak.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+impl Metrics {
+    /// Every sample of the counter `name`, by the value of its label `label` (and of
+    /// `label2` when given, joined by '/').
+    pub fn by_label(&self, name: &str, label: &str, label2: Option<&str>) -> HashMap<String, f64> {
+        let mut out = HashMap::new();
+        for l in self.0.lines().filter(|l| !l.starts_with('#')) {
+            let l = l.split(" # ").next().unwrap_or(l);
+            let Some((series, value)) = l.rsplit_once(' ') else {
+                continue;
+            };
+            let Some((n, rest)) = series.split_once('{') else {
+                continue;
+            };
+            if n != name {
+                continue;
+            }
+            let lbls = parse_labels(rest.trim_end_matches('}'));
+            let mut key = lbls.get(label).cloned().unwrap_or_default();
+            if let Some(l2) = label2 {
+                key = format!("{key}/{}", lbls.get(l2).cloned().unwrap_or_default());
+            }
+            *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+        out
+    }
+}
+
+impl Nginx {
+    /// nginx as `start` runs it, for `connections` concurrent keep-alive connections (its
+    /// `worker_connections` and `worker_rlimit_nofile`; keep-alive for 300 s).
+    pub fn start_for(name: &str, port: u16, locations: &str, connections: u32) -> Nginx {
+        let dir = tempdir(name);
+        let d = dir.display();
+        let conf = format!(
+            "user root;\nworker_processes 1;\nworker_rlimit_nofile {};\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections {}; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 100000;\n  keepalive_timeout 300s;\n\
+               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+               uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    root {d}/www;\n{locations}\n  }}\n}}\n",
+            connections + 1000,
+            // nginx closes idle keep-alive connections once fewer than 1/16 of its
+            // connections are free: twice as many as needed keeps it from that.
+            connections * 2,
+        );
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"]);
+        let child = spawn_owned(cmd);
+        wait_port(port, &format!("nginx (see {d}/error.log)"));
+        Nginx {
+            port,
+            pid: child.id(),
+            _child: child,
+        }
+    }
+}
+
+/// Raises this process's open-file limit to at least `n` (the soft limit up to the hard one,
+/// and the hard one where sonde's privileges allow); children inherit it.
+pub fn raise_nofile(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct passed, nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur >= n {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: lim.rlim_max.max(n),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            // No CAP_SYS_RESOURCE (a container): as far as the hard limit goes.
+            lim.rlim_cur = lim.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+            assert!(
+                lim.rlim_cur >= n,
+                "open files: need {n}, the hard limit is {}",
+                lim.rlim_max
+            );
+        }
+    }
+}

@@ -18,6 +18,7 @@ use crate::identity::process::ProcessInfo;
 use crate::identity::selector::{CaptureFilter, ServiceNames};
 use crate::identity::table::ProcessTable;
 use crate::protocols::call::{DbCall, HttpCall, HttpExchange, Role};
+use crate::protocols::session::PENDING_LIMIT;
 use crate::protocols::{session_for, Chunk, Finished, Readable, Session};
 use sockets::{resolve_fd, FdKind, ListenerCache};
 
@@ -77,7 +78,12 @@ pub struct ConnTable {
     kernel_updates: Vec<KernelUpdate>,
     /// Timestamp of the newest event handled.
     newest_ts: u64,
+    /// When `evict_idle` last swept the process table.
+    last_sweep_ns: u64,
 }
+
+/// How often the process table is swept of exited processes (`ProcessTable::sweep`).
+const PROCESS_SWEEP_NS: u64 = 10_000_000_000;
 
 impl ConnTable {
     /// A table that captures only what `filter` admits and names services by `names`.
@@ -324,7 +330,8 @@ fn open_connection(
 
 impl ConnTable {
     /// Drops connections idle for longer than `idle_ns` (their process may have exited
-    /// without closing them). Returns how many were dropped.
+    /// without closing them), and every 10 s the identities of exited processes no
+    /// connection holds. Returns how many connections were dropped.
     pub fn evict_idle(&mut self, now_ns: u64, idle_ns: u64, sink: &mut impl CallSink) -> usize {
         let stale: Vec<(u32, u64)> = self
             .conns
@@ -342,6 +349,10 @@ impl ConnTable {
                     self.listeners.forget_pid(pid);
                 }
             }
+        }
+        if now_ns.saturating_sub(self.last_sweep_ns) >= PROCESS_SWEEP_NS {
+            self.last_sweep_ns = now_ns;
+            self.processes.sweep();
         }
         stale.len()
     }
@@ -395,6 +406,9 @@ impl Connection {
             for kind in finished.errors.drain(..) {
                 sink.parse_error(session.protocol(), kind);
             }
+        }
+        if finished.pending_dropped > 0 {
+            sink.dropped(PENDING_LIMIT, std::mem::take(&mut finished.pending_dropped));
         }
         for exchange in finished.http.drain(..) {
             sink.http_call(self.http_call(exchange));

@@ -118,6 +118,26 @@ impl ProcessTable {
     pub fn forget(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
     }
+
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+
+    /// Drops the identities no connection holds any more whose process has exited: under
+    /// process churn (a process per request) the table would otherwise keep one per pid
+    /// ever seen. A live process keeps its entry (it is re-checked at its next connection
+    /// anyway). Returns how many were dropped.
+    pub fn sweep(&mut self) -> usize {
+        let before = self.by_pid.len();
+        self.by_pid.retain(|pid, info| {
+            Arc::strong_count(info) > 1 || std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        before - self.by_pid.len()
+    }
 }
 
 #[cfg(test)]
@@ -131,5 +151,21 @@ mod tests {
         assert!(!me.exe_name.is_empty());
         assert!(me.start_time > 0);
         assert_eq!(t.get(u32::MAX - 1, "gone", true).exe_name, "gone");
+    }
+
+    #[test]
+    fn exited_processes_no_connection_holds_are_swept() {
+        let mut t = ProcessTable::default();
+        let me = t.get(std::process::id(), "x", true);
+        let gone_held = t.get(u32::MAX - 1, "gone", true);
+        t.get(u32::MAX - 2, "gone", true);
+        assert_eq!(t.len(), 3);
+        // Only the exited process nothing holds goes.
+        assert_eq!(t.sweep(), 1);
+        drop(gone_held);
+        drop(me);
+        // Live: kept even when nothing holds it.
+        assert_eq!(t.sweep(), 1);
+        assert_eq!(t.len(), 1);
     }
 }

@@ -23,13 +23,24 @@ pub struct Finished {
     pub db: Vec<DbOperation>,
     /// Parse errors by kind (their protocol is the session's).
     pub errors: Vec<&'static str>,
+    /// Requests (commands, queries) parsed but given up because too many were already
+    /// waiting for their responses on the connection (`PENDING_LIMIT`): they get no call.
+    pub pending_dropped: u64,
 }
+
+/// The drop reason of `Finished::pending_dropped`.
+pub const PENDING_LIMIT: &str = "pending_limit";
+
+/// The parse-error kind of a Redis or PostgreSQL connection that ended (closed, or evicted
+/// when idle) inside a message: a command or message that never ended.
+pub const UNFINISHED_MESSAGE: &str = "unfinished_message";
 
 impl Finished {
     pub fn clear(&mut self) {
         self.http.clear();
         self.db.clear();
         self.errors.clear();
+        self.pending_dropped = 0;
     }
 }
 
@@ -55,8 +66,9 @@ pub trait Session: Send {
     /// event (the framing finds its way back to a message boundary from there).
     fn restart(&mut self);
 
-    /// The connection closed at `ts`: a response that ends at close ends; a client's
-    /// requests still waiting end with `connection_closed`.
+    /// The connection closed at `ts` (or was evicted idle): a response that ends at close
+    /// ends; a client's requests still waiting end with `connection_closed`; a message cut
+    /// off in the middle (a head or body that never ended) is counted as a parse error.
     fn closed(&mut self, _ts: u64, _role: Role, _out: &mut Finished) {}
 
     /// A read or write failed with `errno` (`ECONNRESET`, ...): a client's requests still
@@ -102,6 +114,17 @@ pub trait DbSession: Default {
     fn is_encrypted(&self) -> bool {
         false
     }
+
+    /// Operations given up since the last call because `pending` was at its limit (they
+    /// get no span; counted as `pending_limit` drops). Resets the count.
+    fn take_dropped(&mut self) -> u64 {
+        0
+    }
+
+    /// Either direction stopped inside a message (a command or message that never ended).
+    fn unfinished(&self) -> bool {
+        false
+    }
 }
 
 impl<S: DbSession + Send> Session for S {
@@ -121,6 +144,22 @@ impl<S: DbSession + Send> Session for S {
             &mut out.db,
         ) {
             out.errors.push(S::error_kind(e));
+        }
+        out.pending_dropped += self.take_dropped();
+    }
+
+    fn closed(&mut self, _ts: u64, _role: Role, out: &mut Finished) {
+        if DbSession::unfinished(self) {
+            out.errors.push(UNFINISHED_MESSAGE);
+        }
+    }
+
+    /// The connection is dead: a message in progress is counted now, and what waits is
+    /// dropped (a server may hold the connection open for long before it closes it).
+    fn failed(&mut self, _ts: u64, _role: Role, _errno: &'static str, out: &mut Finished) {
+        if DbSession::unfinished(self) {
+            out.errors.push(UNFINISHED_MESSAGE);
+            DbSession::restart(self);
         }
     }
 

@@ -322,10 +322,11 @@ impl Default for Metrics {
 
 /// Every reason an event can be dropped for: the kernel's, then userspace's.
 fn drop_reasons() -> impl Iterator<Item = &'static str> {
-    sonde_ebpf::drop_reason::NAMES
-        .iter()
-        .copied()
-        .chain(["decode_error", "probation_limit"])
+    sonde_ebpf::drop_reason::NAMES.iter().copied().chain([
+        "decode_error",
+        "probation_limit",
+        crate::protocols::session::PENDING_LIMIT,
+    ])
 }
 
 /// Label sets a histogram may hold before new ones go to its overflow series (the

@@ -77,6 +77,10 @@ pub enum ParseError {
     InvalidChunk,
     /// Bytes were missing from the capture where framing needed them.
     Truncated,
+    /// The connection ended inside a head (one that never ended).
+    UnfinishedHead,
+    /// The connection ended inside a Content-Length or chunked body.
+    UnfinishedBody,
 }
 
 impl ParseError {
@@ -87,6 +91,8 @@ impl ParseError {
             ParseError::InvalidContentLength => "invalid_content_length",
             ParseError::InvalidChunk => "invalid_chunk",
             ParseError::Truncated => "truncated",
+            ParseError::UnfinishedHead => "unfinished_head",
+            ParseError::UnfinishedBody => "unfinished_body",
         }
     }
 }
@@ -286,6 +292,25 @@ impl HttpStream {
             }
             State::Desync { in_message: false } | State::Opaque => None,
         }
+    }
+
+    /// Whether the stream stopped inside a message whose end it knows how to find (a head
+    /// being buffered, a Content-Length or chunked body): at the connection's end, that
+    /// message never ended. A body delimited by the close is not one.
+    pub fn unfinished(&self) -> Option<ParseError> {
+        match self.state {
+            State::Head if !self.head_buf.is_empty() => Some(ParseError::UnfinishedHead),
+            State::Length(_) | State::Chunked(_) => Some(ParseError::UnfinishedBody),
+            _ => None,
+        }
+    }
+
+    /// The connection failed (reset, broken pipe): nothing more will come, what was in
+    /// progress is dropped (the caller counts it through `unfinished` first).
+    pub fn abandon(&mut self) {
+        self.head_buf.clear();
+        self.tap = false;
+        self.state = State::Desync { in_message: false };
     }
 
     /// The connection closed: a body delimited by the close ends here.

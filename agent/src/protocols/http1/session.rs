@@ -7,8 +7,15 @@ use crate::protocols::call::{HttpExchange, Role};
 use crate::protocols::llm::{self, LlmCall, RequestReader, ResponseReader};
 use crate::protocols::session::{Chunk, Finished, Readable, Session};
 
-/// Requests a connection may have waiting for responses; the oldest is dropped beyond.
-const MAX_PENDING: usize = 1024;
+/// Requests a connection may have waiting for responses, and the bytes their heads keep
+/// (method, path, host, traceparent). A request beyond either is given up: it gets no call
+/// and counts as a `pending_limit` drop, and its response, which comes after those of the
+/// requests kept, is passed over, so pairing stays exact.
+pub const MAX_PENDING: usize = 1024;
+pub const MAX_PENDING_BYTES: usize = 64 * 1024;
+/// LLM API calls a connection may have waiting, each with its body readers (tens of KiB);
+/// one beyond is given up like any request beyond `MAX_PENDING`.
+pub const MAX_PENDING_LLM: usize = 8;
 
 struct Pending {
     head: RequestHead,
@@ -36,11 +43,14 @@ pub struct HttpSession {
     requests: HttpStream,
     responses: HttpStream,
     pending: VecDeque<Pending>,
+    /// Bytes the heads in `pending` keep (`head_bytes`).
+    pending_bytes: usize,
+    /// Requests given up after those in `pending` (see `MAX_PENDING`): the next responses
+    /// once `pending` is empty answer them.
+    skipped: u64,
     /// Index in `pending` of the request whose body is still arriving.
     open_request: Option<usize>,
     response_status: Option<u16>,
-    /// Framing events of the current feed (kept to reuse its allocation).
-    events: Vec<HttpEvent>,
 }
 
 impl Default for HttpSession {
@@ -51,9 +61,10 @@ impl Default for HttpSession {
             requests,
             responses: HttpStream::new(StreamKind::Responses),
             pending: VecDeque::new(),
+            pending_bytes: 0,
+            skipped: 0,
             open_request: None,
             response_status: None,
-            events: Vec::new(),
         }
     }
 }
@@ -64,8 +75,7 @@ impl Session for HttpSession {
     }
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Finished) {
-        let mut events = std::mem::take(&mut self.events);
-        events.clear();
+        let mut events = take_scratch();
         let stream = if chunk.from_client {
             &mut self.requests
         } else {
@@ -83,29 +93,26 @@ impl Session for HttpSession {
         }
         for event in events.drain(..) {
             if chunk.from_client {
-                self.on_request_event(event, chunk.tid);
+                self.on_request_event(event, chunk.tid, out);
             } else {
                 self.on_response_event(event, out);
             }
         }
-        self.events = events;
+        give_back_scratch(events);
     }
 
     fn restart(&mut self) {
-        *self = HttpSession {
-            events: std::mem::take(&mut self.events),
-            ..HttpSession::default()
-        };
+        *self = HttpSession::default();
     }
 
     fn closed(&mut self, ts: u64, role: Role, out: &mut Finished) {
-        let mut events = std::mem::take(&mut self.events);
-        events.clear();
+        self.count_unfinished(out);
+        let mut events = take_scratch();
         self.responses.close(ts, &mut events);
         for event in events.drain(..) {
             self.on_response_event(event, out);
         }
-        self.events = events;
+        give_back_scratch(events);
         if role == Role::Client {
             self.fail_pending(ts, "connection_closed", out);
         } else {
@@ -114,11 +121,17 @@ impl Session for HttpSession {
     }
 
     fn failed(&mut self, ts: u64, role: Role, errno: &'static str, out: &mut Finished) {
+        // The connection is dead (a server may still hold it open for a long time, as nginx
+        // does until its keep-alive timeout): a message in progress is counted now, and
+        // nothing more is read.
+        self.count_unfinished(out);
         if role == Role::Client {
             self.fail_pending(ts, errno, out);
         } else {
             self.fail_answering(ts, errno, out);
         }
+        self.requests.abandon();
+        self.responses.abandon();
     }
 
     fn readable(&self) -> Readable {
@@ -131,17 +144,31 @@ impl Session for HttpSession {
 }
 
 impl HttpSession {
-    fn on_request_event(&mut self, event: HttpEvent, tid: u32) {
+    fn on_request_event(&mut self, event: HttpEvent, tid: u32, out: &mut Finished) {
         match event {
             HttpEvent::Head {
                 head: Head::Request(head),
                 ts,
             } => {
-                if self.pending.len() >= MAX_PENDING {
-                    self.pending.pop_front();
-                }
                 self.responses
                     .expect_response_to(request_kind(&head.method));
+                let size = head_bytes(&head);
+                let llm_full = || {
+                    is_llm_call(&head)
+                        && self.pending.iter().filter(|p| p.llm.is_some()).count()
+                            >= MAX_PENDING_LLM
+                };
+                if self.skipped > 0
+                    || self.pending.len() >= MAX_PENDING
+                    || self.pending_bytes + size > MAX_PENDING_BYTES
+                    || llm_full()
+                {
+                    self.skipped += 1;
+                    out.pending_dropped += 1;
+                    self.open_request = None;
+                    return;
+                }
+                self.pending_bytes += size;
                 let llm = llm::api_of(&head.method, &head.path).map(|api| {
                     self.responses.tap_last_response();
                     Box::new(LlmReading {
@@ -220,7 +247,12 @@ impl HttpSession {
                 if let Some(r) = self.answered_llm_request() {
                     r.response.finish(&mut r.call);
                 }
-                let Some(req) = self.pending.pop_front() else {
+                let Some(req) = self.pop_pending() else {
+                    if self.skipped > 0 {
+                        // It answers a request given up (already counted).
+                        self.skipped -= 1;
+                        return;
+                    }
                     // A response to a request sonde did not see (picked up mid-stream).
                     out.errors.push("unpaired_response");
                     return;
@@ -253,7 +285,9 @@ impl HttpSession {
     /// connection closed before the HTTP body's own end (the SDKs stop reading there).
     fn fail_pending(&mut self, ts: u64, failure: &str, out: &mut Finished) {
         let mut status = self.response_status.take();
-        while let Some(req) = self.pending.pop_front() {
+        // Those given up were counted when they were.
+        self.skipped = 0;
+        while let Some(req) = self.pop_pending() {
             let answered = status.is_some();
             let body = if answered {
                 self.responses.body_size()
@@ -275,7 +309,7 @@ impl HttpSession {
         let Some(status) = self.response_status.take() else {
             return;
         };
-        if let Some(req) = self.pending.pop_front() {
+        if let Some(req) = self.pop_pending() {
             let body = self.responses.body_size();
             out.http.push(exchange(
                 req,
@@ -287,6 +321,51 @@ impl HttpSession {
         }
         self.open_request = None;
     }
+}
+
+thread_local! {
+    /// The framing events of the feed in progress: one vector for every session of the
+    /// thread, not one per connection (it was a third of an idle session's heap).
+    static SCRATCH: std::cell::Cell<Vec<HttpEvent>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+fn take_scratch() -> Vec<HttpEvent> {
+    SCRATCH.with(|s| s.take())
+}
+
+fn give_back_scratch(mut events: Vec<HttpEvent>) {
+    events.clear();
+    SCRATCH.with(|s| s.set(events));
+}
+
+impl HttpSession {
+    /// Counts the message each direction stopped inside (see `HttpStream::unfinished`).
+    fn count_unfinished(&self, out: &mut Finished) {
+        for stream in [&self.requests, &self.responses] {
+            if let Some(e) = stream.unfinished() {
+                out.errors.push(e.as_str());
+            }
+        }
+    }
+
+    /// The oldest request waiting, out of the queue. An emptied queue gives its memory
+    /// back: an idle keep-alive connection holds none.
+    fn pop_pending(&mut self) -> Option<Pending> {
+        let req = self.pending.pop_front()?;
+        self.pending_bytes -= head_bytes(&req.head);
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
+        }
+        Some(req)
+    }
+}
+
+/// The bytes a request head keeps in its strings.
+fn head_bytes(head: &RequestHead) -> usize {
+    head.method.len()
+        + head.path.len()
+        + head.host.as_ref().map_or(0, String::len)
+        + head.traceparent.as_ref().map_or(0, String::len)
 }
 
 fn exchange(
@@ -535,5 +614,313 @@ mod llm_tests {
         assert_eq!(out.http[0].failure, None);
         assert_eq!(out.http[0].status, Some(200));
         assert!(out.http[0].llm.as_ref().unwrap().stream_completed);
+    }
+}
+
+/// Hostile input: what a session holds stays bounded whatever it is fed, and every request
+/// given up or message cut off is counted.
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use crate::testing::live_bytes;
+
+    /// Most heap bytes one HTTP/1 session holds, however it is fed (docs/architecture.md
+    /// states it): two head buffers (16 KiB each), `MAX_PENDING` requests and
+    /// `MAX_PENDING_BYTES` of their strings, an LLM reading.
+    pub const SESSION_BOUND: isize = 384 * 1024;
+
+    /// A boxed session (as the connection table holds it), fed events and drained as the
+    /// table drains it; it tracks the most heap the session held.
+    struct Fed {
+        s: Box<HttpSession>,
+        base: isize,
+        peak: isize,
+        ts: u64,
+        calls: Vec<(String, Option<u16>, Option<String>)>,
+        errors: Vec<&'static str>,
+        dropped: u64,
+        out: Finished,
+    }
+
+    impl Fed {
+        fn new() -> Fed {
+            let mut out = Finished::default();
+            out.http.reserve(2048);
+            out.errors.reserve(16);
+            let base = live_bytes();
+            let s = Box::new(HttpSession::default());
+            Fed {
+                s,
+                base,
+                peak: 0,
+                ts: 0,
+                calls: Vec::new(),
+                errors: Vec::new(),
+                dropped: 0,
+                out,
+            }
+        }
+
+        /// Heap held by the session now (the results drained so far excluded).
+        fn held(&self) -> isize {
+            live_bytes()
+                - self.base
+                - (self.calls.capacity()
+                    * std::mem::size_of::<(String, Option<u16>, Option<String>)>())
+                    as isize
+                - self
+                    .calls
+                    .iter()
+                    .map(|c| c.0.capacity() + c.2.as_ref().map_or(0, String::capacity))
+                    .sum::<usize>() as isize
+                - (self.errors.capacity() * std::mem::size_of::<&str>()) as isize
+        }
+
+        fn drain(&mut self) {
+            for ex in self.out.http.drain(..) {
+                self.calls
+                    .push((ex.request.path.clone(), ex.status, ex.failure.clone()));
+            }
+            self.errors.append(&mut self.out.errors);
+            self.dropped += std::mem::take(&mut self.out.pending_dropped);
+            self.peak = self.peak.max(self.held());
+        }
+
+        fn feed(&mut self, from_client: bool, payload: &[u8], gap: u64) {
+            self.ts += 1;
+            let chunk = Chunk {
+                from_client,
+                payload,
+                gap,
+                ts: self.ts,
+                tid: 1,
+            };
+            self.s.feed(&chunk, &mut self.out);
+            self.drain();
+        }
+
+        fn close(&mut self, role: Role) {
+            self.ts += 1;
+            self.s.closed(self.ts, role, &mut self.out);
+            self.drain();
+        }
+    }
+
+    impl Drop for Fed {
+        fn drop(&mut self) {
+            // The figure docs/architecture.md quotes (`--nocapture`).
+            eprintln!("HTTP/1 session held at most {} bytes", self.peak);
+        }
+    }
+
+    #[test]
+    fn a_keep_alive_connection_holds_little() {
+        let mut f = Fed::new();
+        for _ in 0..3 {
+            f.feed(true, b"GET /load HTTP/1.1\r\nHost: load\r\n\r\n", 0);
+            f.feed(
+                false,
+                b"HTTP/1.1 204 No Content\r\nServer: nginx\r\n\r\n",
+                0,
+            );
+        }
+        assert_eq!(f.calls.len(), 3);
+        eprintln!(
+            "keep-alive: {} bytes now, the session itself {}",
+            f.held(),
+            std::mem::size_of::<HttpSession>()
+        );
+        assert!(f.peak < 4096, "held {} bytes", f.peak);
+    }
+
+    #[test]
+    fn pipelined_requests_beyond_the_limit_are_counted_and_pairing_stays_exact() {
+        let mut f = Fed::new();
+        for i in 0..3000 {
+            f.feed(
+                true,
+                format!("GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+                0,
+            );
+        }
+        assert_eq!(f.dropped, 3000 - MAX_PENDING as u64);
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        for _ in 0..3000 {
+            f.feed(false, ok, 0);
+        }
+        // The kept requests got their own responses; those of the requests given up were
+        // passed over, so the next request pairs with the next response.
+        assert_eq!(f.calls.len(), MAX_PENDING);
+        assert_eq!(f.calls[MAX_PENDING - 1].0, format!("/r{}", MAX_PENDING - 1));
+        f.feed(true, b"GET /next HTTP/1.1\r\n\r\n", 0);
+        f.feed(
+            false,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            0,
+        );
+        assert_eq!(f.calls.last().unwrap(), &("/next".into(), Some(404), None));
+        assert!(f.errors.is_empty(), "{:?}", f.errors);
+        assert!(f.peak < SESSION_BOUND, "held {} bytes", f.peak);
+    }
+
+    /// 100k pipelined requests never answered: the session holds what it holds for 1024;
+    /// at the client's close those end as `connection_closed`, the rest were counted.
+    #[test]
+    fn a_hundred_thousand_unanswered_requests_hold_bounded_memory() {
+        let mut f = Fed::new();
+        let long_path = "/p".repeat(150);
+        for i in 0..100_000 {
+            let path = if i % 2 == 0 { "/short" } else { &long_path };
+            f.feed(
+                true,
+                format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes(),
+                0,
+            );
+        }
+        f.close(Role::Client);
+        let closed = f
+            .calls
+            .iter()
+            .filter(|c| c.2.as_deref() == Some("connection_closed"))
+            .count();
+        assert_eq!(closed as u64 + f.dropped, 100_000);
+        // The byte budget bounds them before the count does.
+        assert!(closed < MAX_PENDING, "{closed}");
+        assert!(f.peak < SESSION_BOUND, "held {} bytes", f.peak);
+    }
+
+    #[test]
+    fn a_head_that_never_ends_is_bounded_and_counted() {
+        // One byte per event, as a trickle arrives: past 16 KiB the head is given up.
+        let mut f = Fed::new();
+        f.feed(true, b"GET /slow HTTP/1.1\r\nX-Long: ", 0);
+        for _ in 0..100_000 {
+            f.feed(true, b"a", 0);
+        }
+        assert_eq!(f.errors, ["head_too_large"]);
+        assert!(f.peak < SESSION_BOUND, "held {} bytes", f.peak);
+        // A short trickle cut off by the close.
+        let mut f = Fed::new();
+        f.feed(true, b"GET /slow HTTP/1.1\r\nX-Long: ", 0);
+        for _ in 0..5 {
+            f.feed(true, b"a", 0);
+        }
+        f.close(Role::Server);
+        assert_eq!(f.errors, ["unfinished_head"]);
+        assert!(f.calls.is_empty());
+    }
+
+    #[test]
+    fn bodies_that_never_end_are_bounded_and_counted_at_close() {
+        // Chunks for ever.
+        let mut f = Fed::new();
+        f.feed(
+            true,
+            b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            0,
+        );
+        for _ in 0..200_000 {
+            f.feed(true, b"1\r\nx\r\n", 0);
+        }
+        f.feed(false, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0);
+        f.close(Role::Server);
+        assert_eq!(f.errors, ["unfinished_body"]);
+        assert_eq!(f.calls, [("/up".into(), Some(200), None)]);
+        assert!(f.peak < SESSION_BOUND, "held {} bytes", f.peak);
+
+        // Content-Length: 1 TB, its bytes copied and not (gaps), also to an LLM API path
+        // whose body is read as it arrives.
+        for path in ["/upload", "/v1/chat/completions"] {
+            let mut f = Fed::new();
+            let head =
+                format!("POST {path} HTTP/1.1\r\nContent-Length: 1000000000000\r\n\r\n{{\"m\":\"");
+            f.feed(true, head.as_bytes(), 0);
+            let x = vec![b'x'; 4096];
+            for _ in 0..5000 {
+                f.feed(true, &x, 1 << 20);
+            }
+            f.feed(
+                false,
+                b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n",
+                0,
+            );
+            f.close(Role::Client);
+            assert_eq!(f.errors, ["unfinished_body"], "{path}");
+            assert_eq!(f.calls, [(path.into(), Some(413), None)]);
+            assert!(f.peak < SESSION_BOUND, "{path}: held {} bytes", f.peak);
+        }
+
+        // The client resets the connection mid-body; nginx keeps it open until its
+        // keep-alive timeout: counted at the reset, once.
+        let mut f = Fed::new();
+        f.feed(
+            true,
+            b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n",
+            0,
+        );
+        f.feed(false, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0);
+        f.ts += 1;
+        f.s.failed(f.ts, Role::Server, "ECONNRESET", &mut f.out);
+        f.drain();
+        assert_eq!(f.errors, ["unfinished_body"]);
+        f.feed(true, b"1\r\nx\r\n", 0);
+        f.close(Role::Server);
+        assert_eq!(f.errors, ["unfinished_body"]);
+        assert_eq!(f.calls, [("/up".into(), Some(200), None)]);
+
+        // A body that ends at the close is complete: nothing to count.
+        let mut f = Fed::new();
+        f.feed(true, b"GET / HTTP/1.0\r\n\r\n", 0);
+        f.feed(false, b"HTTP/1.0 200 OK\r\n\r\nall of it", 0);
+        f.close(Role::Client);
+        assert!(f.errors.is_empty(), "{:?}", f.errors);
+        assert_eq!(f.calls, [("/".into(), Some(200), None)]);
+    }
+
+    /// Pipelined LLM API calls, each body larger than what is copied (so their readers keep
+    /// a tail): at most `MAX_PENDING_LLM` are read, the rest given up and counted.
+    #[test]
+    fn pipelined_llm_calls_hold_bounded_memory() {
+        let mut f = Fed::new();
+        let body = format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}], \"model\": \"m\"}}",
+            "w".repeat(100_000)
+        );
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let wire = [head.as_bytes(), body.as_bytes()].concat();
+        for _ in 0..100 {
+            // The first 4096 bytes, a gap, the last 20000 (as the kernel ships a long write).
+            f.feed(true, &wire[..4096], (wire.len() - 4096 - 20_000) as u64);
+            f.feed(true, &wire[wire.len() - 20_000..], 0);
+        }
+        assert_eq!(f.dropped, 100 - MAX_PENDING_LLM as u64);
+        f.close(Role::Client);
+        assert_eq!(f.calls.len(), MAX_PENDING_LLM);
+        assert!(f.errors.is_empty(), "{:?}", f.errors);
+        assert!(f.peak < SESSION_BOUND, "held {} bytes", f.peak);
+    }
+
+    #[test]
+    fn binary_garbage_after_a_request_line_is_counted_and_skipped() {
+        let mut f = Fed::new();
+        let mut wire = b"GET /g HTTP/1.1\r\n".to_vec();
+        wire.push(0);
+        wire.extend(crate::testing::Garbage::new(7).bytes(&[], 4000));
+        f.feed(true, &wire, 1 << 20);
+        for i in 0..1000 {
+            f.feed(true, &crate::testing::Garbage::new(i).bytes(&[], 4096), 0);
+        }
+        f.feed(
+            false,
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+            0,
+        );
+        f.close(Role::Server);
+        assert_eq!(f.errors, ["invalid_header_name", "unpaired_response"]);
+        assert!(f.calls.is_empty());
+        assert!(f.peak < SESSION_BOUND, "held {} bytes", f.peak);
     }
 }

@@ -96,6 +96,15 @@ impl PgStream {
         self.lost
     }
 
+    /// Inside a message: its header or body began and has not ended (a lost stream is not).
+    pub fn in_message(&self) -> bool {
+        !self.lost
+            && match &self.state {
+                State::Header { have, .. } => *have > 0,
+                State::Body(..) => true,
+            }
+    }
+
     /// The next byte is a bare answer to an SSL or GSS encryption request.
     pub fn expect_encryption_answer(&mut self) {
         self.bare_byte_next = true;

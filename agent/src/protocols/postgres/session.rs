@@ -73,6 +73,8 @@ pub struct PostgresSession {
     frontend: PgStream,
     backend: PgStream,
     pending: VecDeque<Pending>,
+    /// Operations given up since `take_dropped` was last called (`MAX_PENDING`).
+    dropped: u64,
     /// The Parse/Bind messages before the next Execute.
     open: Option<Op>,
     statements: FxHashMap<Vec<u8>, Arc<SqlSummary>>,
@@ -125,6 +127,14 @@ impl DbSession for PostgresSession {
 
     fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    fn unfinished(&self) -> bool {
+        self.frontend.in_message() || self.backend.in_message()
     }
 
     fn feed(
@@ -188,6 +198,7 @@ impl PostgresSession {
             frontend: PgStream::new(true),
             backend: PgStream::new(false),
             pending: VecDeque::new(),
+            dropped: 0,
             open: None,
             statements: FxHashMap::default(),
             portals: FxHashMap::default(),
@@ -315,7 +326,10 @@ impl PostgresSession {
             return;
         }
         if self.pending.len() >= MAX_PENDING {
+            // The oldest is given up (counted): what the server owes is not one reply per
+            // message here, so pairing may be off until the queue drains.
             self.pending.pop_front();
+            self.dropped += 1;
         }
         self.pending.push_back(p);
     }
@@ -1038,5 +1052,49 @@ mod tests {
         );
         assert_eq!(sqlstate(b"SERROR\0\0"), None);
         assert_eq!(startup_database(b"user\0bob\0\0"), "bob");
+    }
+}
+
+/// Hostile input: bounded memory, a message cut off counted.
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use crate::protocols::call::Role;
+    use crate::protocols::session::{Chunk, Finished, Session, UNFINISHED_MESSAGE};
+    use crate::testing::live_bytes;
+
+    #[test]
+    fn a_message_claiming_a_gigabyte_is_bounded_and_counted_at_close() {
+        let base = live_bytes();
+        let mut s: Box<dyn Session> = Box::new(PostgresSession::new());
+        let mut out = Finished::default();
+        let mut feed = |s: &mut dyn Session, payload: &[u8], gap: u64| {
+            s.feed(
+                &Chunk {
+                    from_client: true,
+                    payload,
+                    gap,
+                    ts: 1,
+                    tid: 1,
+                },
+                &mut out,
+            )
+        };
+        let mut q = vec![b'Q'];
+        q.extend(1_000_000_000u32.to_be_bytes());
+        q.extend(b"SELECT '");
+        feed(&mut *s, &q, 0);
+        let x = vec![b'x'; 4096];
+        let mut peak = 0;
+        for _ in 0..10_000 {
+            feed(&mut *s, &x, 60_000);
+            peak = peak.max(live_bytes() - base);
+        }
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        s.closed(2, Role::Server, &mut out);
+        assert_eq!(out.errors, [UNFINISHED_MESSAGE]);
+        assert!(out.db.is_empty());
+        eprintln!("PostgreSQL session held at most {peak} bytes");
+        assert!(peak < 16 * 1024, "held {peak} bytes");
     }
 }

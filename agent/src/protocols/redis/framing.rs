@@ -214,6 +214,16 @@ impl RespStream {
         matches!(self.state, State::Lost)
     }
 
+    /// Inside a value: a frame began and has not ended (a line, a bulk value or an
+    /// aggregate's elements still to come). A lost stream is not.
+    pub fn in_frame(&self) -> bool {
+        match self.state {
+            State::Lost => false,
+            State::Bulk { .. } => true,
+            State::Line => !self.line.is_empty() || !self.stack.is_empty(),
+        }
+    }
+
     /// A lost stream starts over at the start of an event whose first byte opens a value:
     /// clients and servers write whole commands and replies, so a new write is the best
     /// boundary there is. Returns true when it did.

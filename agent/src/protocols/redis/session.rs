@@ -7,8 +7,10 @@ use crate::protocols::call::{DbOperation, REDIS};
 use crate::protocols::redis::framing::{FrameType, RespError, RespFrame, RespStream};
 use crate::protocols::session::DbSession;
 
-/// Commands waiting for replies on one connection, at most.
-const MAX_PENDING: usize = 4096;
+/// Commands waiting for replies on one connection, at most. A command beyond is given up
+/// (no span, a `pending_limit` drop) and its reply, which comes after those of the commands
+/// kept, is passed over, so pairing stays exact.
+pub const MAX_PENDING: usize = 4096;
 
 /// Command names remembered per connection.
 const MAX_NAMES: usize = 16;
@@ -110,6 +112,10 @@ pub struct RedisSession {
     commands: RespStream,
     replies: RespStream,
     pending: VecDeque<Pending>,
+    /// Commands given up after those in `pending` (see `MAX_PENDING`).
+    skipped: u64,
+    /// Commands given up since `take_dropped` was last called.
+    dropped: u64,
     /// The database index commands run against (tracks SELECT).
     db: Arc<str>,
     /// Command names met lately on this connection, as sent and upper-cased: a command
@@ -172,6 +178,7 @@ impl DbSession for RedisSession {
         self.frames = frames;
         if error.is_some() {
             self.pending.clear();
+            self.skipped = 0;
             if !from_client {
                 self.command_since_reply_loss = false;
             }
@@ -190,6 +197,14 @@ impl DbSession for RedisSession {
     fn pending(&self) -> usize {
         self.pending.len()
     }
+
+    fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    fn unfinished(&self) -> bool {
+        self.commands.in_frame() || self.replies.in_frame()
+    }
 }
 
 impl RedisSession {
@@ -198,6 +213,8 @@ impl RedisSession {
             commands: RespStream::new(),
             replies: RespStream::new(),
             pending: VecDeque::new(),
+            skipped: 0,
+            dropped: 0,
             db: "0".into(),
             names: Vec::new(),
             subscribed: false,
@@ -234,8 +251,10 @@ impl RedisSession {
                 self.db = index.into();
             }
         }
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
+        if self.skipped > 0 || self.pending.len() >= MAX_PENDING {
+            self.skipped += 1;
+            self.dropped += 1;
+            return;
         }
         self.pending.push_back(Pending {
             op: DbOperation {
@@ -292,6 +311,8 @@ impl RedisSession {
             return;
         }
         let Some(mut p) = self.pending.pop_front() else {
+            // The reply to a command given up (already counted), or to one not seen.
+            self.skipped = self.skipped.saturating_sub(1);
             return;
         };
         p.op.end_ts = ts;
@@ -586,5 +607,92 @@ mod tests {
         s.feed(false, b"+PONG\r\n", 0, 4, 1, &mut done);
         let names: Vec<&str> = done.iter().map(|o| &*o.operation).collect();
         assert_eq!(names, ["PING"]);
+    }
+}
+
+/// Hostile input: bounded memory, every command given up or frame cut off counted.
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use crate::protocols::call::Role;
+    use crate::protocols::session::{Chunk, Finished, Session, UNFINISHED_MESSAGE};
+    use crate::testing::live_bytes;
+
+    /// Most heap bytes one Redis session holds (docs/architecture.md): `MAX_PENDING`
+    /// commands with their masked text.
+    const SESSION_BOUND: isize = 2 * 1024 * 1024;
+
+    fn feed(s: &mut dyn Session, out: &mut Finished, from_client: bool, payload: &[u8]) {
+        s.feed(
+            &Chunk {
+                from_client,
+                payload,
+                gap: 0,
+                ts: 1,
+                tid: 1,
+            },
+            out,
+        );
+    }
+
+    #[test]
+    fn an_array_of_two_billion_elements_is_bounded_and_counted_at_close() {
+        let base = live_bytes();
+        let mut s: Box<dyn Session> = Box::new(RedisSession::new());
+        let mut out = Finished::default();
+        feed(&mut *s, &mut out, true, b"*2147483648\r\n");
+        let mut peak = 0;
+        for _ in 0..100_000 {
+            feed(&mut *s, &mut out, true, b"$3\r\nSET\r\n$1\r\nk\r\n");
+            peak = peak.max(live_bytes() - base);
+        }
+        feed(
+            &mut *s,
+            &mut out,
+            false,
+            b"-ERR Protocol error: invalid multibulk length\r\n",
+        );
+        assert!(out.db.is_empty() && out.errors.is_empty(), "{out:?}");
+        s.closed(2, Role::Server, &mut out);
+        assert_eq!(out.errors, [UNFINISHED_MESSAGE]);
+        eprintln!("Redis session held at most {peak} bytes");
+        assert!(peak < 4096, "held {peak} bytes");
+        // A connection that ends between commands is not counted.
+        let mut s = RedisSession::new();
+        let mut out = Finished::default();
+        feed(&mut s, &mut out, true, b"*1\r\n$4\r\nPING\r\n");
+        feed(&mut s, &mut out, false, b"+PONG\r\n");
+        Session::closed(&mut s, 2, Role::Client, &mut out);
+        assert!(out.errors.is_empty() && out.db.len() == 1, "{out:?}");
+    }
+
+    #[test]
+    fn commands_beyond_the_limit_are_counted_and_pairing_stays_exact() {
+        let base = live_bytes();
+        let mut s: Box<dyn Session> = Box::new(RedisSession::new());
+        let mut out = Finished::default();
+        let mut dropped = 0;
+        let mut peak = 0;
+        for i in 0..10_000 {
+            feed(
+                &mut *s,
+                &mut out,
+                true,
+                format!("*2\r\n$3\r\nGET\r\n$5\r\nk{i:04}\r\n").as_bytes(),
+            );
+            dropped += std::mem::take(&mut out.pending_dropped);
+            peak = peak.max(live_bytes() - base);
+        }
+        assert_eq!(dropped, 10_000 - MAX_PENDING as u64);
+        for _ in 0..10_000 {
+            feed(&mut *s, &mut out, false, b"$-1\r\n");
+        }
+        assert_eq!(out.db.len(), MAX_PENDING);
+        feed(&mut *s, &mut out, true, b"*1\r\n$4\r\nPING\r\n");
+        feed(&mut *s, &mut out, false, b"+PONG\r\n");
+        assert_eq!(&*out.db.last().unwrap().operation, "PING");
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        eprintln!("Redis session held at most {peak} bytes");
+        assert!(peak < SESSION_BOUND, "held {peak} bytes");
     }
 }
