@@ -205,8 +205,9 @@ fn run_target(root: &Path, target: &'static str, limit: Limit) -> Result<Outcome
     let stderr = child.stderr.take().context("fuzzer stderr")?;
     for line in BufReader::new(stderr).lines() {
         let line = line?;
-        // Progress: libFuzzer's pulse lines (at every power of two executions) and its end.
-        if line.contains(" pulse ") || line.starts_with("Done ") || line.starts_with("#0\t") {
+        // Progress: libFuzzer's pulse lines (`#262144<TAB>pulse  cov: ...`, at every power
+        // of two executions) and its end.
+        if line.contains("\tpulse ") || line.starts_with("Done ") {
             eprintln!("    {target}: {line}");
         }
         if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
