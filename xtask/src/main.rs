@@ -1,5 +1,5 @@
 //! Developer commands: `cargo xtask setup | build | run | test | bench http|redis|postgres |
-//! kernels | image | deb | dashboards | gpu-check`.
+//! kernels | image | deb | dashboards | gpu-check | fuzz`.
 //!
 //! Every command sets up what it needs first (idempotently, saying what it does), so a fresh
 //! machine needs nothing but cargo.
@@ -12,6 +12,7 @@ mod bench;
 mod dashboards;
 mod deb;
 mod debian;
+mod fuzz;
 mod gpu_check;
 mod image;
 mod kernels;
@@ -63,9 +64,10 @@ commands:
                  bpf-linker built against the nightly toolchain's LLVM); safe to repeat
   build          setup, then cargo build --release (target/release/sonde)
   run [ARGS..]   build, then run target/release/sonde with ARGS (as root)
-  test           build, image and deb, then run every test: unit tests, the integration
-                 tests that load the real probes and drive real servers, the image under
-                 podman, the package under dpkg, the kernel matrix (needs root)
+  test           build, image and deb, then run every test: each fuzz target for a few
+                 seconds, unit tests, the integration tests that load the real probes and
+                 drive real servers, the image under podman, the package under dpkg, the
+                 kernel matrix (needs root)
   bench http     build, then wrk against nginx with sonde off and on, interleaved
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
@@ -87,6 +89,9 @@ commands:
                  while the collector goes down 30 s of every 90; RSS, CPU and drops each
                  minute; fails if RSS grew (--minutes N (30), --sonde PATH)
   dashboards     write the Grafana dashboards under deploy/grafana/ (from xtask/src/dashboards.rs)
+  fuzz           cargo-fuzz (libFuzzer, nightly) on every parser and session in fuzz/, one
+                 target after another from its seeds (fuzz/seeds); a crash fails it and names
+                 its input (--seconds N per target (60) or --runs N; --target NAME)
   gpu-check      on a host with an NVIDIA GPU and PyTorch: sonde beside a GPU workload,
                  its figures compared with nvidia-smi's (--sonde PATH uses a built binary
                  and skips setup and build; --seconds S (40) of workload)
@@ -153,6 +158,7 @@ fn main() -> Result<()> {
             let sonde = given_or_built_sonde(&root, rest)?;
             soak::run(&root, &sonde, rest)
         }
+        Some("fuzz") => fuzz::main(&root, &args[1..]),
         Some("gpu-check") => {
             let rest = &args[1..];
             let sonde = given_or_built_sonde(&root, rest)?;
@@ -495,6 +501,19 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The fuzz crate is outside the workspace: `--all` does not format it.
+    run(Command::new("cargo").args([
+        "fmt",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
+    step("fuzzing: every target briefly (a minute in all), so that a regression shows");
+    let root = workspace_root();
+    let seconds = (60 / fuzz::TARGETS.len() as u64).max(1);
+    let fuzzed = fuzz::run_targets(&root, fuzz::TARGETS, fuzz::Limit::Seconds(seconds))?;
+    let fuzz_failed = fuzzed.iter().filter(|o| o.failure.is_some()).count() as u64;
     step("cargo test --release --workspace (unit tests, then integration tests with real servers)");
     let mut child = Command::new("cargo")
         .args(["test", "--release", "--workspace", "--no-fail-fast"])
@@ -502,8 +521,9 @@ fn test() -> Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .context("spawning cargo test")?;
-    // Echo the output and add up every binary's "test result:" line into one total.
-    let (mut passed, mut failed) = (0u64, 0u64);
+    // Echo the output and add up every binary's "test result:" line into one total; each
+    // fuzz target counts as one.
+    let (mut passed, mut failed) = (fuzzed.len() as u64 - fuzz_failed, fuzz_failed);
     let stdout = child.stdout.take().context("cargo test stdout")?;
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
         let line = line?;
@@ -515,7 +535,6 @@ fn test() -> Result<()> {
     }
     let status = child.wait()?;
     step("the kernel matrix: sonde on Debian's 5.10, 6.1 and 6.12 kernels under qemu");
-    let root = workspace_root();
     let (kernel_passed, kernel_failed) =
         kernels::run_matrix(&root, &root.join("target/release/sonde"), &[])?;
     passed += kernel_passed as u64;
@@ -526,6 +545,9 @@ fn test() -> Result<()> {
     }
     if kernel_failed > 0 {
         bail!("{kernel_failed} kernel matrix checks failed");
+    }
+    if fuzz_failed > 0 {
+        bail!("{fuzz_failed} fuzz targets crashed");
     }
     Ok(())
 }

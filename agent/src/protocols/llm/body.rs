@@ -102,6 +102,9 @@ pub struct ResponseReader {
     line: Vec<u8>,
     /// The current SSE line is longer than `MAX_LINE`: skipped to its end.
     skipping_line: bool,
+    /// A JSON body stopped being JSON: nothing more of it is read, its end included (where
+    /// it broke inside a piece is unknown, so reading on would depend on the pieces).
+    broken: bool,
     lost: bool,
     /// The end of a JSON body after a gap (`usage` after a long completion).
     tail: TailBuffer,
@@ -109,6 +112,9 @@ pub struct ResponseReader {
 
 impl ResponseReader {
     pub fn feed(&mut self, data: &[u8], ts: u64, call: &mut LlmCall) {
+        if self.broken {
+            return;
+        }
         if self.lost {
             if self.format == Format::Documents {
                 self.tail.push(data);
@@ -178,7 +184,7 @@ impl ResponseReader {
             if self.scanner.is_done() {
                 self.end_event(ts, call);
             } else if self.scanner.is_broken() {
-                self.lost = true;
+                self.broken = true;
                 return;
             }
         }
@@ -475,6 +481,29 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         r.feed(&body[60..], &mut call);
         assert_eq!(call.request_model, None);
         assert!(call.truncated);
+    }
+
+    /// Found by the `llm_response` fuzz target: after a body broke, the pieces that came
+    /// later went to the tail buffer and their members were read at the end, while the rest
+    /// of the piece it broke in was dropped: the call depended on how the body was split.
+    #[test]
+    fn a_broken_body_reads_the_same_whatever_the_splits() {
+        let body = br#"{"id":"x", "choices": [\0], "usage": {"prompt_tokens": 19}}"#;
+        let read = |pieces: &[&[u8]]| {
+            let mut r = ResponseReader::default();
+            let mut call = LlmCall::default();
+            for p in pieces {
+                r.feed(p, 100, &mut call);
+            }
+            r.finish(&mut call);
+            call
+        };
+        let whole = read(&[body]);
+        for cut in 1..body.len() {
+            assert_eq!(read(&[&body[..cut], &body[cut..]]), whole, "cut at {cut}");
+        }
+        assert_eq!(whole.response_id.as_deref(), Some("x"));
+        assert_eq!(whole.input_tokens, None);
     }
 
     #[test]

@@ -310,6 +310,12 @@ impl RedisSession {
             // Out-of-band data (a published message, a RESP3 invalidation): no command's reply.
             return;
         }
+        // An (un)subscribe reported at its first confirmation that is still at the front has
+        // had all the confirmations it will get (the server answers in order): this reply is
+        // the next command's.
+        while self.pending.front().is_some_and(|p| p.reported) {
+            self.pending.pop_front();
+        }
         let Some(mut p) = self.pending.pop_front() else {
             // The reply to a command given up (already counted), or to one not seen.
             self.skipped = self.skipped.saturating_sub(1);
@@ -495,6 +501,24 @@ mod tests {
         assert_eq!(r.done.len(), 1);
         assert_eq!(r.done[0].end_ts - r.done[0].start_ts, 1_000_000_000 - 1 + 1);
         assert_eq!(r.done[0].query_text.as_deref(), Some("BLPOP jobs ?"));
+    }
+
+    /// Found by the `redis_session` fuzz target: a reply that is not a confirmation, while an
+    /// UNSUBSCRIBE already reported at its first confirmation waited for more, reported the
+    /// UNSUBSCRIBE a second time (more operations than commands).
+    #[test]
+    fn an_unsubscribe_is_reported_once_whatever_follows_its_confirmation() {
+        let mut r = Run::new();
+        r.client(&cmd(&["SUBSCRIBE", "a", "b"]));
+        r.server(
+            b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
+        );
+        r.client(&cmd(&["UNSUBSCRIBE"]));
+        r.client(&cmd(&["PING"]));
+        // One confirmation (the other was never seen), then PING's reply.
+        r.server(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n+PONG\r\n");
+        let names: Vec<String> = r.ops().into_iter().map(|o| o.0).collect();
+        assert_eq!(names, ["SUBSCRIBE", "UNSUBSCRIBE", "PING"]);
     }
 
     #[test]
