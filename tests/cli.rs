@@ -131,7 +131,8 @@ fn configuration_layers_file_env_and_flags() {
                     traces_sampler: traceidratio\n\
                     traces_sampler_arg: 0.5\n\
                     max_label_sets: 2000\n\
-                    resource_command_line: false\n";
+                    resource_command_line: false\n\
+                    single_instance: true\n";
     assert_eq!(out, expected);
 }
 

@@ -105,6 +105,9 @@ pub struct ResponseReader {
     /// A JSON body stopped being JSON: nothing more of it is read, its end included (where
     /// it broke inside a piece is unknown, so reading on would depend on the pieces).
     broken: bool,
+    /// A document ended before the end of its line: the rest of the line is not a document
+    /// (NDJSON has one per line), however the body was split.
+    rest_of_line: bool,
     lost: bool,
     /// The end of a JSON body after a gap (`usage` after a long completion).
     tail: TailBuffer,
@@ -162,6 +165,14 @@ impl ResponseReader {
 
     fn feed_documents(&mut self, mut data: &[u8], ts: u64, call: &mut LlmCall) {
         while !data.is_empty() {
+            if self.rest_of_line {
+                match document_end(data) {
+                    Some(end) => data = &data[end..],
+                    None => return,
+                }
+                self.rest_of_line = false;
+                continue;
+            }
             if self.scanner.is_done() {
                 // The next document (NDJSON) starts after whitespace.
                 match data.iter().position(|b| !b.is_ascii_whitespace()) {
@@ -180,8 +191,12 @@ impl ResponseReader {
             });
             self.scanner = scanner;
             self.content = content;
+            let line_ended = data[..end].ends_with(b"\n");
             data = &data[end..];
             if self.scanner.is_done() {
+                // What followed the document on its line was passed over with it when the
+                // line came whole; the same when it comes in a later piece.
+                self.rest_of_line = !line_ended;
                 self.end_event(ts, call);
             } else if self.scanner.is_broken() {
                 self.broken = true;
@@ -504,6 +519,29 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         }
         assert_eq!(whole.response_id.as_deref(), Some("x"));
         assert_eq!(whole.input_tokens, None);
+    }
+
+    /// Found by the `llm_response` fuzz target: bytes after a document's end on its line
+    /// were passed over when the line came whole, but read as the next document (and
+    /// broke the body) when they came in a later piece.
+    #[test]
+    fn the_rest_of_a_line_after_a_document_is_passed_over_whatever_the_splits() {
+        let body = b"{\"id\":\"x\",\"a\":\"b\"},\"done\":false}\n{\"model\":\"llama3\",\"done\":true}\n";
+        let read = |pieces: &[&[u8]]| {
+            let mut r = ResponseReader::default();
+            let mut call = LlmCall::default();
+            for p in pieces {
+                r.feed(p, 100, &mut call);
+            }
+            r.finish(&mut call);
+            call
+        };
+        let whole = read(&[body]);
+        assert_eq!(whole.response_id.as_deref(), Some("x"));
+        assert_eq!(whole.response_model.as_deref(), Some("llama3"));
+        for cut in 1..body.len() {
+            assert_eq!(read(&[&body[..cut], &body[cut..]]), whole, "cut at {cut}");
+        }
     }
 
     #[test]
