@@ -526,7 +526,8 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
     /// broke the body) when they came in a later piece.
     #[test]
     fn the_rest_of_a_line_after_a_document_is_passed_over_whatever_the_splits() {
-        let body = b"{\"id\":\"x\",\"a\":\"b\"},\"done\":false}\n{\"model\":\"llama3\",\"done\":true}\n";
+        let body =
+            b"{\"id\":\"x\",\"a\":\"b\"},\"done\":false}\n{\"model\":\"llama3\",\"done\":true}\n";
         let read = |pieces: &[&[u8]]| {
             let mut r = ResponseReader::default();
             let mut call = LlmCall::default();
