@@ -424,6 +424,11 @@ impl Nginx {
                uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                server {{\n{listens}    root {d}/www;\n{locations}\n  }}\n}}\n"
         );
+        Nginx::run(&dir, &conf, port)
+    }
+
+    /// Writes `conf` into `dir` (with an empty `www`), starts nginx on it and waits for `port`.
+    fn run(dir: &Path, conf: &str, port: u16) -> Nginx {
         std::fs::create_dir_all(dir.join("www")).unwrap();
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let mut cmd = Command::new("nginx");
@@ -431,7 +436,7 @@ impl Nginx {
             .arg(dir.join("nginx.conf"))
             .args(["-g", "daemon off;"]);
         let child = spawn_owned(cmd);
-        wait_port(port, &format!("nginx (see {d}/error.log)"));
+        wait_port(port, &format!("nginx (see {}/error.log)", dir.display()));
         Nginx {
             port,
             pid: child.id(),
@@ -741,19 +746,7 @@ impl Nginx {
             // connections are free: twice as many as needed keeps it from that.
             connections * 2,
         );
-        std::fs::create_dir_all(dir.join("www")).unwrap();
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .args(["-g", "daemon off;"]);
-        let child = spawn_owned(cmd);
-        wait_port(port, &format!("nginx (see {d}/error.log)"));
-        Nginx {
-            port,
-            pid: child.id(),
-            _child: child,
-        }
+        Nginx::run(&dir, &conf, port)
     }
 }
 

@@ -498,12 +498,8 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert!(call.truncated);
     }
 
-    /// Found by the `llm_response` fuzz target: after a body broke, the pieces that came
-    /// later went to the tail buffer and their members were read at the end, while the rest
-    /// of the piece it broke in was dropped: the call depended on how the body was split.
-    #[test]
-    fn a_broken_body_reads_the_same_whatever_the_splits() {
-        let body = br#"{"id":"x", "choices": [\0], "usage": {"prompt_tokens": 19}}"#;
+    /// The call `body` gives read whole, checked to be the same cut in two anywhere.
+    fn read_every_split(body: &[u8]) -> LlmCall {
         let read = |pieces: &[&[u8]]| {
             let mut r = ResponseReader::default();
             let mut call = LlmCall::default();
@@ -517,6 +513,16 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         for cut in 1..body.len() {
             assert_eq!(read(&[&body[..cut], &body[cut..]]), whole, "cut at {cut}");
         }
+        whole
+    }
+
+    /// Found by the `llm_response` fuzz target: after a body broke, the pieces that came
+    /// later went to the tail buffer and their members were read at the end, while the rest
+    /// of the piece it broke in was dropped: the call depended on how the body was split.
+    #[test]
+    fn a_broken_body_reads_the_same_whatever_the_splits() {
+        let body = br#"{"id":"x", "choices": [\0], "usage": {"prompt_tokens": 19}}"#;
+        let whole = read_every_split(body);
         assert_eq!(whole.response_id.as_deref(), Some("x"));
         assert_eq!(whole.input_tokens, None);
     }
@@ -528,21 +534,9 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
     fn the_rest_of_a_line_after_a_document_is_passed_over_whatever_the_splits() {
         let body =
             b"{\"id\":\"x\",\"a\":\"b\"},\"done\":false}\n{\"model\":\"llama3\",\"done\":true}\n";
-        let read = |pieces: &[&[u8]]| {
-            let mut r = ResponseReader::default();
-            let mut call = LlmCall::default();
-            for p in pieces {
-                r.feed(p, 100, &mut call);
-            }
-            r.finish(&mut call);
-            call
-        };
-        let whole = read(&[body]);
+        let whole = read_every_split(body);
         assert_eq!(whole.response_id.as_deref(), Some("x"));
         assert_eq!(whole.response_model.as_deref(), Some("llama3"));
-        for cut in 1..body.len() {
-            assert_eq!(read(&[&body[..cut], &body[cut..]]), whole, "cut at {cut}");
-        }
     }
 
     #[test]
