@@ -54,7 +54,12 @@ fuzz_target!(|data: &[u8]| {
                 let role = if client { Role::Client } else { Role::Server };
                 s.closed(ts, role, &mut out);
             }
-            Record::Failed => s.failed(ts, Role::Client, "ECONNRESET", &mut out),
+            Record::Failed => {
+                s.failed(ts, Role::Client, "ECONNRESET", &mut out);
+                // The session stops reading what it was in the middle of and looks for the
+                // next request line; so does the second framing.
+                requests.abandon();
+            }
             Record::Restart => {
                 s.restart();
                 requests = HttpStream::new(StreamKind::Requests);
