@@ -328,7 +328,7 @@ fn ipv6_loopback_is_observed() {
 }
 
 #[test]
-fn incoming_traceparent_puts_the_server_span_in_that_trace() {
+fn a_traceparent_a_client_sends_puts_its_call_in_that_trace() {
     let env = env();
     // nginx traffic: the histogram-count tests must not see it land mid-way.
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,12 +342,19 @@ fn incoming_traceparent_puts_the_server_span_in_that_trace() {
         &format!("traceparent: 00-{trace}-{parent}-01"),
         &format!("http://127.0.0.1:{port}/trace"),
     ]);
+    // curl's span is the child of the span its header names; nginx's, seen at the other
+    // end of the connection, is the child of curl's.
+    let client = env
+        .sonde
+        .wait_spans(1, |s| is_curl_client(s) && path_starts(s, "/trace"));
     let server = env
         .sonde
         .wait_spans(1, |s| is_nginx_server(s) && path_starts(s, "/trace"));
-    assert_eq!(server.len(), 1);
+    assert_eq!((client.len(), server.len()), (1, 1));
+    assert_eq!(client[0]["trace_id"], trace);
+    assert_eq!(client[0]["parent_span_id"], parent);
     assert_eq!(server[0]["trace_id"], trace);
-    assert_eq!(server[0]["parent_span_id"], parent);
+    assert_eq!(server[0]["parent_span_id"], client[0]["span_id"]);
     assert_ne!(server[0]["span_id"], parent);
 }
 

@@ -163,10 +163,12 @@ fn no_module_imports_one_that_imports_it_back() {
     assert_eq!(find_cycle(&files_graph).map(show), None, "a cycle of files");
     assert_eq!(find_cycle(&folders_graph), None, "a cycle of folders");
     // Layers: each may use those before it, never one after it (conn feeds protocols'
-    // sessions and reports to telemetry through a trait telemetry implements).
+    // sessions and reports to telemetry through a trait telemetry implements; traces, the
+    // place of each call in a trace, is chosen as protocols report requests starting).
     let layers = [
         "identity",
         "capture",
+        "traces",
         "protocols",
         "conn",
         "telemetry",

@@ -235,6 +235,38 @@ pub struct SslKey {
 #[map]
 static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(MAX_SSL_CALLS, 0);
 
+/// Threads inside connect(): the socket each is connecting (`struct sock *`), seen when it
+/// entered SYN_SENT, so that connect()'s exit reads the local address the kernel chose.
+#[map]
+static CONNECTING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_SSL_CALLS, 0);
+
+/// Offsets in `struct sock_common` (see `on_new_conn`).
+const SKC_RCV_SADDR: u64 = 4;
+const SKC_NUM: u64 = 14;
+/// `sock:inet_sock_set_state`'s format (the same since Linux 4.16): `skaddr` at 8,
+/// `newstate` at 20.
+const SOCK_STATE_SKADDR: usize = 8;
+const SOCK_STATE_NEWSTATE: usize = 20;
+const TCP_SYN_SENT: i32 = 2;
+
+/// A TCP socket changed state: one entering SYN_SENT is being connected by the current
+/// thread (inside connect(), or a TCP Fast Open sendto()).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn sonde_sock_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: read_at goes through bpf_probe_read, which fails cleanly on a bad offset.
+    if unsafe { ctx.read_at::<i32>(SOCK_STATE_NEWSTATE) } != Ok(TCP_SYN_SENT) {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == SONDE_TGID.load() {
+        return 0;
+    }
+    if let Ok(sock) = unsafe { ctx.read_at::<u64>(SOCK_STATE_SKADDR) } {
+        let _ = CONNECTING.insert(&pid_tgid, &sock, 0);
+    }
+    0
+}
+
 /// A thread exited: a call it was inside of (killed in SSL_read) ends with it, so that a
 /// thread that later gets its id does not look like it is inside one. (LRU besides, so
 /// that the map stays bounded whatever happens.)
@@ -529,9 +561,19 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
             }
         }
         SYS_CONNECT => {
+            // SAFETY: the reference points into the map value, valid for this program run.
+            let sock = unsafe { CONNECTING.get(&pid_tgid) }.copied().unwrap_or(0);
+            let _ = CONNECTING.remove(&pid_tgid);
+            if sock == 0 {
+                // No TCP socket entered SYN_SENT in this connect(): it asked again about one
+                // already connecting (hiredis does; the first call recorded it), or it was
+                // not TCP (a UDP connect). A connection sonde started watching in the middle
+                // of its connect() is found through /proc at its first bytes instead.
+                return Ok(());
+            }
             if ret == 0 || ret == -EINPROGRESS {
                 let addr = unsafe { (*regs).rsi };
-                on_new_conn(ConnKey { tgid, fd }, addr, role::CLIENT, -1)
+                on_new_conn(ConnKey { tgid, fd }, addr, role::CLIENT, -1, sock)
             } else {
                 Ok(())
             }
@@ -547,6 +589,7 @@ fn handle(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
                     addr,
                     role::SERVER,
                     fd,
+                    0,
                 )
             } else {
                 Ok(())
@@ -1164,9 +1207,17 @@ fn inherited(tgid: u32, fd: i32) -> Option<ConnInfo> {
     Some(conn)
 }
 
-/// connect() or accept() gave a TCP connection: remember it with its peer address.
+/// connect() or accept() gave a TCP connection: remember it with its peer address, and for
+/// a connected one its local IPv4 address and port, read from `sock` (its `struct sock`, 0
+/// when unknown).
 #[inline(always)]
-fn on_new_conn(key: ConnKey, sockaddr: u64, conn_role: u8, listen_fd: i32) -> Result<(), i64> {
+fn on_new_conn(
+    key: ConnKey,
+    sockaddr: u64,
+    conn_role: u8,
+    listen_fd: i32,
+    sock: u64,
+) -> Result<(), i64> {
     let mut info = ConnInfo {
         conn_id: unsafe { bpf_ktime_get_ns() },
         role: conn_role,
@@ -1191,6 +1242,31 @@ fn on_new_conn(key: ConnKey, sockaddr: u64, conn_role: u8, listen_fd: i32) -> Re
         info.peer_port = port;
     } else if conn_role == role::CLIENT {
         return Ok(());
+    }
+    if sock != 0 {
+        // `struct sock` starts with `struct sock_common`, whose first 16 bytes have been
+        // laid out the same since Linux 3.x: daddr, rcv_saddr, hash, dport, num (the local
+        // port, host order). connect() has chosen both by the time it returns. A connected
+        // connection keeps them where an accepted one keeps its listener (see `ConnInfo`).
+        // Read straight into the entry (the syscall program's stack has no room for
+        // more): the port's two bytes land in the low half of `listen_fd` (little-endian).
+        info.listen_fd = 0;
+        // SAFETY: each helper writes at most the named size into a field of `info`.
+        let ok = unsafe {
+            bpf_probe_read_kernel(
+                &mut info.listen_tgid as *mut u32 as *mut c_void,
+                4,
+                (sock + SKC_RCV_SADDR) as *const c_void,
+            ) == 0
+                && bpf_probe_read_kernel(
+                    &mut info.listen_fd as *mut i32 as *mut c_void,
+                    2,
+                    (sock + SKC_NUM) as *const c_void,
+                ) == 0
+        };
+        if !ok {
+            info.listen_fd = -1;
+        }
     }
     if CONNS.insert(&key, &info, 0).is_err() {
         count_drop(drop_reason::CONN_TABLE_FULL);

@@ -133,6 +133,17 @@ pub mod drop_reason {
     ];
 }
 
+impl ConnInfo {
+    /// A connected socket's local IPv4 address (network byte order) and port, read as
+    /// connect() returned (see `listen_fd`); None when unknown (IPv6, or not seen
+    /// connecting). The client's own address names the connection at both of its ends.
+    pub fn client_local_addr4(&self) -> Option<([u8; 4], u16)> {
+        let port = self.listen_fd;
+        (self.role == role::CLIENT && port > 0 && port <= u16::MAX as i32)
+            .then(|| (self.listen_tgid.to_ne_bytes(), port as u16))
+    }
+}
+
 /// Key of the kernel connection table: one open socket fd of one process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -159,7 +170,8 @@ pub struct ConnInfo {
     /// Events still allowed while on probation (see `conn_flags::PROBATION`).
     pub probation_left: u8,
     /// For an accepted connection, the listening fd it came from (its local address is the
-    /// server's); -1 otherwise.
+    /// server's). For a connected one, its local port (host byte order; 0 when unknown,
+    /// see `local_addr4`). -1 otherwise.
     pub listen_fd: i32,
     /// Events refused on probation since the last shipped one (sent with `LOST`).
     pub lost_events: u32,
@@ -167,7 +179,10 @@ pub struct ConnInfo {
     /// first seen on. Copies made by dup()/dup2() and by a child that inherited the socket
     /// keep it, so both directions of `dup2(sock, 0); dup2(0, 1)` land on one connection.
     pub key_fd: i32,
-    /// The process that holds `listen_fd` (a child serving an inherited connection does not).
+    /// The process that holds `listen_fd` (a child serving an inherited connection does
+    /// not). For a connected connection, its local IPv4 address in network byte order (0
+    /// when unknown): the role says which, so the header stays this size (the syscall
+    /// program's stack has no room for more).
     pub listen_tgid: u32,
     /// Monotonic ns when the process closed the fd (with `CLOSED`), else 0.
     pub closed_ns: u64,

@@ -434,12 +434,15 @@ fn capture_loop(
                     if tls && ev.kind == crate::capture::event::EventKind::Data {
                         metrics.tls_plaintext_events.inc();
                     }
-                    table.handle(&ev, &mut sink)
+                    table.handle(&ev, &mut sink, &|key| conns.get(&key, 0).ok())
                 }
                 Err(_) => metrics.dropped("decode_error", 1),
             }
         }
         metrics.events_received.inc_by(received);
+        // Server calls that waited long enough for their client end go out even when no
+        // event comes to push them.
+        table.flush_deferred(clock_ns(libc::CLOCK_MONOTONIC), &mut sink);
         behind = received >= BACKLOG_EVENTS
             || drain_start.elapsed() >= Duration::from_millis(DRAIN_INTERVAL_MS as u64 / 2);
         sink.flush();
@@ -465,5 +468,6 @@ fn capture_loop(
             sink.print_summary(secs);
         }
     }
+    table.flush_deferred(u64::MAX, &mut sink);
     sink.flush();
 }

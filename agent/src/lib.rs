@@ -4,7 +4,8 @@
 //! The modules follow the data path: `capture` (probes, ring buffer, events) -> `conn`
 //! (the connection table) -> `protocols` (one session per connection) -> `telemetry`
 //! (spans, RED metrics) -> `export` (Prometheus, OTLP), with `identity` (process, pod,
-//! service name) beside them and `gpu` on its own.
+//! service name) and `traces` (which calls form one trace) beside them, and `gpu` on its
+//! own.
 pub mod agent;
 pub mod capture;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod protocols;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
+pub mod traces;

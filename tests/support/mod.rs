@@ -369,7 +369,8 @@ impl Metrics {
     }
 }
 
-fn parse_labels(s: &str) -> HashMap<String, String> {
+/// The labels of an exposition line's `{...}` (without the braces).
+pub fn parse_labels(s: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut rest = s;
     while let Some((k, after)) = rest.split_once("=\"") {

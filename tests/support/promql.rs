@@ -41,6 +41,7 @@ const KEYWORDS: &[&str] = &[
     "time",
     "absent",
     "label_replace",
+    "label_join",
     "avg_over_time",
     "max_over_time",
     "min_over_time",

@@ -565,6 +565,23 @@ fn check_guest_output(out: &Path) -> Vec<(String, Result<String, String>)> {
             http(s, "CLIENT", "curl", "8080") && attr(s, "http.response.status_code") == "200"
         }),
     );
+    // The kernel reads a client's local address from `struct sock` as connect() returns:
+    // each nginx span is the child of the curl span at the other end of its connection.
+    let curl_spans: std::collections::BTreeSet<String> = spans
+        .iter()
+        .filter(|s| http(s, "CLIENT", "curl", "8080"))
+        .filter_map(|s| s["span_id"].as_str().map(str::to_string))
+        .collect();
+    expect(
+        "nginx keep-alive: server spans are children of curl's",
+        sent("nginx_keepalive"),
+        count(&|s| {
+            http(s, "SERVER", "nginx", "8080")
+                && s["parent_span_id"]
+                    .as_str()
+                    .is_some_and(|p| curl_spans.contains(p))
+        }),
+    );
     let https = |s: &Value, kind: &str, service: &str, port: &str| {
         http(s, kind, service, port)
             && attr(s, "url.scheme") == "https"

@@ -38,6 +38,8 @@ const DEB_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "python3-pip",
+    // tests/tls.rs and tests/traces.rs run node (its `https` and `http` modules).
+    "nodejs",
     // The kernel matrix: guests under qemu, an initramfs of static busybox and the
     // kernel package's 9p modules; busybox httpd is also the fork-per-connection server.
     "qemu-system-x86",
@@ -324,6 +326,9 @@ const PYPI_PACKAGES: &[(&str, &str)] = &[
     ("openai", "openai"),
     ("anthropic", "anthropic"),
     ("ollama", "ollama"),
+    // tests/traces/service.py: redis-py and psycopg 3 (with its bundled libpq).
+    ("redis", "redis"),
+    ("psycopg[binary]", "psycopg"),
 ];
 
 fn setup_python_tools() -> Result<()> {

@@ -150,6 +150,13 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
     fork.load().map_err(|e| refused(name, e))?;
     fork.attach("sched", "sched_process_fork")
         .map_err(|source| ProbeError::Program { name, source })?;
+    // Before the syscall program: a connect() it sees has had its SYN_SENT seen.
+    let name = "sonde_sock_state";
+    let state: &mut TracePoint = program(&mut ebpf, name)?;
+    state.load().map_err(|e| refused(name, e))?;
+    state
+        .attach("sock", "inet_sock_set_state")
+        .map_err(|source| ProbeError::Program { name, source })?;
     let name = "sonde_sys_exit";
     let exit: &mut BtfTracePoint = program(&mut ebpf, name)?;
     exit.load("sys_exit", &btf).map_err(|e| refused(name, e))?;

@@ -5,11 +5,12 @@
 pub mod sockets;
 
 use std::collections::hash_map::Entry;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use sonde_ebpf::{conn_flags, role, ConnKey};
+use sonde_ebpf::{conn_flags, role, ConnInfo, ConnKey};
 
 use crate::capture::event::{needs_resolve, peer_addr, Event, EventKind};
 use crate::capture::kernel_maps::{ConnVerdict, KernelUpdate};
@@ -20,7 +21,9 @@ use crate::identity::table::ProcessTable;
 use crate::protocols::call::{DbCall, HttpCall, HttpExchange, Role};
 use crate::protocols::session::PENDING_LIMIT;
 use crate::protocols::{session_for, Chunk, Finished, Readable, Session};
-use sockets::{resolve_fd, FdKind, ListenerCache};
+use crate::traces::links::{ConnEnd, Side, Start};
+use crate::traces::{NodeRef, TraceLinks};
+use sockets::{resolve_fd, FdKind, ListenerCache, PidFds};
 
 /// Where the connection table reports what it finds.
 pub trait CallSink {
@@ -31,6 +34,8 @@ pub trait CallSink {
     fn dropped(&mut self, reason: &'static str, n: u64);
     /// A connection switched to TLS (or GSS) encryption: its protocol can no longer be read.
     fn encrypted_connection(&mut self, protocol: &'static str);
+    /// A trace link was tried (see `traces::links`): its kind and what came of it.
+    fn trace_link(&mut self, _kind: &'static str, _result: &'static str) {}
 }
 
 struct Connection {
@@ -56,6 +61,46 @@ struct Connection {
     /// It stopped being readable as it was (encryption, a CONNECT tunnel): TLS plaintext
     /// that comes later is read afresh, even after it was counted as unreadable.
     switched: bool,
+    /// The client's address and port (see `ConnEnd`).
+    client_endpoint: Option<SocketAddr>,
+    /// Requests started and not finished, by their session's `seq`, with their trace nodes.
+    in_flight: VecDeque<InFlight>,
+}
+
+struct InFlight {
+    seq: u64,
+    tid: u32,
+    node: NodeRef,
+}
+
+/// How long a server call whose client end may still be seen waits before its span is
+/// built (in event time): a client thread preempted inside write() can have its request
+/// reach sonde after the server's answer to it.
+const LINK_GRACE_NS: u64 = 20_000_000;
+/// Server calls waiting at most; past this they are emitted at once (unlinked).
+const MAX_DEFERRED: usize = 16_384;
+
+/// A finished call, before it goes to the sink.
+enum FinishedCall {
+    Http(HttpCall),
+    Db(DbCall),
+}
+
+impl FinishedCall {
+    fn emit(self, sink: &mut impl CallSink) {
+        match self {
+            FinishedCall::Http(c) => sink.http_call(c),
+            FinishedCall::Db(c) => sink.db_call(c),
+        }
+    }
+}
+
+/// A server call waiting for its client end (see `LINK_GRACE_NS`).
+struct Deferred {
+    until_ts: u64,
+    end: ConnEnd,
+    node: NodeRef,
+    call: FinishedCall,
 }
 
 /// How long a connection that switched to encryption may take to show its TLS plaintext
@@ -80,6 +125,9 @@ pub struct ConnTable {
     newest_ts: u64,
     /// When `evict_idle` last swept the process table.
     last_sweep_ns: u64,
+    links: TraceLinks,
+    pidfds: PidFds,
+    deferred: VecDeque<Deferred>,
 }
 
 /// How often the process table is swept of exited processes (`ProcessTable::sweep`).
@@ -113,9 +161,17 @@ impl ConnTable {
         self.kernel_updates.drain(..)
     }
 
-    pub fn handle(&mut self, ev: &Event<'_>, sink: &mut impl CallSink) {
+    /// Handles one event. `kernel` reads the kernel's connection table (a socket sonde asks
+    /// for its addresses must still be the connection the event is about).
+    pub fn handle(
+        &mut self,
+        ev: &Event<'_>,
+        sink: &mut impl CallSink,
+        kernel: &dyn Fn(ConnKey) -> Option<ConnInfo>,
+    ) {
         let h = &ev.header;
         self.newest_ts = self.newest_ts.max(h.ts_ns);
+        self.flush_deferred(h.ts_ns, sink);
         // By connection id, not fd: a dup()ed or inherited copy of a socket (inetd-style
         // servers read fd 0 and write fd 1) is one connection whatever fd carries it.
         let key = (h.tgid, h.conn.conn_id);
@@ -137,14 +193,26 @@ impl ConnTable {
                 if old_id != h.conn.conn_id && self.conns.get(&old_key).is_some_and(|c| !c.aliased)
                 {
                     let old = self.conns.remove(&old_key).expect("present");
-                    old.close(h.ts_ns, &mut self.finished, sink);
+                    old.close(
+                        h.ts_ns,
+                        &mut self.finished,
+                        &mut self.links,
+                        &mut self.deferred,
+                        sink,
+                    );
                 }
             }
         }
         if ev.kind == EventKind::Close {
             if let Some(c) = self.conns.remove(&key) {
                 self.forget_key_fd(&c);
-                c.close(h.ts_ns, &mut self.finished, sink);
+                c.close(
+                    h.ts_ns,
+                    &mut self.finished,
+                    &mut self.links,
+                    &mut self.deferred,
+                    sink,
+                );
             }
             return;
         }
@@ -178,12 +246,20 @@ impl ConnTable {
                     sink.dropped("probation_limit", h.conn.lost_events.into());
                     if let Some(session) = c.session.as_deref_mut() {
                         session.restart();
+                        c.give_up_in_flight(&mut self.links);
                     }
                 }
                 c
             }
             Entry::Vacant(v) => {
-                let c = open_connection(&mut self.processes, &mut self.listeners, &self.filter, ev);
+                let c = open_connection(
+                    &mut self.processes,
+                    &mut self.listeners,
+                    &mut self.pidfds,
+                    &self.filter,
+                    ev,
+                    kernel,
+                );
                 if c.ignored {
                     self.kernel_updates.push(update(ConnVerdict::Ignore));
                 } else if needs_resolve(&h.conn) {
@@ -243,7 +319,8 @@ impl ConnTable {
             EventKind::Error => session.failed(h.ts_ns, c.role, errno_name(h.errno), finished),
             EventKind::Close => {}
         }
-        c.report(finished, sink);
+        c.start(finished, &mut self.links);
+        c.report(finished, &mut self.links, &mut self.deferred, sink);
     }
 }
 
@@ -251,8 +328,10 @@ impl ConnTable {
 fn open_connection(
     processes: &mut ProcessTable,
     listeners: &mut ListenerCache,
+    pidfds: &mut PidFds,
     filter: &CaptureFilter,
     ev: &Event<'_>,
+    kernel: &dyn Fn(ConnKey) -> Option<ConnInfo>,
 ) -> Connection {
     let h = &ev.header;
     let info = &h.conn;
@@ -299,6 +378,24 @@ fn open_connection(
     if info.role == role::UNKNOWN && ignored {
         role = Role::Client;
     }
+    // Asking a socket through its fd is only right while the fd still holds this
+    // connection: looked up after the answer, the kernel's entry for the fd must still be
+    // this connection, open (a closed one may have given its fd to the next).
+    let still_this = || {
+        kernel(ConnKey {
+            tgid: h.tgid,
+            fd: h.fd,
+        })
+        .is_some_and(|k| k.conn_id == info.conn_id && k.flags & conn_flags::CLOSED == 0)
+    };
+    if role == Role::Server && peer.is_none() && !ignored {
+        // Accepted without asking for the peer's address (libuv, so Node.js, passes NULL to
+        // accept4): the socket is asked at its first event (a connection that closed
+        // within the drain interval stays without a peer).
+        peer = pidfds
+            .peer_addr(h.tgid, h.fd, local)
+            .filter(|_| still_this());
+    }
     // The port of the service this connection talks to.
     let service_port = match role {
         Role::Server => local.map(|a| a.port()),
@@ -311,6 +408,19 @@ fn open_connection(
         process = processes.serving_on(process, port);
     }
     let session = session_for(info.proto);
+    let ignored = ignored || session.is_none();
+    // The client's own address and port names the connection at both ends (see
+    // `traces::links`): the kernel reads it as connect() returns (IPv4); otherwise it is
+    // looked up once, here, while the socket is still open.
+    let client_endpoint = match role {
+        Role::Server => peer,
+        Role::Client if ignored => None,
+        Role::Client => local.or_else(|| kernel_local_addr(info, peer)).or_else(|| {
+            pidfds
+                .local_addr(h.tgid, h.fd, peer)
+                .filter(|_| still_this())
+        }),
+    };
     Connection {
         conn_id: info.conn_id,
         key_fd: info.key_fd,
@@ -320,11 +430,13 @@ fn open_connection(
         local,
         peer,
         last_ts: h.ts_ns,
-        ignored: ignored || session.is_none(),
+        ignored,
         session,
         tls: info.flags & conn_flags::TLS != 0,
         encrypted: None,
         switched: false,
+        client_endpoint,
+        in_flight: VecDeque::new(),
     }
 }
 
@@ -343,13 +455,21 @@ impl ConnTable {
             if let Some(c) = self.conns.remove(key) {
                 self.forget_key_fd(&c);
                 let pid = c.process.pid;
-                c.close(0, &mut self.finished, sink);
+                c.close(
+                    0,
+                    &mut self.finished,
+                    &mut self.links,
+                    &mut self.deferred,
+                    sink,
+                );
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                     self.processes.forget(pid);
                     self.listeners.forget_pid(pid);
+                    self.pidfds.forget(pid);
                 }
             }
         }
+        self.flush_deferred(now_ns, sink);
         if now_ns.saturating_sub(self.last_sweep_ns) >= PROCESS_SWEEP_NS {
             self.last_sweep_ns = now_ns;
             self.processes.sweep();
@@ -372,6 +492,19 @@ impl ConnTable {
         }
     }
 
+    /// Emits the server calls that waited for their client end until `now_ns` (event
+    /// time; `u64::MAX` emits them all).
+    pub fn flush_deferred(&mut self, now_ns: u64, sink: &mut impl CallSink) {
+        while self.deferred.front().is_some_and(|d| d.until_ts <= now_ns) {
+            let d = self.deferred.pop_front().expect("present");
+            self.links.emitted(&d.end, &d.node);
+            d.call.emit(sink);
+        }
+        for (kind, result) in self.links.take_counts() {
+            sink.trace_link(kind, result);
+        }
+    }
+
     /// The connection ended: its key fd no longer names it.
     fn forget_key_fd(&mut self, c: &Connection) {
         let fd_key = (c.process.pid, c.key_fd);
@@ -384,24 +517,131 @@ impl ConnTable {
 impl Connection {
     /// The connection ended at `ts` (0: when it was last seen): what its session can still
     /// finish is reported.
-    fn close(mut self, ts: u64, finished: &mut Finished, sink: &mut impl CallSink) {
+    fn close(
+        mut self,
+        ts: u64,
+        finished: &mut Finished,
+        links: &mut TraceLinks,
+        deferred: &mut VecDeque<Deferred>,
+        sink: &mut impl CallSink,
+    ) {
         if let Some((_, protocol)) = self.encrypted {
             sink.encrypted_connection(protocol);
         }
-        if self.ignored {
+        if !self.ignored {
+            if let Some(session) = self.session.as_deref_mut() {
+                let ts = if ts == 0 { self.last_ts } else { ts };
+                finished.clear();
+                session.closed(ts, self.role, finished);
+                self.report(finished, links, deferred, sink);
+            }
+        }
+        self.give_up_in_flight(links);
+        links.closed(&self.end());
+    }
+
+    fn end(&self) -> ConnEnd {
+        ConnEnd {
+            tgid: self.process.pid,
+            role: match self.role {
+                Role::Client => Side::Client,
+                Role::Server => Side::Server,
+            },
+            client_endpoint: self.client_endpoint,
+        }
+    }
+
+    /// Gives the requests the session started their places in traces.
+    fn start(&mut self, finished: &mut Finished, links: &mut TraceLinks) {
+        if finished.started.is_empty() {
             return;
         }
-        let Some(session) = self.session.as_deref_mut() else {
-            return;
-        };
-        let ts = if ts == 0 { self.last_ts } else { ts };
-        finished.clear();
-        session.closed(ts, self.role, finished);
-        self.report(finished, sink);
+        let end = self.end();
+        for (seq, start) in finished.started.drain(..) {
+            if self.in_flight.back().is_some_and(|f| f.seq >= seq) {
+                // The session started over: what it had in flight is gone.
+                self.give_up_in_flight(links);
+            }
+            let node = links.started(&end, &start);
+            let Start { tid, .. } = start;
+            self.in_flight.push_back(InFlight { seq, tid, node });
+        }
+    }
+
+    /// The trace node of the request the session numbered `seq`, and the thread that
+    /// started it, out of `in_flight`; requests numbered before it got no call (given up),
+    /// and leave too.
+    fn take_node(&mut self, seq: u64, links: &mut TraceLinks) -> Option<(NodeRef, u32)> {
+        let end = self.end();
+        while let Some(front) = self.in_flight.front() {
+            if front.seq > seq {
+                return None;
+            }
+            let f = self.in_flight.pop_front().expect("present");
+            if self.in_flight.is_empty() {
+                // An idle keep-alive connection holds no memory for requests.
+                self.in_flight = VecDeque::new();
+            }
+            if f.seq == seq {
+                return Some((f.node, f.tid));
+            }
+            links.finished(&end, f.tid, &f.node);
+        }
+        None
+    }
+
+    /// Sends a finished call to the sink, or, for a server call whose client end may still
+    /// be seen, holds it for `LINK_GRACE_NS`.
+    fn deliver(
+        &self,
+        call: FinishedCall,
+        node: Option<(NodeRef, u32)>,
+        end_ts: u64,
+        links: &mut TraceLinks,
+        deferred: &mut VecDeque<Deferred>,
+        sink: &mut impl CallSink,
+    ) {
+        if let Some((node, tid)) = node {
+            let end = self.end();
+            links.served(&end, tid, &node);
+            let may_wait = self.role == Role::Server
+                && self.client_endpoint.is_some()
+                && node.parent_node().is_none()
+                && deferred.len() < MAX_DEFERRED;
+            if may_wait {
+                deferred.push_back(Deferred {
+                    until_ts: end_ts.saturating_add(LINK_GRACE_NS),
+                    end,
+                    node,
+                    call,
+                });
+                return;
+            }
+            links.emitted(&end, &node);
+        }
+        call.emit(sink);
+    }
+
+    /// Requests in flight are given up (bytes lost, connection gone).
+    fn give_up_in_flight(&mut self, links: &mut TraceLinks) {
+        let end = self.end();
+        for f in self.in_flight.drain(..) {
+            links.finished(&end, f.tid, &f.node);
+        }
+        self.in_flight = VecDeque::new();
     }
 
     /// Reports what the session finished, with who and where.
-    fn report(&self, finished: &mut Finished, sink: &mut impl CallSink) {
+    fn report(
+        &mut self,
+        finished: &mut Finished,
+        links: &mut TraceLinks,
+        deferred: &mut VecDeque<Deferred>,
+        sink: &mut impl CallSink,
+    ) {
+        for (kind, result) in links.take_counts() {
+            sink.trace_link(kind, result);
+        }
         if let Some(session) = &self.session {
             for kind in finished.errors.drain(..) {
                 sink.parse_error(session.protocol(), kind);
@@ -411,21 +651,35 @@ impl Connection {
             sink.dropped(PENDING_LIMIT, std::mem::take(&mut finished.pending_dropped));
         }
         for exchange in finished.http.drain(..) {
-            sink.http_call(self.http_call(exchange));
+            let node = self.take_node(exchange.seq, links);
+            let end_ts = exchange.end_ts;
+            let call = self.http_call(exchange, node.as_ref().map(|(n, _)| n.clone()));
+            self.deliver(
+                FinishedCall::Http(call),
+                node,
+                end_ts,
+                links,
+                deferred,
+                sink,
+            );
         }
         for op in finished.db.drain(..) {
-            sink.db_call(DbCall {
+            let node = self.take_node(op.seq, links);
+            let end_ts = op.end_ts;
+            let call = DbCall {
                 role: self.role,
                 process: self.process.clone(),
                 tid: op.tid,
                 local: self.local,
                 peer: self.peer,
                 op,
-            });
+                trace: node.as_ref().map(|(n, _)| n.clone()),
+            };
+            self.deliver(FinishedCall::Db(call), node, end_ts, links, deferred, sink);
         }
     }
 
-    fn http_call(&self, ex: HttpExchange) -> HttpCall {
+    fn http_call(&self, ex: HttpExchange, trace: Option<NodeRef>) -> HttpCall {
         HttpCall {
             role: self.role,
             process: self.process.clone(),
@@ -442,8 +696,19 @@ impl Connection {
             route: None,
             llm: ex.llm,
             tls: self.tls,
+            trace,
         }
     }
+}
+
+/// The local address the kernel read when the connection's connect() returned: IPv4 only
+/// (an IPv6 socket's is not at a fixed place in `struct sock`).
+fn kernel_local_addr(info: &sonde_ebpf::ConnInfo, peer: Option<SocketAddr>) -> Option<SocketAddr> {
+    let (addr, port) = info.client_local_addr4()?;
+    if !peer.is_some_and(|p| p.is_ipv4()) {
+        return None;
+    }
+    Some(SocketAddr::new(std::net::Ipv4Addr::from(addr).into(), port))
 }
 
 fn errno_name(errno: u32) -> &'static str {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::identity::process::ProcessInfo;
 use crate::protocols::http1::framing::RequestHead;
 use crate::protocols::llm::LlmCall;
+use crate::traces::NodeRef;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -40,6 +41,8 @@ pub struct HttpExchange {
     pub tid: u32,
     /// What an LLM API call carried (see `protocols::llm`).
     pub llm: Option<Box<LlmCall>>,
+    /// The number its session gave the request when it started (see `Finished::started`).
+    pub seq: u64,
 }
 
 /// One request and its outcome, as seen by one process.
@@ -67,6 +70,8 @@ pub struct HttpCall {
     pub llm: Option<Box<LlmCall>>,
     /// Read from TLS plaintext (HTTPS).
     pub tls: bool,
+    /// Its span's place in a trace, when the connection table linked it.
+    pub trace: Option<NodeRef>,
 }
 
 impl HttpCall {
@@ -94,6 +99,8 @@ pub struct DbCall {
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
     pub op: DbOperation,
+    /// Its span's place in a trace, when the connection table linked it.
+    pub trace: Option<NodeRef>,
 }
 
 /// What a protocol session reports for one operation.
@@ -121,6 +128,8 @@ pub struct DbOperation {
     pub start_ts: u64,
     pub end_ts: u64,
     pub tid: u32,
+    /// The number its session gave the operation when it started (see `Finished::started`).
+    pub seq: u64,
 }
 
 impl DbCall {

@@ -1,6 +1,7 @@
 //! The one interface every protocol implements: a [`Session`] is fed one connection's bytes
 //! and reports finished calls.
 use crate::protocols::call::{DbOperation, HttpExchange, Role};
+use crate::traces::links::Start;
 
 /// One event's bytes, as a session sees them.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +27,10 @@ pub struct Finished {
     /// Requests (commands, queries) parsed but given up because too many were already
     /// waiting for their responses on the connection (`PENDING_LIMIT`): they get no call.
     pub pending_dropped: u64,
+    /// Requests (commands, queries) that started, each with the number the session gave
+    /// it (`seq`), which its finished call carries too: its span's place in a trace is
+    /// chosen now, while the calls around it are in flight.
+    pub started: Vec<(u64, Start)>,
 }
 
 /// The drop reason of `Finished::pending_dropped`.
@@ -41,6 +46,7 @@ impl Finished {
         self.db.clear();
         self.errors.clear();
         self.pending_dropped = 0;
+        self.started.clear();
     }
 }
 
@@ -121,6 +127,9 @@ pub trait DbSession: Default {
         0
     }
 
+    /// Requests started since the last call, with their `seq` (see `Finished::started`).
+    fn take_started(&mut self, _out: &mut Vec<(u64, Start)>) {}
+
     /// Either direction stopped inside a message (a command or message that never ended).
     fn unfinished(&self) -> bool {
         false
@@ -146,6 +155,7 @@ impl<S: DbSession + Send> Session for S {
             out.errors.push(S::error_kind(e));
         }
         out.pending_dropped += self.take_dropped();
+        self.take_started(&mut out.started);
     }
 
     fn closed(&mut self, _ts: u64, _role: Role, out: &mut Finished) {

@@ -16,8 +16,10 @@ use crate::protocols::call::DbCall;
 use crate::protocols::call::{HttpCall, Role};
 use crate::protocols::llm::LlmCall;
 use crate::telemetry::genai_metrics::GenAiMetrics;
+use crate::telemetry::graph::{Edge, EdgeCache, ServiceGraph};
 use crate::telemetry::red::{HistogramFamily, Series};
 use crate::telemetry::span::{http_error_type, normalize_method, server_endpoint};
+use crate::traces::links::LINK_OUTCOMES;
 
 /// `http.server.request.duration` / `http.client.request.duration` buckets (seconds).
 pub const HTTP_BUCKETS: [f64; 14] = [
@@ -63,6 +65,12 @@ pub const DB_LABELS: [&str; 7] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLinkLabels {
+    pub kind: String,
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -312,6 +320,9 @@ pub struct Metrics {
     pub export_dropped: Family<ExportDropLabels, Counter>,
     /// The GPU collector's newest snapshot (empty without GPUs).
     pub gpu: SharedSnapshot,
+    /// Trace links tried, by kind and result (see `traces::links`).
+    pub trace_links: Family<TraceLinkLabels, Counter>,
+    pub graph: ServiceGraph,
 }
 
 impl Default for Metrics {
@@ -374,6 +385,19 @@ impl Metrics {
             max,
         );
         let genai = GenAiMetrics::new(max, &mut registry);
+        let graph = ServiceGraph::new(&mut registry);
+        let trace_links = Family::<TraceLinkLabels, Counter>::default();
+        registry.register(
+            "sonde_trace_links",
+            "Links between spans sonde tried to make, by kind (thread, connection, traceparent) and result",
+            trace_links.clone(),
+        );
+        for (kind, result) in LINK_OUTCOMES {
+            drop(trace_links.get_or_create(&TraceLinkLabels {
+                kind: kind.into(),
+                result: result.into(),
+            }));
+        }
         let label_set_overflow = Family::<MetricLabels, Counter>::default();
         registry.register(
             "sonde_metric_label_set_overflow",
@@ -456,7 +480,14 @@ impl Metrics {
                 reason: reason.to_string(),
             }));
         }
-        let red = [&http_server, &http_client, &db_client, &db_server];
+        let red = [
+            &http_server,
+            &http_client,
+            &db_client,
+            &db_server,
+            &graph.server_seconds,
+            &graph.client_seconds,
+        ];
         for family in red.into_iter().chain(genai.histograms()) {
             drop(label_set_overflow.get_or_create(&MetricLabels {
                 metric: family.otel_name.to_string(),
@@ -482,6 +513,8 @@ impl Metrics {
             spans,
             spans_exported,
             export_dropped,
+            trace_links,
+            graph,
         }
     }
 
@@ -599,6 +632,8 @@ impl Metrics {
             &self.http_client,
             &self.db_client,
             &self.db_server,
+            &self.graph.server_seconds,
+            &self.graph.client_seconds,
         ];
         all.extend(self.genai.histograms());
         all
@@ -620,6 +655,26 @@ impl Metrics {
                 kind: kind.into(),
             })
             .inc();
+    }
+
+    pub fn trace_link(&self, kind: &str, result: &str) {
+        self.trace_links
+            .get_or_create(&TraceLinkLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Records one call on its service-graph edge (see `graph`).
+    pub fn observe_edge(&self, edge: &Edge<'_>, cache: &mut EdgeCache) {
+        if !cache.record(&self.graph, edge) {
+            self.label_set_overflow
+                .get_or_create(&MetricLabels {
+                    metric: "traces_service_graph_request_total".to_string(),
+                })
+                .inc();
+        }
     }
 
     pub fn encrypted_connection(&self, protocol: &str) {

@@ -3,6 +3,7 @@
 pub mod attr;
 pub mod genai;
 pub mod genai_metrics;
+pub mod graph;
 pub mod metrics;
 pub mod red;
 pub mod sampler;

@@ -5,9 +5,17 @@ use std::io::{BufWriter, Stdout, Write};
 use crate::conn::CallSink;
 use crate::protocols::call::{DbCall, HttpCall, Role};
 use crate::protocols::http1::routes::Routes;
+use crate::telemetry::graph::{Edge, EdgeCache, DATABASE, DIRECT, USER, VIRTUAL_NODE};
+use crate::telemetry::metrics::TraceLinkLabels;
 use crate::telemetry::metrics::{HistogramCaches, Metrics};
 use crate::telemetry::sampler::Sampler;
-use crate::telemetry::span::{http_error_type, Clock, Span, SpanIds};
+use crate::telemetry::span::{http_error_type, server_endpoint, Clock, Span, SpanIds};
+use crate::traces::node::{EdgeHalf, Served};
+use crate::traces::NodeRef;
+use prometheus_client::metrics::counter::Counter;
+use std::sync::Arc;
+
+use crate::identity::process::ProcessInfo;
 
 /// Where sampled spans are sent besides stdout (the OTLP exporter's queue). It must not
 /// block: the capture thread calls it.
@@ -29,6 +37,9 @@ pub struct Sink<'a> {
     otlp: Option<Box<dyn SpanExport>>,
     routes: Routes,
     providers: Vec<ProviderRule>,
+    edges: EdgeCache,
+    /// `sonde_trace_links_total` series by (kind, result), looked up without building labels.
+    link_counters: Vec<((&'static str, &'static str), Counter)>,
 }
 
 impl<'a> Sink<'a> {
@@ -53,6 +64,8 @@ impl<'a> Sink<'a> {
             otlp,
             routes,
             providers,
+            edges: EdgeCache::default(),
+            link_counters: Vec::new(),
         }
     }
 
@@ -106,9 +119,32 @@ impl CallSink for Sink<'_> {
         if let (Some(llm), Some(p)) = (call.llm.as_deref_mut(), provider) {
             llm.provider = Some(p);
         }
-        let ids = SpanIds::new(call.request.traceparent.as_deref(), &self.sampler);
+        let ids = match &call.trace {
+            Some(node) => SpanIds::of_node(node, &self.sampler),
+            None => SpanIds::new(call.request.traceparent.as_deref(), &self.sampler),
+        };
         let ex = exemplar(ids, call.end_ts, self.clock);
         self.metrics.observe_http(&call, ex, &mut self.histograms);
+        let failed = http_error_type(&call).is_some();
+        let seconds = call.end_ts.saturating_sub(call.start_ts) as f64 / 1e9;
+        let virtual_server = || {
+            let fallback = call.peer;
+            let (host, port) = server_endpoint(call.request.host.as_deref(), fallback, call.tls);
+            match (host, port) {
+                (Some(h), Some(p)) if call.request.host.is_none() => format!("{h}:{p}"),
+                (Some(h), _) => h,
+                _ => "unknown".to_string(),
+            }
+        };
+        self.record_edge(
+            call.role,
+            &call.process,
+            call.trace.as_ref(),
+            DIRECT,
+            seconds,
+            failed,
+            virtual_server,
+        );
         if let Some(llm) = &call.llm {
             self.metrics.observe_llm(&call, llm, ex);
         }
@@ -138,9 +174,26 @@ impl CallSink for Sink<'_> {
     }
 
     fn db_call(&mut self, call: DbCall) {
-        let ids = SpanIds::new(None, &self.sampler);
+        let ids = match &call.trace {
+            Some(node) => SpanIds::of_node(node, &self.sampler),
+            None => SpanIds::new(None, &self.sampler),
+        };
         let ex = exemplar(ids, call.op.end_ts, self.clock);
         self.metrics.observe_db(&call, ex, &mut self.histograms);
+        let seconds = call.op.end_ts.saturating_sub(call.op.start_ts) as f64 / 1e9;
+        let virtual_server = || match call.server() {
+            Some(a) => format!("{} {}", call.op.system, a),
+            None => call.op.system.to_string(),
+        };
+        self.record_edge(
+            call.role,
+            &call.process,
+            call.trace.as_ref(),
+            DATABASE,
+            seconds,
+            call.error_type().is_some(),
+            virtual_server,
+        );
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
             summary.observe(
@@ -166,5 +219,108 @@ impl CallSink for Sink<'_> {
 
     fn encrypted_connection(&mut self, protocol: &'static str) {
         self.metrics.encrypted_connection(protocol);
+    }
+
+    fn trace_link(&mut self, kind: &'static str, result: &'static str) {
+        let key = (kind, result);
+        match self.link_counters.iter().find(|(k, _)| *k == key) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                self.metrics.trace_link(kind, result);
+                let counter = self.metrics.trace_links.get_or_create(&TraceLinkLabels {
+                    kind: kind.into(),
+                    result: result.into(),
+                });
+                self.link_counters.push((key, counter.clone()));
+            }
+        }
+    }
+}
+
+impl Sink<'_> {
+    /// The service-graph edge of a finished call (see `telemetry::graph`). When both ends
+    /// of a call are seen, the one that finishes last records the edge (the client reads the
+    /// answer after the server wrote it, but its event may reach sonde first).
+    /// `connection_type` is that of a call whose server is seen; `virtual_server` names a
+    /// server that is not.
+    #[allow(clippy::too_many_arguments)]
+    fn record_edge(
+        &mut self,
+        role: Role,
+        process: &Arc<ProcessInfo>,
+        trace: Option<&NodeRef>,
+        connection_type: &'static str,
+        seconds: f64,
+        failed: bool,
+        virtual_server: impl FnOnce() -> String,
+    ) {
+        let this = Served {
+            process: process.clone(),
+            seconds,
+            failed,
+        };
+        match role {
+            Role::Server => match trace
+                .and_then(|n| n.parent_node())
+                .filter(|c| c.has_server())
+            {
+                // The client is seen: the edge is recorded by whichever end finishes last.
+                Some(client) => {
+                    if let EdgeHalf::Client(c) = client.meet(EdgeHalf::Server(this.clone())) {
+                        self.pair_edge(&c, &this, connection_type);
+                    }
+                }
+                None => {
+                    let edge = Edge {
+                        client: USER,
+                        server: &process.service_name,
+                        connection_type: VIRTUAL_NODE,
+                        client_seconds: None,
+                        server_seconds: Some(seconds),
+                        failed,
+                    };
+                    self.metrics.observe_edge(&edge, &mut self.edges);
+                }
+            },
+            Role::Client => match trace.filter(|n| n.has_server()) {
+                Some(node) => {
+                    if let EdgeHalf::Server(s) = node.meet(EdgeHalf::Client(this.clone())) {
+                        self.pair_edge(&this, &s, connection_type);
+                    }
+                }
+                None => {
+                    let name = virtual_server();
+                    let connection_type = if connection_type == DATABASE {
+                        DATABASE
+                    } else {
+                        VIRTUAL_NODE
+                    };
+                    let edge = Edge {
+                        client: &process.service_name,
+                        server: &name,
+                        connection_type,
+                        client_seconds: Some(seconds),
+                        server_seconds: None,
+                        failed,
+                    };
+                    self.metrics.observe_edge(&edge, &mut self.edges);
+                }
+            },
+        }
+    }
+
+    /// Records a call whose two ends were both seen.
+    fn pair_edge(&mut self, client: &Served, server: &Served, connection_type: &'static str) {
+        let edge = Edge {
+            client: &client.process.service_name,
+            server: &server.process.service_name,
+            connection_type,
+            client_seconds: Some(client.seconds),
+            server_seconds: Some(server.seconds),
+            failed: client.failed || server.failed,
+        };
+        self.metrics.observe_edge(&edge, &mut self.edges);
     }
 }

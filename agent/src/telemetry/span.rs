@@ -10,6 +10,9 @@ use crate::protocols::call::{HttpCall, Role};
 pub use crate::telemetry::attr::{http_error_type, server_endpoint};
 use crate::telemetry::genai;
 use crate::telemetry::sampler::Sampler;
+use crate::traces::context::parse_traceparent;
+use crate::traces::context::{new_span_id, new_trace_id};
+use crate::traces::TraceNode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
@@ -95,39 +98,28 @@ impl SpanIds {
     pub fn new(traceparent: Option<&str>, sampler: &Sampler) -> SpanIds {
         let (trace_id, parent_span_id, parent_sampled) =
             match traceparent.and_then(parse_traceparent) {
-                Some((t, p, sampled)) => (t, Some(p), Some(sampled)),
-                None => (random_nonzero_u128(), None, None),
+                Some(p) => (p.trace_id, Some(p.span_id), Some(p.sampled)),
+                None => (new_trace_id(), None, None),
             };
         SpanIds {
             trace_id,
-            span_id: random_nonzero_u64(),
+            span_id: new_span_id(),
             parent_span_id,
             sampled: sampler.sample(trace_id, parent_sampled),
         }
     }
-}
 
-/// Parses a W3C traceparent (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`) into
-/// trace id, parent id and the sampled flag.
-pub fn parse_traceparent(v: &str) -> Option<(u128, u64, bool)> {
-    let mut parts = v.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let parent = parts.next()?;
-    let flags = parts.next()?;
-    if version.len() != 2
-        || version == "ff"
-        || trace.len() != 32
-        || parent.len() != 16
-        || flags.len() != 2
-    {
-        return None;
+    /// The ids of a span whose place the trace links chose (see `traces`): the sampler
+    /// decides by the trace, so a whole tree is sampled or not.
+    pub fn of_node(node: &TraceNode, sampler: &Sampler) -> SpanIds {
+        let place = node.place();
+        SpanIds {
+            trace_id: place.trace_id,
+            span_id: node.span_id,
+            parent_span_id: place.parent_span_id,
+            sampled: sampler.sample(place.trace_id, place.parent_sampled),
+        }
     }
-    u8::from_str_radix(version, 16).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    let trace = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
-    let parent = u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?;
-    Some((trace, parent, flags & 1 == 1))
 }
 
 const KNOWN_METHODS: [&str; 9] = [
@@ -316,49 +308,10 @@ impl Span {
     }
 }
 
-fn random_nonzero_u64() -> u64 {
-    loop {
-        let v = fastrand::u64(..);
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
-fn random_nonzero_u128() -> u128 {
-    loop {
-        let v = fastrand::u128(..);
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::SocketAddr;
-
-    #[test]
-    fn traceparent_parsing() {
-        let (t, p, sampled) =
-            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
-        assert_eq!(t, 0x0af7651916cd43dd8448eb211c80319c);
-        assert_eq!(p, 0xb7ad6b7169203331);
-        assert!(sampled);
-        let (_, _, sampled) =
-            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").unwrap();
-        assert!(!sampled);
-        assert_eq!(
-            parse_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01"),
-            None
-        );
-        assert_eq!(
-            parse_traceparent("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-            None
-        );
-        assert_eq!(parse_traceparent("00-xyz-b7ad6b7169203331-01"), None);
-    }
 
     #[test]
     fn server_endpoint_from_host_header() {

@@ -6,6 +6,8 @@ use super::framing::{request_kind, Head, HttpEvent, HttpStream, RequestHead, Str
 use crate::protocols::call::{HttpExchange, Role};
 use crate::protocols::llm::{self, LlmCall, RequestReader, ResponseReader};
 use crate::protocols::session::{Chunk, Finished, Readable, Session};
+use crate::traces::context::parse_traceparent;
+use crate::traces::links::Start;
 
 /// Requests a connection may have waiting for responses, and the bytes their heads keep
 /// (method, path, host, traceparent). A request beyond either is given up: it gets no call
@@ -22,6 +24,8 @@ struct Pending {
     start_ts: u64,
     body_size: u64,
     tid: u32,
+    /// Its number on the connection (see `Finished::started`).
+    seq: u64,
     /// An LLM API call: its bodies are read as they arrive.
     llm: Option<Box<LlmReading>>,
 }
@@ -51,6 +55,8 @@ pub struct HttpSession {
     /// Index in `pending` of the request whose body is still arriving.
     open_request: Option<usize>,
     response_status: Option<u16>,
+    /// The number the next request gets (see `Finished::started`).
+    next_seq: u64,
 }
 
 impl Default for HttpSession {
@@ -65,6 +71,7 @@ impl Default for HttpSession {
             skipped: 0,
             open_request: None,
             response_status: None,
+            next_seq: 0,
         }
     }
 }
@@ -102,7 +109,9 @@ impl Session for HttpSession {
     }
 
     fn restart(&mut self) {
+        let next_seq = self.next_seq;
         *self = HttpSession::default();
+        self.next_seq = next_seq;
     }
 
     fn closed(&mut self, ts: u64, role: Role, out: &mut Finished) {
@@ -179,11 +188,22 @@ impl HttpSession {
                         ..LlmReading::default()
                     })
                 });
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                out.started.push((
+                    seq,
+                    Start {
+                        tid,
+                        request_key: request_key(&head.method, &head.path),
+                        traceparent: head.traceparent.as_deref().and_then(parse_traceparent),
+                    },
+                ));
                 self.pending.push_back(Pending {
                     head,
                     start_ts: ts,
                     body_size: 0,
                     tid,
+                    seq,
                     llm,
                 });
                 self.open_request = Some(self.pending.len() - 1);
@@ -385,7 +405,15 @@ fn exchange(
         end_ts,
         tid: req.tid,
         llm: req.llm.map(|r| Box::new(r.call)),
+        seq: req.seq,
     }
+}
+
+/// A request's method and path, hashed (never 0): how a reverse proxy's upstream request is
+/// told apart among the requests its thread is serving (see `traces::links`).
+fn request_key(method: &str, path: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one((method, path)).max(1)
 }
 
 #[cfg(test)]

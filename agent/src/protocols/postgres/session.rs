@@ -19,6 +19,7 @@ use crate::protocols::postgres::framing::{
 };
 use crate::protocols::postgres::sql::{summarize, SqlSummary};
 use crate::protocols::session::DbSession;
+use crate::traces::links::Start;
 
 /// Operations waiting for results on one connection, at most.
 const MAX_PENDING: usize = 4096;
@@ -42,6 +43,8 @@ struct Statement {
 struct Op {
     start_ts: u64,
     tid: u32,
+    /// Its number on the connection (see `Finished::started`), given when it is queued.
+    seq: u64,
     statement: Statement,
     data_rows: u64,
     /// Operation names and row counts from each CommandComplete.
@@ -91,6 +94,10 @@ pub struct PostgresSession {
     backend_waits_for_query: bool,
     backend_may_resync: bool,
     messages: Vec<PgMessage>,
+    /// The number the next operation gets, and the operations queued since
+    /// `take_started` (see `Finished::started`).
+    next_seq: u64,
+    started: Vec<(u64, Start)>,
 }
 
 impl Default for PostgresSession {
@@ -131,6 +138,10 @@ impl DbSession for PostgresSession {
 
     fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)
+    }
+
+    fn take_started(&mut self, out: &mut Vec<(u64, Start)>) {
+        out.append(&mut self.started);
     }
 
     fn unfinished(&self) -> bool {
@@ -209,6 +220,8 @@ impl PostgresSession {
             backend_waits_for_query: false,
             backend_may_resync: false,
             messages: Vec::new(),
+            next_seq: 0,
+            started: Vec::new(),
         }
     }
 
@@ -320,10 +333,22 @@ impl PostgresSession {
         }
     }
 
-    fn push(&mut self, p: Pending) {
+    fn push(&mut self, mut p: Pending) {
         if self.skip_to_sync && matches!(p, Pending::Execute(_) | Pending::Prepare(_)) {
             // The server will skip this: an earlier message in the batch failed.
             return;
+        }
+        if let Pending::Simple(op) | Pending::Execute(op) | Pending::Prepare(op) = &mut p {
+            op.seq = self.next_seq;
+            self.next_seq += 1;
+            self.started.push((
+                op.seq,
+                Start {
+                    tid: op.tid,
+                    request_key: 0,
+                    traceparent: None,
+                },
+            ));
         }
         if self.pending.len() >= MAX_PENDING {
             // The oldest is given up (counted): what the server owes is not one reply per
@@ -465,6 +490,7 @@ impl PostgresSession {
             start_ts: op.start_ts,
             end_ts,
             tid: op.tid,
+            seq: op.seq,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::protocols::call::{DbOperation, REDIS};
 use crate::protocols::redis::framing::{FrameType, RespError, RespFrame, RespStream};
 use crate::protocols::session::DbSession;
+use crate::traces::links::Start;
 
 /// Commands waiting for replies on one connection, at most. A command beyond is given up
 /// (no span, a `pending_limit` drop) and its reply, which comes after those of the commands
@@ -127,6 +128,10 @@ pub struct RedisSession {
     /// next reply event then starts at that command's reply, not inside the lost one.
     command_since_reply_loss: bool,
     frames: Vec<RespFrame>,
+    /// The number the next command gets, and the commands started since `take_started`
+    /// (see `Finished::started`).
+    next_seq: u64,
+    started: Vec<(u64, Start)>,
 }
 
 impl Default for RedisSession {
@@ -190,8 +195,10 @@ impl DbSession for RedisSession {
     /// next event; the database index is kept.
     fn restart(&mut self) {
         let db = std::mem::take(&mut self.db);
+        let next_seq = self.next_seq;
         *self = RedisSession::new();
         self.db = db;
+        self.next_seq = next_seq;
     }
 
     fn pending(&self) -> usize {
@@ -200,6 +207,10 @@ impl DbSession for RedisSession {
 
     fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped)
+    }
+
+    fn take_started(&mut self, out: &mut Vec<(u64, Start)>) {
+        out.append(&mut self.started);
     }
 
     fn unfinished(&self) -> bool {
@@ -220,6 +231,8 @@ impl RedisSession {
             subscribed: false,
             command_since_reply_loss: true,
             frames: Vec::new(),
+            next_seq: 0,
+            started: Vec::new(),
         }
     }
 
@@ -256,8 +269,19 @@ impl RedisSession {
             self.dropped += 1;
             return;
         }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.started.push((
+            seq,
+            Start {
+                tid,
+                request_key: 0,
+                traceparent: None,
+            },
+        ));
         self.pending.push_back(Pending {
             op: DbOperation {
+                seq,
                 system: REDIS,
                 operation,
                 namespace: self.db.clone(),

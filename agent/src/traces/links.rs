@@ -1,0 +1,452 @@
+//! Joins calls into trees, when each request starts:
+//!
+//! - in a process, a client call made on a thread that is serving exactly one server
+//!   request becomes that request's child (thread-per-request servers; an event loop with
+//!   one request in flight). A thread serving several gets the link only when exactly one of
+//!   them has the client request's method and path (a reverse proxy passing the request on);
+//!   otherwise sonde does not guess, and counts the call as ambiguous;
+//! - across processes, a server request becomes the child of the client call at the other
+//!   end of its connection. Both ends are named by the client's own address and port, which
+//!   DNAT (a Kubernetes Service) leaves alone, and requests pair in order, as pipelining
+//!   requires. Whichever end is seen first waits for the other in a queue of its connection.
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
+
+use super::context::TraceParent;
+use super::node::{NodeRef, TraceNode};
+
+/// `sonde_trace_links_total` labels: the kind of link tried...
+pub const THREAD: &str = "thread";
+pub const CONNECTION: &str = "connection";
+pub const TRACEPARENT: &str = "traceparent";
+/// ...and what came of it.
+pub const LINKED: &str = "linked";
+pub const LINKED_BY_PATH: &str = "linked_by_path";
+pub const AMBIGUOUS: &str = "ambiguous";
+/// The server span was already built when its client call was seen.
+pub const TOO_LATE: &str = "too_late";
+
+/// Every (kind, result) counted, for exporting them at zero from the start.
+pub const LINK_OUTCOMES: [(&str, &str); 6] = [
+    (THREAD, LINKED),
+    (THREAD, LINKED_BY_PATH),
+    (THREAD, AMBIGUOUS),
+    (CONNECTION, LINKED),
+    (CONNECTION, TOO_LATE),
+    (TRACEPARENT, LINKED),
+];
+
+/// Which end of its connection a process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// One connection as the links see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEnd {
+    pub tgid: u32,
+    pub role: Side,
+    /// The client's address and port: the peer of a server's connection, the local address
+    /// of a client's. None when unknown (then no cross-process link is made).
+    pub client_endpoint: Option<SocketAddr>,
+}
+
+/// What a session says of a request that just started.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    pub tid: u32,
+    /// Method and path hashed (0 when not HTTP).
+    pub request_key: u64,
+    pub traceparent: Option<TraceParent>,
+}
+
+/// A server request a thread is serving.
+struct Serving {
+    node: NodeRef,
+    request_key: u64,
+}
+
+/// Requests of one end of a connection (named by the client's endpoint) that wait for
+/// the other end's. Only one end waits at a time (the other's next request takes the
+/// front), and an entry exists only while one does: an idle connection costs nothing.
+struct Waiting {
+    side: Side,
+    nodes: VecDeque<NodeRef>,
+}
+
+/// Links counted since the last `take_counts`, by (kind, result).
+pub type LinkCounts = Vec<(&'static str, &'static str)>;
+
+#[derive(Default)]
+pub struct TraceLinks {
+    /// (tgid, tid) -> the server requests that thread is serving.
+    threads: FxHashMap<(u32, u32), Vec<Serving>>,
+    waiting: FxHashMap<SocketAddr, Waiting>,
+    counts: LinkCounts,
+}
+
+impl TraceLinks {
+    /// A request started on `conn`: its span's place.
+    pub fn started(&mut self, conn: &ConnEnd, start: &Start) -> NodeRef {
+        match conn.role {
+            Side::Server => self.server_started(conn, start),
+            Side::Client => self.client_started(conn, start),
+        }
+    }
+
+    fn server_started(&mut self, conn: &ConnEnd, start: &Start) -> NodeRef {
+        let node = TraceNode::new(start.traceparent);
+        if let Some(endpoint) = conn.client_endpoint {
+            match self.take_waiting(endpoint, Side::Client) {
+                Some(client) => {
+                    node.set_parent(&client);
+                    client.expect_server();
+                    self.counts.push((CONNECTION, LINKED));
+                }
+                None => self.wait(endpoint, Side::Server, &node),
+            }
+        }
+        self.threads
+            .entry((conn.tgid, start.tid))
+            .or_default()
+            .push(Serving {
+                node: node.clone(),
+                request_key: start.request_key,
+            });
+        node
+    }
+
+    fn client_started(&mut self, conn: &ConnEnd, start: &Start) -> NodeRef {
+        let node = match (start.traceparent, self.threads.get(&(conn.tgid, start.tid))) {
+            // The process's own tracing named the span this call belongs to.
+            (Some(tp), _) => {
+                self.counts.push((TRACEPARENT, LINKED));
+                TraceNode::new(Some(tp))
+            }
+            (None, None) => TraceNode::new(None),
+            (None, Some(serving)) => match serving.as_slice() {
+                [] => TraceNode::new(None),
+                [one] => {
+                    self.counts.push((THREAD, LINKED));
+                    TraceNode::child_of(&one.node)
+                }
+                several => {
+                    let mut same = several
+                        .iter()
+                        .filter(|s| start.request_key != 0 && s.request_key == start.request_key);
+                    match (same.next(), same.next()) {
+                        (Some(one), None) => {
+                            self.counts.push((THREAD, LINKED_BY_PATH));
+                            TraceNode::child_of(&one.node)
+                        }
+                        _ => {
+                            self.counts.push((THREAD, AMBIGUOUS));
+                            TraceNode::new(None)
+                        }
+                    }
+                }
+            },
+        };
+        if let Some(endpoint) = conn.client_endpoint {
+            match self.take_waiting(endpoint, Side::Server) {
+                Some(server) if server.is_finished() => self.counts.push((CONNECTION, TOO_LATE)),
+                Some(server) => {
+                    server.set_parent(&node);
+                    node.expect_server();
+                    self.counts.push((CONNECTION, LINKED));
+                }
+                None => self.wait(endpoint, Side::Client, &node),
+            }
+        }
+        node
+    }
+
+    /// The oldest request of `side` waiting on the connection of `endpoint`.
+    fn take_waiting(&mut self, endpoint: SocketAddr, side: Side) -> Option<NodeRef> {
+        let w = self.waiting.get_mut(&endpoint).filter(|w| w.side == side)?;
+        let front = w.nodes.pop_front();
+        if w.nodes.is_empty() {
+            self.waiting.remove(&endpoint);
+        }
+        front
+    }
+
+    /// `node`, of `side`, waits for the other end's request.
+    fn wait(&mut self, endpoint: SocketAddr, side: Side, node: &NodeRef) {
+        let w = self.waiting.entry(endpoint).or_insert_with(|| Waiting {
+            side,
+            nodes: VecDeque::new(),
+        });
+        if w.side != side {
+            // Cannot happen (the other side's requests were taken first); start over.
+            w.side = side;
+            w.nodes.clear();
+        }
+        w.nodes.push_back(node.clone());
+    }
+
+    /// Removes what `keep` refuses from the requests of `side` waiting on `endpoint`.
+    fn drop_waiting(&mut self, endpoint: SocketAddr, side: Side, keep: impl Fn(&NodeRef) -> bool) {
+        if let Some(w) = self.waiting.get_mut(&endpoint).filter(|w| w.side == side) {
+            w.nodes.retain(keep);
+            if w.nodes.is_empty() {
+                self.waiting.remove(&endpoint);
+            }
+        }
+    }
+
+    /// The call of `node`, started on thread `tid` of `conn`, finished (or was given up):
+    /// its span is built now, and it waits for nothing any more.
+    pub fn finished(&mut self, conn: &ConnEnd, tid: u32, node: &NodeRef) {
+        self.served(conn, tid, node);
+        self.emitted(conn, node);
+    }
+
+    /// A server request of thread `tid` was answered: the thread no longer serves it (its
+    /// span may still wait for its client, see `emitted`).
+    pub fn served(&mut self, conn: &ConnEnd, tid: u32, node: &NodeRef) {
+        if conn.role == Side::Server {
+            let key = (conn.tgid, tid);
+            if let Some(serving) = self.threads.get_mut(&key) {
+                // An event loop may serve thousands at once: one scan, no shifting.
+                if let Some(i) = serving.iter().position(|s| Rc::ptr_eq(&s.node, node)) {
+                    serving.swap_remove(i);
+                }
+                if serving.is_empty() {
+                    self.threads.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The span of `node` was built: a link to it comes too late from now on.
+    pub fn emitted(&mut self, conn: &ConnEnd, node: &NodeRef) {
+        node.mark_finished();
+        if let Some(endpoint) = conn.client_endpoint {
+            self.drop_waiting(endpoint, conn.role, |n| !Rc::ptr_eq(n, node));
+        }
+    }
+
+    /// `conn` closed: its end waits for nothing more (its calls were given up or finished
+    /// before this).
+    pub fn closed(&mut self, conn: &ConnEnd) {
+        let Some(endpoint) = conn.client_endpoint else {
+            return;
+        };
+        match conn.role {
+            Side::Client => self.drop_waiting(endpoint, Side::Client, |_| false),
+            // Answered requests whose spans wait for their client (see `emitted`) may still
+            // be claimed: a server often closes right after its answer.
+            Side::Server => self.drop_waiting(endpoint, Side::Server, |n| !n.is_finished()),
+        }
+    }
+
+    /// The links counted since the last call.
+    pub fn take_counts(&mut self) -> std::vec::Drain<'_, (&'static str, &'static str)> {
+        self.counts.drain(..)
+    }
+
+    /// Threads with server requests in flight, and connections with requests waiting for
+    /// their other end (for tests of boundedness).
+    pub fn len(&self) -> (usize, usize) {
+        (self.threads.len(), self.waiting.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(tgid: u32, role: Side, endpoint: &str) -> ConnEnd {
+        ConnEnd {
+            tgid,
+            role,
+            client_endpoint: Some(endpoint.parse().unwrap()),
+        }
+    }
+
+    fn start(tid: u32, key: u64) -> Start {
+        Start {
+            tid,
+            request_key: key,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn a_chain_across_two_processes_is_one_tree_whichever_end_is_seen_first() {
+        for client_first in [true, false] {
+            let mut links = TraceLinks::default();
+            // Process 1 (gateway) serves a request on thread 11 and calls process 2.
+            let entry = end(1, Side::Server, "10.0.0.9:5000");
+            let to_backend = end(1, Side::Client, "127.0.0.1:40000");
+            let backend = end(2, Side::Server, "127.0.0.1:40000");
+            let served = links.started(&entry, &start(11, 1));
+            let (call, handled) = if client_first {
+                let call = links.started(&to_backend, &start(11, 2));
+                (call, links.started(&backend, &start(21, 2)))
+            } else {
+                let handled = links.started(&backend, &start(21, 2));
+                (links.started(&to_backend, &start(11, 2)), handled)
+            };
+            // The backend's own database call, on the thread serving.
+            let to_db = end(2, Side::Client, "127.0.0.1:41000");
+            let query = links.started(&to_db, &start(21, 0));
+            assert_eq!(call.place().parent_span_id, Some(served.span_id));
+            assert_eq!(handled.place().parent_span_id, Some(call.span_id));
+            assert_eq!(query.place().parent_span_id, Some(handled.span_id));
+            let trace = served.place().trace_id;
+            for n in [&call, &handled, &query] {
+                assert_eq!(n.place().trace_id, trace);
+            }
+            let counts: Vec<_> = links.take_counts().collect();
+            assert_eq!(
+                counts.iter().filter(|c| **c == (THREAD, LINKED)).count(),
+                2,
+                "{counts:?}"
+            );
+            assert_eq!(
+                counts
+                    .iter()
+                    .filter(|c| **c == (CONNECTION, LINKED))
+                    .count(),
+                1
+            );
+            for (conn, tid, node) in [
+                (&to_db, 21, &query),
+                (&backend, 21, &handled),
+                (&to_backend, 11, &call),
+                (&entry, 11, &served),
+            ] {
+                links.finished(conn, tid, node);
+            }
+            for conn in [entry, to_backend, backend, to_db] {
+                links.closed(&conn);
+            }
+            assert_eq!(links.len(), (0, 0));
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_pair_in_order() {
+        let mut links = TraceLinks::default();
+        let client = end(1, Side::Client, "127.0.0.1:40000");
+        let server = end(2, Side::Server, "127.0.0.1:40000");
+        let calls: Vec<_> = (0..3)
+            .map(|_| links.started(&client, &start(1, 0)))
+            .collect();
+        let handled: Vec<_> = (0..3)
+            .map(|_| links.started(&server, &start(2, 0)))
+            .collect();
+        for (c, s) in calls.iter().zip(&handled) {
+            assert_eq!(s.place().parent_span_id, Some(c.span_id));
+        }
+    }
+
+    #[test]
+    fn a_thread_serving_several_requests_links_only_by_an_equal_path() {
+        let mut links = TraceLinks::default();
+        let proxy = 1;
+        let a = links.started(&end(proxy, Side::Server, "10.0.0.1:1"), &start(5, 100));
+        let _b = links.started(&end(proxy, Side::Server, "10.0.0.1:2"), &start(5, 200));
+        let upstream = end(proxy, Side::Client, "127.0.0.1:3");
+        let passed_on = links.started(&upstream, &start(5, 100));
+        assert_eq!(passed_on.place().parent_span_id, Some(a.span_id));
+        let other = links.started(&upstream, &start(5, 300));
+        assert_eq!(other.place().parent_span_id, None);
+        let counts: Vec<_> = links.take_counts().collect();
+        assert_eq!(counts, [(THREAD, LINKED_BY_PATH), (THREAD, AMBIGUOUS)]);
+    }
+
+    #[test]
+    fn a_server_span_built_before_its_client_is_seen_counts_too_late() {
+        let mut links = TraceLinks::default();
+        let server = end(2, Side::Server, "127.0.0.1:40000");
+        let handled = links.started(&server, &start(2, 0));
+        handled.mark_finished();
+        let call = links.started(&end(1, Side::Client, "127.0.0.1:40000"), &start(1, 0));
+        assert_eq!(handled.place().parent_span_id, None);
+        assert_eq!(call.place().parent_span_id, None);
+        let counts: Vec<_> = links.take_counts().collect();
+        assert_eq!(counts, [(CONNECTION, TOO_LATE)]);
+    }
+
+    #[test]
+    fn a_server_that_closed_after_answering_can_still_be_claimed_until_its_span_is_built() {
+        let mut links = TraceLinks::default();
+        let server = end(2, Side::Server, "127.0.0.1:40000");
+        let handled = links.started(&server, &start(2, 0));
+        // Answered, its span held for the client end; then the server closes.
+        links.served(&server, 2, &handled);
+        links.closed(&server);
+        let client = end(1, Side::Client, "127.0.0.1:40000");
+        let call = links.started(&client, &start(1, 0));
+        assert_eq!(handled.place().parent_span_id, Some(call.span_id));
+        links.emitted(&server, &handled);
+        links.finished(&client, 1, &call);
+        links.closed(&client);
+        assert_eq!(links.len(), (0, 0));
+    }
+
+    #[test]
+    fn an_application_traceparent_is_the_parent_of_its_client_call() {
+        let mut links = TraceLinks::default();
+        let tp = TraceParent {
+            trace_id: 0xabc,
+            span_id: 0xdef,
+            sampled: true,
+        };
+        let served = links.started(&end(1, Side::Server, "10.0.0.1:1"), &start(5, 1));
+        let call = links.started(
+            &end(1, Side::Client, "127.0.0.1:3"),
+            &Start {
+                traceparent: Some(tp),
+                ..start(5, 2)
+            },
+        );
+        assert_ne!(call.place().parent_span_id, Some(served.span_id));
+        assert_eq!(call.place().parent_span_id, Some(0xdef));
+        assert_eq!(call.place().trace_id, 0xabc);
+    }
+
+    #[test]
+    fn a_server_request_from_an_unseen_client_keeps_its_traceparent() {
+        let mut links = TraceLinks::default();
+        let tp = TraceParent {
+            trace_id: 0xabc,
+            span_id: 0xdef,
+            sampled: false,
+        };
+        let served = links.started(
+            &end(1, Side::Server, "10.9.9.9:1234"),
+            &Start {
+                traceparent: Some(tp),
+                ..start(5, 1)
+            },
+        );
+        let place = served.place();
+        assert_eq!(
+            (place.trace_id, place.parent_span_id, place.parent_sampled),
+            (0xabc, Some(0xdef), Some(false))
+        );
+        assert_eq!(links.take_counts().count(), 0);
+    }
+
+    #[test]
+    fn an_off_host_client_leaves_nothing_behind() {
+        let mut links = TraceLinks::default();
+        let conn = end(2, Side::Server, "10.1.2.3:5555");
+        for _ in 0..1000 {
+            let n = links.started(&conn, &start(2, 0));
+            links.finished(&conn, 2, &n);
+        }
+        assert_eq!(links.len(), (0, 0));
+        links.closed(&conn);
+        assert_eq!(links.len(), (0, 0));
+    }
+}
