@@ -481,7 +481,13 @@ pub fn read_response(stream: Box<dyn Connection>) -> Result<Body, K8sError> {
     if status != 200 {
         let mut text = String::new();
         let _ = body.read_to_string(&mut text);
-        text.truncate(300);
+        // At most 300 bytes, cut between characters (found by the k8s_watch fuzz target:
+        // a multi-byte character across byte 300 panicked the watch thread).
+        let cut = (0..=text.len().min(300))
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
         return Err(K8sError::Status { status, body: text });
     }
     Ok(body)
@@ -838,5 +844,34 @@ mod tests {
         let mut out = String::new();
         b.read_to_string(&mut out).unwrap();
         assert_eq!(out, "ok");
+    }
+
+    /// Found by the `k8s_watch` fuzz target: an error body was cut at byte 300 whether or
+    /// not a character ended there, which panicked the watch thread.
+    #[test]
+    fn an_error_body_is_quoted_up_to_a_character_boundary() {
+        for pad in 295..302 {
+            let body = format!("{}{}", "x".repeat(pad), "é".repeat(10));
+            let wire = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let conn: Box<dyn Connection> = Box::new(std::io::Cursor::new(wire.into_bytes()));
+            match read_response(conn) {
+                Err(K8sError::Status {
+                    status,
+                    body: quoted,
+                }) => {
+                    assert_eq!(status, 403);
+                    assert!(
+                        quoted.len() <= 300 && quoted.len() >= 299,
+                        "{}",
+                        quoted.len()
+                    );
+                    assert!(body.starts_with(&quoted));
+                }
+                other => panic!("{pad}: {:?}", other.err()),
+            }
+        }
     }
 }
