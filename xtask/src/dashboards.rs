@@ -27,6 +27,8 @@ struct Dashboard {
     description: &'static str,
     variables: &'static [Variable],
     panels: &'static [Panel],
+    /// A node graph of the service-graph edges, full width below the panels.
+    service_graph: bool,
 }
 
 const SERVICE: Variable = Variable {
@@ -39,6 +41,7 @@ const DASHBOARDS: &[Dashboard] = &[
     Dashboard {
         file: "sonde-services.json",
         uid: "sonde-services",
+        service_graph: true,
         title: "sonde / Services (HTTP)",
         description: "Rate, errors and duration of every HTTP service sonde observes",
         variables: &[SERVICE],
@@ -114,6 +117,7 @@ const DASHBOARDS: &[Dashboard] = &[
     Dashboard {
         file: "sonde-databases.json",
         uid: "sonde-databases",
+        service_graph: false,
         title: "sonde / Databases (Redis, PostgreSQL)",
         description: "Redis and PostgreSQL operations as their clients and servers see them",
         variables: &[Variable {
@@ -175,6 +179,7 @@ const DASHBOARDS: &[Dashboard] = &[
     Dashboard {
         file: "sonde-gpus.json",
         uid: "sonde-gpus",
+        service_graph: false,
         title: "sonde / GPUs",
         description: "NVIDIA GPUs per device and per service, from NVML",
         variables: &[Variable {
@@ -269,6 +274,7 @@ const DASHBOARDS: &[Dashboard] = &[
     Dashboard {
         file: "sonde-health.json",
         uid: "sonde-health",
+        service_graph: false,
         title: "sonde / Agent health",
         description: "sonde itself: events, drops, parse errors, export",
         variables: &[],
@@ -350,6 +356,7 @@ const DASHBOARDS: &[Dashboard] = &[
     Dashboard {
         file: "sonde-llm.json",
         uid: "sonde-llm",
+        service_graph: false,
         title: "sonde / LLM calls",
         description: "LLM API calls by calling service and model, the model servers' side, and their GPUs. `service` filters the callers; `model` filters both sides, and the model-server and GPU panels show the services that served those models",
         variables: &[
@@ -572,6 +579,13 @@ fn render(d: &Dashboard) -> Value {
             })
         })
         .collect();
+    let mut panels = panels;
+    if d.service_graph {
+        panels.push(service_graph_panel(
+            panels.len() + 1,
+            panels.len().div_ceil(2) * 8,
+        ));
+    }
     let variables: Vec<Value> = d
         .variables
         .iter()
@@ -605,6 +619,7 @@ fn render(d: &Dashboard) -> Value {
             {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
             {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
             {"type": "panel", "id": "timeseries", "name": "Time series", "version": ""},
+            {"type": "panel", "id": "nodeGraph", "name": "Node graph", "version": ""},
         ],
         "uid": d.uid,
         "title": d.title,
@@ -617,6 +632,32 @@ fn render(d: &Dashboard) -> Value {
         "refresh": "30s",
         "templating": {"list": variables},
         "panels": panels,
+    })
+}
+
+/// The node graph of sonde's `traces_service_graph_request_total` edges over the range (one
+/// instant query; `label_join` makes the `id`, `source` and `target` fields a node graph
+/// reads, and the value column becomes the edges' main statistic).
+fn service_graph_panel(id: usize, y: usize) -> Value {
+    let edges = r#"label_join(label_join(label_join(sum by (client, server) (rate(traces_service_graph_request_total[$__range])), "source", "", "client"), "target", "", "server"), "id", "->", "client", "server")"#;
+    json!({
+        "id": id,
+        "type": "nodeGraph",
+        "title": "Service graph (calls between services over the range, from sonde's traces_service_graph_* edges)",
+        "datasource": datasource(),
+        "gridPos": {"h": 12, "w": 24, "x": 0, "y": y},
+        "options": {"edges": {"mainStatUnit": "reqps"}, "nodes": {"mainStatUnit": "reqps"}},
+        "targets": [{
+            "datasource": datasource(),
+            "expr": edges,
+            "format": "table",
+            "instant": true,
+            "range": false,
+            "refId": "edges",
+        }],
+        "transformations": [
+            {"id": "renameByRegex", "options": {"regex": "Value.*", "renamePattern": "mainstat"}}
+        ],
     })
 }
 
