@@ -657,13 +657,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn trace_link(&self, kind: &str, result: &str) {
+    /// The `sonde_trace_links_total` series of (kind, result), for a caller to keep.
+    pub fn trace_link_counter(&self, kind: &str, result: &str) -> Counter {
         self.trace_links
             .get_or_create(&TraceLinkLabels {
                 kind: kind.into(),
                 result: result.into(),
             })
-            .inc();
+            .clone()
     }
 
     /// Records one call on its service-graph edge (see `graph`).

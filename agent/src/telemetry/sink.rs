@@ -6,7 +6,6 @@ use crate::conn::CallSink;
 use crate::protocols::call::{DbCall, HttpCall, Role};
 use crate::protocols::http1::routes::Routes;
 use crate::telemetry::graph::{Edge, EdgeCache, DATABASE, DIRECT, USER, VIRTUAL_NODE};
-use crate::telemetry::metrics::TraceLinkLabels;
 use crate::telemetry::metrics::{HistogramCaches, Metrics};
 use crate::telemetry::sampler::Sampler;
 use crate::telemetry::span::{http_error_type, server_endpoint, Clock, Span, SpanIds};
@@ -223,19 +222,15 @@ impl CallSink for Sink<'_> {
 
     fn trace_link(&mut self, kind: &'static str, result: &'static str) {
         let key = (kind, result);
-        match self.link_counters.iter().find(|(k, _)| *k == key) {
-            Some((_, counter)) => {
-                counter.inc();
-            }
+        let i = match self.link_counters.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
             None => {
-                self.metrics.trace_link(kind, result);
-                let counter = self.metrics.trace_links.get_or_create(&TraceLinkLabels {
-                    kind: kind.into(),
-                    result: result.into(),
-                });
-                self.link_counters.push((key, counter.clone()));
+                let counter = self.metrics.trace_link_counter(kind, result);
+                self.link_counters.push((key, counter));
+                self.link_counters.len() - 1
             }
-        }
+        };
+        self.link_counters[i].1.inc();
     }
 }
 
