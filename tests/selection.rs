@@ -232,3 +232,48 @@ fn payload_bytes_bounds_the_copy_and_a_cut_head_is_counted_not_guessed() {
     );
     assert_eq!(truncated, 2.0);
 }
+
+/// A client that exits right after its call keeps its `OTEL_SERVICE_NAME`: sonde reads a
+/// process's environment at its first connect(), not at its first bytes, which may reach
+/// sonde after the process is gone. sonde is stopped (SIGSTOP) from just after the connect
+/// until the client has exited and been reaped, so its bytes are read only then.
+#[test]
+fn a_client_that_exits_before_sonde_reads_its_bytes_keeps_its_service_name() {
+    let _serial = serial();
+    let port = free_port();
+    let _nginx = Nginx::start(
+        "short-lived-nginx",
+        &[format!("127.0.0.1:{port}")],
+        port,
+        "location / { return 200 \"ok\\n\"; }",
+    );
+    let mut sonde = Sonde::start();
+    let script = format!(
+        "import socket, sys\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         print('connected', flush=True)\n\
+         sys.stdin.readline()\n\
+         s.sendall(b'GET /short HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         while s.recv(4096):\n    pass\n"
+    );
+    let mut client = Command::new("python3")
+        .args(["-c", &script])
+        .env("OTEL_SERVICE_NAME", "short-lived")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "connected\n");
+    // sonde's drain runs every 10 ms: well past that, it has read the client's identity.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sonde.pause();
+    std::io::Write::write_all(client.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    assert!(client.wait().unwrap().success());
+    sonde.resume();
+    let spans = sonde.wait_spans(1, |s| kind(s) == "CLIENT" && path_is(s, "/short"));
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0]["service.name"], "short-lived", "{:#}", spans[0]);
+}

@@ -135,6 +135,7 @@ fn tls_fd_unknown(m: &Metrics) -> f64 {
 /// a TLS record, inside the call.
 #[test]
 fn python_https_server_and_a_connection_older_than_sonde() {
+    let _serial = serial();
     let dir = tempdir("tls-python");
     let (cert, key) = self_signed_certificate(&dir);
     let port = free_port();
@@ -264,6 +265,7 @@ fn threads_with_many_tls_connections_keep_each_call_on_its_connection() {
 /// exact command counts as in clear text, on both sides.
 #[test]
 fn redis_over_tls_gives_exact_command_counts() {
+    let _serial = serial();
     let dir = tempdir("tls-redis");
     let (cert, key) = self_signed_certificate(&dir);
     let port = free_port();
@@ -456,6 +458,12 @@ fn node_https_server_reads_through_memory_bios() {
     let mut node = spawn_owned(node);
     wait_port(port, "node");
     sonde.wait_log("/usr/bin/node (OpenSSL linked in");
+    // curl runs too briefly for sonde's once-a-second look at /proc to find its libssl: a
+    // process that keeps libssl.so.3 mapped (on a real host, almost any) has it attached.
+    let mut holder = Command::new("python3");
+    holder.args(["-c", "import ssl, time; time.sleep(120)"]);
+    let mut holder = spawn_owned(holder);
+    sonde.wait_log("libssl.so.3 (");
     let url = |p: &str| format!("https://127.0.0.1:{port}/{p}");
     curl_keep_alive(&[url("one"), url("two"), url("missing")]);
     run(Command::new("curl")
@@ -496,6 +504,8 @@ fn node_https_server_reads_through_memory_bios() {
     assert_eq!(tls_fd_unknown(&sonde.metrics()), 0.0);
     let _ = node.kill();
     let _ = node.wait();
+    let _ = holder.kill();
+    let _ = holder.wait();
 }
 
 /// Python's asyncio TLS (`SSLObject` over memory BIOs, as httpx's async client and so

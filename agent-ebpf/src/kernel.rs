@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use sonde_ebpf::{
     conn_flags, direction, drop_reason, event_kind, proto, role, ConnInfo, ConnKey, EventHeader,
-    EVENT_HEADER_LEN, MAX_CONNS, MAX_FORKS, MAX_IOVECS, MAX_PAYLOAD, MAX_SSL_CALLS,
-    MAX_UNBOUND_WRITES, PROBATION_EVENTS, RING_BYTES,
+    EVENT_HEADER_LEN, MAX_CONNS, MAX_FORKS, MAX_IOVECS, MAX_PAYLOAD, MAX_PROCESSES_SEEN,
+    MAX_SSL_CALLS, MAX_UNBOUND_WRITES, PROBATION_EVENTS, RING_BYTES,
 };
 
 /// sonde's own process id, set by the loader: sonde never observes its own traffic.
@@ -235,6 +235,11 @@ pub struct SslKey {
 #[map]
 static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(MAX_SSL_CALLS, 0);
 
+/// Processes announced to userspace (`event_kind::PROCESS_SEEN`), by tgid; removed when the
+/// process's main thread exits.
+#[map]
+static PROCESSES_SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(MAX_PROCESSES_SEEN, 0);
+
 /// Threads inside connect(): the socket each is connecting (`struct sock *`), seen when it
 /// entered SYN_SENT, so that connect()'s exit reads the local address the kernel chose.
 #[map]
@@ -264,7 +269,51 @@ pub fn sonde_sock_state(ctx: TracePointContext) -> u32 {
     if let Ok(sock) = unsafe { ctx.read_at::<u64>(SOCK_STATE_SKADDR) } {
         let _ = CONNECTING.insert(&pid_tgid, &sock, 0);
     }
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the reference points into the map value, valid for this program run.
+    if unsafe { PROCESSES_SEEN.get(&tgid) }.is_none() {
+        let _ = PROCESSES_SEEN.insert(&tgid, &1, 0);
+        announce_process(pid_tgid);
+    }
     0
+}
+
+/// Tells userspace that the current process is connecting for the first time
+/// (`event_kind::PROCESS_SEEN`, a header-only event), and wakes it at once: a short-lived
+/// client may exit before its first bytes reach userspace, and its environment (its
+/// `OTEL_SERVICE_NAME`) with it. Sent from here rather than from connect()'s exit, whose
+/// program has no stack to spare.
+#[inline(always)]
+fn announce_process(pid_tgid: u64) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: `s` is this CPU's scratch value; tracepoint programs run with preemption off,
+    // and `busy` says whether a preempted uprobe program is staging an event in it.
+    let s = unsafe { &mut *s };
+    if s.busy != 0 {
+        count_drop(drop_reason::SCRATCH_BUSY);
+        return;
+    }
+    s.hdr.kind = event_kind::PROCESS_SEEN;
+    s.hdr.total_len = 0;
+    s.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    s.hdr.tgid = (pid_tgid >> 32) as u32;
+    s.hdr.tid = pid_tgid as u32;
+    s.hdr.fd = -1;
+    s.hdr.captured_len = 0;
+    s.hdr.errno = 0;
+    s.hdr.direction = direction::EGRESS;
+    s.hdr.tail_len = 0;
+    s.hdr.conn = ConnInfo::default();
+    s.hdr.comm = bpf_get_current_comm().unwrap_or_default();
+    // SAFETY: `hdr` is a repr(C) value of EVENT_HEADER_LEN bytes inside the map value.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(&s.hdr as *const EventHeader as *const u8, EVENT_HEADER_LEN)
+    };
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_FORCE_WAKEUP).is_err() {
+        count_drop(drop_reason::RINGBUF_FULL);
+    }
 }
 
 /// A thread exited: a call it was inside of (killed in SSL_read) ends with it, so that a
@@ -273,6 +322,10 @@ pub fn sonde_sock_state(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sonde_thread_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        // The main thread: its process id may be reused by a process to announce.
+        let _ = PROCESSES_SEEN.remove(&((pid_tgid >> 32) as u32));
+    }
     let _ = SSL_CALLS.remove(&pid_tgid);
     let _ = CIPHER_READS.remove(&pid_tgid);
     if UNBOUND_WRITES.remove(&pid_tgid).is_ok() {

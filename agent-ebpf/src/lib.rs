@@ -31,7 +31,16 @@ pub mod event_kind {
     pub const CLOSE: u32 = 2;
     /// A read/write on a tracked connection failed with a connection error (`errno` set).
     pub const ERROR: u32 = 3;
+    /// A process's first TCP connect() since it started (or since sonde did): no payload,
+    /// no connection (`fd` -1). Userspace reads the process's identity (its environment's
+    /// `OTEL_SERVICE_NAME`) while the process still runs; a short-lived client may exit
+    /// before its first bytes reach userspace.
+    pub const PROCESS_SEEN: u32 = 4;
 }
+
+/// Processes remembered as announced (`event_kind::PROCESS_SEEN`); least recently used
+/// first out, so one that falls out is announced again at its next connection.
+pub const MAX_PROCESSES_SEEN: u32 = 16384;
 
 /// Connection protocol as classified in the kernel (`ConnInfo::proto`).
 pub mod proto {

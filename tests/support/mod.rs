@@ -257,6 +257,23 @@ impl Sonde {
         let _ = self.child.wait();
     }
 
+    /// Stops sonde (SIGSTOP) until `resume`: what happens meanwhile waits in its ring.
+    pub fn pause(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child's.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) },
+            0
+        );
+    }
+
+    pub fn resume(&mut self) {
+        // SAFETY: as in `pause`.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) },
+            0
+        );
+    }
+
     /// What sonde logged so far (its stderr).
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
@@ -307,7 +324,50 @@ impl Sonde {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(500));
-        self.spans(&pred)
+        let found = self.spans(&pred);
+        if found.len() < n {
+            eprintln!(
+                "wait_spans: {} of {n} spans after 20 s; what sonde sent and counted:\n{}",
+                found.len(),
+                self.diagnosis()
+            );
+        }
+        found
+    }
+
+    /// What to look at when spans are missing: every span received so far, counted by
+    /// kind, service and port, and sonde's counters of what it dropped, could not read or
+    /// linked.
+    pub fn diagnosis(&self) -> String {
+        let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
+        for s in self.spans.lock().unwrap().iter() {
+            let key = format!(
+                "{} service={} server.port={} scheme={}",
+                kind(s),
+                s["service.name"].as_str().unwrap_or("?"),
+                s["attributes"]["server.port"],
+                attr(s, "url.scheme").unwrap_or_default(),
+            );
+            *by_kind.entry(key).or_default() += 1;
+        }
+        let mut out: Vec<String> = by_kind
+            .into_iter()
+            .map(|(k, n)| format!("  {n} x {k}"))
+            .collect();
+        let metrics = http_get(&self.metrics_addr, "/metrics").map(|(_, b)| b);
+        for line in metrics.unwrap_or_default().lines() {
+            let counted = [
+                "sonde_events",
+                "sonde_tls",
+                "sonde_trace_links",
+                "sonde_parse",
+                "sonde_conn",
+            ];
+            if !line.starts_with('#') && counted.iter().any(|c| line.starts_with(c)) {
+                out.push(format!("  {line}"));
+            }
+        }
+        out.join("\n")
     }
 
     pub fn metrics(&self) -> Metrics {

@@ -9,6 +9,9 @@ pub enum EventKind {
     Data,
     Close,
     Error,
+    /// A process's first TCP connect() (`event_kind::PROCESS_SEEN`): no payload, no
+    /// connection.
+    ProcessSeen,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -18,6 +21,7 @@ impl TryFrom<u32> for EventKind {
             event_kind::DATA => Ok(EventKind::Data),
             event_kind::CLOSE => Ok(EventKind::Close),
             event_kind::ERROR => Ok(EventKind::Error),
+            event_kind::PROCESS_SEEN => Ok(EventKind::ProcessSeen),
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -165,6 +169,24 @@ mod tests {
         assert_eq!(e.payload, b"abc");
         assert_eq!(e.gap(), 7);
         assert!(e.tail.is_empty());
+    }
+
+    #[test]
+    fn a_process_announcement_has_its_command_name_and_no_payload() {
+        let mut h = EventHeader {
+            kind: event_kind::PROCESS_SEEN,
+            tgid: 42,
+            fd: -1,
+            ..Default::default()
+        };
+        h.comm[..4].copy_from_slice(b"curl");
+        let b = bytes_of(&h, b"");
+        let e = Event::decode(&b).unwrap();
+        assert_eq!(e.kind, EventKind::ProcessSeen);
+        assert_eq!(
+            (e.header.tgid, e.comm(), e.payload.len()),
+            (42, "curl".into(), 0)
+        );
     }
 
     #[test]

@@ -172,6 +172,12 @@ impl ConnTable {
         let h = &ev.header;
         self.newest_ts = self.newest_ts.max(h.ts_ns);
         self.flush_deferred(h.ts_ns, sink);
+        if ev.kind == EventKind::ProcessSeen {
+            // Its identity is read now, while it runs: its first bytes may come after a
+            // short-lived client has exited, and with it its environment.
+            self.processes.get(h.tgid, &ev.comm(), true);
+            return;
+        }
         // By connection id, not fd: a dup()ed or inherited copy of a socket (inetd-style
         // servers read fd 0 and write fd 1) is one connection whatever fd carries it.
         let key = (h.tgid, h.conn.conn_id);
@@ -317,7 +323,7 @@ impl ConnTable {
                 }
             }
             EventKind::Error => session.failed(h.ts_ns, c.role, errno_name(h.errno), finished),
-            EventKind::Close => {}
+            EventKind::Close | EventKind::ProcessSeen => {}
         }
         c.start(finished, &mut self.links);
         c.report(finished, &mut self.links, &mut self.deferred, sink);
