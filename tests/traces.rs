@@ -11,6 +11,8 @@
 //!   never to another request, and the rest are counted as ambiguous.
 //! - An application that sets `traceparent` itself: sonde's client span joins that trace
 //!   under the application's span, and the server span joins it under sonde's client span.
+//! - A server in another network namespace behind an iptables DNAT rule (a Kubernetes
+//!   Service's address on the client side, the pod's on the server side): still linked.
 //!
 //! The helper programs are in `tests/traces/` (`service.py` needs the `redis` and `psycopg`
 //! PyPI packages, installed by `cargo xtask setup`). Each test starts its own sonde and they
@@ -758,6 +760,226 @@ fn an_application_traceparent_puts_the_client_span_in_its_trace() {
     assert!(
         links(&m, "connection", "linked") - links(&before, "connection", "linked") >= 3.0,
         "each nginx span found its client span:\n{}",
+        graph(&m)
+    );
+}
+
+/// A server in another network namespace, reached through a DNAT rule as a Kubernetes
+/// Service is (kube-proxy's `iptables -t nat ... -j DNAT`): the client connects to a
+/// service address, the server sees the connection on its own address. Both see the same
+/// client address and port, so each server span is the child of its client span.
+struct DnatService {
+    netns: String,
+    veth: String,
+    rule: Vec<String>,
+    server: Child,
+}
+
+/// The service address the client dials, and the server's own address behind it.
+const SERVICE_IP: &str = "10.96.77.10";
+const SERVER_IP: &str = "10.211.0.2";
+/// The host's end of the link to the namespace: the client's address there.
+const CLIENT_IP: &str = "10.211.0.1";
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl DnatService {
+    /// python3's http.server named `service` in a new namespace on `port`, serving `dir`,
+    /// reached from here at SERVICE_IP:80.
+    fn start(service: &str, port: u16, dir: &std::path::Path) -> DnatService {
+        let netns = "sonde-dnat".to_string();
+        let veth = "sondednat0".to_string();
+        // What an earlier run that was killed left behind.
+        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        sh(&["ip", "netns", "add", &netns]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sondednat1",
+        ]);
+        sh(&["ip", "link", "set", "sondednat1", "netns", &netns]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/24"),
+            "dev",
+            &veth,
+        ]);
+        sh(&["ip", "link", "set", &veth, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", netns.as_str()];
+            all.extend_from_slice(args);
+            sh(&all);
+        };
+        inside(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/24"),
+            "dev",
+            "sondednat1",
+        ]);
+        inside(&["ip", "link", "set", "sondednat1", "up"]);
+        inside(&["ip", "link", "set", "lo", "up"]);
+        sh(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{SERVICE_IP}/32"),
+            "dev",
+            &veth,
+        ]);
+        let rule: Vec<String> = [
+            "-t",
+            "nat",
+            "OUTPUT",
+            "-d",
+            &format!("{SERVICE_IP}/32"),
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{SERVER_IP}:{port}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut add: Vec<&str> = vec!["iptables", "-t", "nat", "-A"];
+        add.extend(rule[2..].iter().map(String::as_str));
+        sh(&add);
+        let mut server = Command::new("ip");
+        server
+            .args(["netns", "exec", &netns, "python3", "-m", "http.server"])
+            .arg(port.to_string())
+            .args(["--bind", SERVER_IP])
+            .current_dir(dir)
+            .env("OTEL_SERVICE_NAME", service)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let server = spawn_owned(server);
+        let start = Instant::now();
+        while TcpStream::connect((SERVICE_IP, 80)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no server behind the DNAT rule"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        DnatService {
+            netns,
+            veth,
+            rule,
+            server,
+        }
+    }
+}
+
+impl Drop for DnatService {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let mut del: Vec<&str> = vec!["-t", "nat", "-D"];
+        del.extend(self.rule[2..].iter().map(String::as_str));
+        let _ = Command::new("iptables").args(&del).output();
+        let _ = Command::new("ip")
+            .args(["route", "del", &format!("{SERVICE_IP}/32")])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+#[test]
+fn a_server_behind_dnat_is_the_child_of_its_client() {
+    let _serial = serial();
+    let client_service = "traces-dnat-client";
+    let server_service = "traces-dnat-server";
+    let pid = std::process::id();
+    let dir = tempdir("traces-dnat");
+    let paths: Vec<String> = (1..=3).map(|i| format!("/dnat-{pid}-{i}")).collect();
+    for p in &paths {
+        std::fs::write(dir.join(&p[1..]), "behind the service address\n").unwrap();
+    }
+    let port = free_port();
+    let _service = DnatService::start(server_service, port, &dir);
+    let (sonde, collector) = sonde_with_collector();
+    let before = sonde.metrics();
+    // Three requests, each on its own connection (http.server closes after each).
+    let script = format!(
+        "import urllib.request\n\
+         for p in {paths:?}:\n\
+         \x20   print(urllib.request.urlopen('http://{SERVICE_IP}' + p).status)\n"
+    );
+    let statuses = run(Command::new("python3")
+        .args(["-c", &script])
+        .env("OTEL_SERVICE_NAME", client_service));
+    assert_eq!(statuses.split_whitespace().collect::<Vec<_>>(), ["200"; 3]);
+
+    let mine = |s: &ReceivedSpan| s.attr("url.path").is_some_and(|p| paths.contains(&p));
+    collector.wait_spans(6, 30, mine);
+    std::thread::sleep(Duration::from_secs(1));
+    let spans = collector.spans(mine);
+    let all: Vec<&ReceivedSpan> = spans.iter().collect();
+    assert_eq!(
+        all.len(),
+        6,
+        "a CLIENT and a SERVER span a request:{}",
+        describe(&all)
+    );
+    for path in &paths {
+        let these: Vec<&ReceivedSpan> = all.iter().copied().filter(|s| path_is(s, path)).collect();
+        let call = one(&these, "CLIENT span", |s| s.span.kind == CLIENT);
+        assert_eq!(service(call), client_service, "{}", describe(&these));
+        assert_eq!(call.attr("server.address").as_deref(), Some(SERVICE_IP));
+        assert_eq!(call.attr("server.port").as_deref(), Some("80"));
+        let served = one(&these, "SERVER span", |s| s.span.kind == SERVER);
+        assert_eq!(service(served), server_service, "{}", describe(&these));
+        // The client dialled the service address; the server sees the client's own.
+        assert_eq!(
+            call.attr("network.peer.address").as_deref(),
+            Some(SERVICE_IP)
+        );
+        assert_eq!(
+            served.attr("network.peer.address").as_deref(),
+            Some(CLIENT_IP)
+        );
+        assert_child_of(served, call, "the server behind DNAT <- its client", &these);
+    }
+    let m = wait_metrics(&sonde, 20, |m| {
+        edge(m, GRAPH_TOTAL, client_service, server_service).0 >= 3.0
+    });
+    assert_eq!(
+        edge(&m, GRAPH_TOTAL, client_service, server_service),
+        (3.0, BTreeSet::from([String::new()])),
+        "one edge, named by both services, not by the service address:\n{}",
+        graph(&m)
+    );
+    assert_eq!(
+        links(&m, "connection", "linked") - links(&before, "connection", "linked"),
+        3.0,
+        "{}",
         graph(&m)
     );
 }
