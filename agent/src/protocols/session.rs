@@ -33,6 +33,24 @@ pub struct Finished {
     pub started: Vec<(u64, Start)>,
 }
 
+/// Numbers a connection's requests in the order they start (`Finished::started`). The
+/// numbering goes on across a session's restart: what it had in flight is given up by
+/// number.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestNumbers {
+    next: u64,
+}
+
+impl RequestNumbers {
+    /// Gives the request that just started its number and reports it in `started`.
+    pub fn start(&mut self, start: Start, started: &mut Vec<(u64, Start)>) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        started.push((seq, start));
+        seq
+    }
+}
+
 /// The drop reason of `Finished::pending_dropped`.
 pub const PENDING_LIMIT: &str = "pending_limit";
 

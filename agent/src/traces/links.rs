@@ -65,6 +65,18 @@ pub struct Start {
     pub traceparent: Option<TraceParent>,
 }
 
+impl Start {
+    /// A request that carries no trace context and is not told apart by a path (a Redis
+    /// command, a PostgreSQL query).
+    pub fn untraced(tid: u32) -> Start {
+        Start {
+            tid,
+            request_key: 0,
+            traceparent: None,
+        }
+    }
+}
+
 /// A server request a thread is serving.
 struct Serving {
     node: NodeRef,

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use super::framing::{request_kind, Head, HttpEvent, HttpStream, RequestHead, StreamKind};
 use crate::protocols::call::{HttpExchange, Role};
 use crate::protocols::llm::{self, LlmCall, RequestReader, ResponseReader};
-use crate::protocols::session::{Chunk, Finished, Readable, Session};
+use crate::protocols::session::{Chunk, Finished, Readable, RequestNumbers, Session};
 use crate::traces::context::parse_traceparent;
 use crate::traces::links::Start;
 
@@ -55,8 +55,7 @@ pub struct HttpSession {
     /// Index in `pending` of the request whose body is still arriving.
     open_request: Option<usize>,
     response_status: Option<u16>,
-    /// The number the next request gets (see `Finished::started`).
-    next_seq: u64,
+    numbers: RequestNumbers,
 }
 
 impl Default for HttpSession {
@@ -71,7 +70,7 @@ impl Default for HttpSession {
             skipped: 0,
             open_request: None,
             response_status: None,
-            next_seq: 0,
+            numbers: RequestNumbers::default(),
         }
     }
 }
@@ -109,9 +108,9 @@ impl Session for HttpSession {
     }
 
     fn restart(&mut self) {
-        let next_seq = self.next_seq;
+        let numbers = self.numbers;
         *self = HttpSession::default();
-        self.next_seq = next_seq;
+        self.numbers = numbers;
     }
 
     fn closed(&mut self, ts: u64, role: Role, out: &mut Finished) {
@@ -188,16 +187,12 @@ impl HttpSession {
                         ..LlmReading::default()
                     })
                 });
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                out.started.push((
-                    seq,
-                    Start {
-                        tid,
-                        request_key: request_key(&head.method, &head.path),
-                        traceparent: head.traceparent.as_deref().and_then(parse_traceparent),
-                    },
-                ));
+                let start = Start {
+                    tid,
+                    request_key: request_key(&head.method, &head.path),
+                    traceparent: head.traceparent.as_deref().and_then(parse_traceparent),
+                };
+                let seq = self.numbers.start(start, &mut out.started);
                 self.pending.push_back(Pending {
                     head,
                     start_ts: ts,

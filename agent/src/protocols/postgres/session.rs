@@ -18,7 +18,7 @@ use crate::protocols::postgres::framing::{
     cstr, PgError, PgMessage, PgStream, ENCRYPTION_ANSWER, UNTYPED,
 };
 use crate::protocols::postgres::sql::{summarize, SqlSummary};
-use crate::protocols::session::DbSession;
+use crate::protocols::session::{DbSession, RequestNumbers};
 use crate::traces::links::Start;
 
 /// Operations waiting for results on one connection, at most.
@@ -94,9 +94,9 @@ pub struct PostgresSession {
     backend_waits_for_query: bool,
     backend_may_resync: bool,
     messages: Vec<PgMessage>,
-    /// The number the next operation gets, and the operations queued since
-    /// `take_started` (see `Finished::started`).
-    next_seq: u64,
+    /// The operations' numbers, and the operations queued since `take_started` (see
+    /// `Finished::started`).
+    numbers: RequestNumbers,
     started: Vec<(u64, Start)>,
 }
 
@@ -220,7 +220,7 @@ impl PostgresSession {
             backend_waits_for_query: false,
             backend_may_resync: false,
             messages: Vec::new(),
-            next_seq: 0,
+            numbers: RequestNumbers::default(),
             started: Vec::new(),
         }
     }
@@ -339,16 +339,9 @@ impl PostgresSession {
             return;
         }
         if let Pending::Simple(op) | Pending::Execute(op) | Pending::Prepare(op) = &mut p {
-            op.seq = self.next_seq;
-            self.next_seq += 1;
-            self.started.push((
-                op.seq,
-                Start {
-                    tid: op.tid,
-                    request_key: 0,
-                    traceparent: None,
-                },
-            ));
+            op.seq = self
+                .numbers
+                .start(Start::untraced(op.tid), &mut self.started);
         }
         if self.pending.len() >= MAX_PENDING {
             // The oldest is given up (counted): what the server owes is not one reply per

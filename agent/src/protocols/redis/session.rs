@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::protocols::call::{DbOperation, REDIS};
 use crate::protocols::redis::framing::{FrameType, RespError, RespFrame, RespStream};
-use crate::protocols::session::DbSession;
+use crate::protocols::session::{DbSession, RequestNumbers};
 use crate::traces::links::Start;
 
 /// Commands waiting for replies on one connection, at most. A command beyond is given up
@@ -128,9 +128,9 @@ pub struct RedisSession {
     /// next reply event then starts at that command's reply, not inside the lost one.
     command_since_reply_loss: bool,
     frames: Vec<RespFrame>,
-    /// The number the next command gets, and the commands started since `take_started`
-    /// (see `Finished::started`).
-    next_seq: u64,
+    /// The commands' numbers, and the commands started since `take_started` (see
+    /// `Finished::started`).
+    numbers: RequestNumbers,
     started: Vec<(u64, Start)>,
 }
 
@@ -195,10 +195,10 @@ impl DbSession for RedisSession {
     /// next event; the database index is kept.
     fn restart(&mut self) {
         let db = std::mem::take(&mut self.db);
-        let next_seq = self.next_seq;
+        let numbers = self.numbers;
         *self = RedisSession::new();
         self.db = db;
-        self.next_seq = next_seq;
+        self.numbers = numbers;
     }
 
     fn pending(&self) -> usize {
@@ -231,7 +231,7 @@ impl RedisSession {
             subscribed: false,
             command_since_reply_loss: true,
             frames: Vec::new(),
-            next_seq: 0,
+            numbers: RequestNumbers::default(),
             started: Vec::new(),
         }
     }
@@ -269,16 +269,7 @@ impl RedisSession {
             self.dropped += 1;
             return;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.started.push((
-            seq,
-            Start {
-                tid,
-                request_key: 0,
-                traceparent: None,
-            },
-        ));
+        let seq = self.numbers.start(Start::untraced(tid), &mut self.started);
         self.pending.push_back(Pending {
             op: DbOperation {
                 seq,
