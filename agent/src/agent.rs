@@ -79,7 +79,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     let kubernetes = config.kubernetes().map_err(AgentError::Kubernetes)?;
     probes::check_privileges()?;
     if config.single_instance {
-        refuse_a_second_sonde()?;
+        refuse_a_second_sonde(false)?;
     }
     probes::ensure_tracefs()?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -100,10 +100,11 @@ pub fn run(config: Config) -> Result<(), AgentError> {
     rt.block_on(run_async(config, otlp, pods))
 }
 
-/// Fails when another sonde holds eBPF programs; one that is stopping (a restart) gets
-/// `SECOND_SONDE_WAIT` to exit first.
-fn refuse_a_second_sonde() -> Result<(), AgentError> {
-    let find = || instances::find_other_sonde(Path::new("/proc"), std::process::id());
+/// Fails when another sonde holds eBPF programs (with `older_only`, another that started
+/// before this one); one that is stopping (a restart) gets `SECOND_SONDE_WAIT` to exit
+/// first.
+fn refuse_a_second_sonde(older_only: bool) -> Result<(), AgentError> {
+    let find = || instances::find_other_sonde(Path::new("/proc"), std::process::id(), older_only);
     let Some(other) = find() else {
         return Ok(());
     };
@@ -200,6 +201,11 @@ async fn run_async(
         payload_bytes: config.payload_bytes,
         tls: config.tls,
     })?;
+    if config.single_instance {
+        // Two sondes started at the same moment both passed the first look: now that each
+        // holds its programs, the younger gives way.
+        refuse_a_second_sonde(true)?;
+    }
     let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
         ebpf.take_map(name).ok_or(AgentError::MissingMap(name))
     };

@@ -1,6 +1,7 @@
 //! Who a process is, as /proc tells: executable, container, the service name its own
 //! variables give, and the ports it listens on.
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use procfs::net::TcpState;
@@ -118,7 +119,12 @@ fn read_command_line(pid: u32) -> Option<String> {
 }
 
 pub(crate) fn read_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    start_time_in(Path::new("/proc"), pid)
+}
+
+/// `read_start_time` under another /proc (a test's).
+pub(crate) fn start_time_in(proc: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc.join(pid.to_string()).join("stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
