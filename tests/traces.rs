@@ -844,9 +844,8 @@ impl DnatService {
             "dev",
             &veth,
         ]);
+        // The chain and the rule, as `iptables -t nat -A` adds it and `-D` removes it.
         let rule: Vec<String> = [
-            "-t",
-            "nat",
             "OUTPUT",
             "-d",
             &format!("{SERVICE_IP}/32"),
@@ -859,11 +858,10 @@ impl DnatService {
             "--to-destination",
             &format!("{SERVER_IP}:{port}"),
         ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut add: Vec<&str> = vec!["iptables", "-t", "nat", "-A"];
-        add.extend(rule[2..].iter().map(String::as_str));
+        .map(String::from)
+        .to_vec();
+        let mut add = vec!["iptables", "-t", "nat", "-A"];
+        add.extend(rule.iter().map(String::as_str));
         sh(&add);
         let mut server = Command::new("ip");
         server
@@ -896,9 +894,10 @@ impl Drop for DnatService {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
-        let mut del: Vec<&str> = vec!["-t", "nat", "-D"];
-        del.extend(self.rule[2..].iter().map(String::as_str));
-        let _ = Command::new("iptables").args(&del).output();
+        let _ = Command::new("iptables")
+            .args(["-t", "nat", "-D"])
+            .args(&self.rule)
+            .output();
         let _ = Command::new("ip")
             .args(["route", "del", &format!("{SERVICE_IP}/32")])
             .output();
