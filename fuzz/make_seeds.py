@@ -205,6 +205,11 @@ POD = (b'{"metadata":{"name":"web-7d4b9c8f6-x2x9q","namespace":"shop","uid":"u1"
        b'"spec":{"nodeName":"n1"},"status":{"containerStatuses":[{"name":"app","containerID":"containerd://abc"}]}}')
 EVENTS = (b'{"type":"ADDED","object":' + POD + b'}\n{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"8"}}}\n'
           + b'{"type":"DELETED","object":' + POD + b'}\n{"type":"ERROR","object":{"code":410}}\n')
+SERVICE = (b'{"metadata":{"name":"checkout","namespace":"shop","uid":"s1","resourceVersion":"9"},'
+           b'"spec":{"clusterIP":"10.96.0.10","clusterIPs":["10.96.0.10","fd00::10"],"externalIPs":["203.0.113.7"]},'
+           b'"status":{"loadBalancer":{"ingress":[{"ip":"198.51.100.4"}]}}}')
+SERVICE_EVENTS = (b'{"type":"ADDED","object":' + SERVICE + b'}\n{"type":"MODIFIED","object":' + SERVICE
+                  + b'}\n{"type":"DELETED","object":' + SERVICE + b'}\n')
 def chunked(body, size):
     out = b""
     for i in range(0, len(body), size):
@@ -217,6 +222,7 @@ write("k8s_watch", {
     "until_close": b"HTTP/1.1 200 OK\r\n\r\n" + EVENTS,
     "extensions": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n2;ext=1\r\n:1\r\n1\r\n}\r\n0\r\n\r\n",
     "gone": b"HTTP/1.1 410 Gone\r\nContent-Length: 2\r\n\r\n{}",
+    "services": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(SERVICE_EVENTS, 100),
 })
 
 # LLM bodies (agent/src/protocols/llm tests).

@@ -73,16 +73,27 @@ impl FakeApi {
         let config = Arc::new(config);
 
         let fixtures = workspace_root().join("tests/fixtures/k8s");
-        let list = std::fs::read_to_string(fixtures.join("pods-list.json")).unwrap();
-        let watch = std::fs::read_to_string(fixtures.join("pods-watch.jsonl")).unwrap();
+        let read = |name: &str| std::fs::read_to_string(fixtures.join(name)).unwrap();
+        let resources = Arc::new([
+            Resource {
+                path: "/api/v1/pods",
+                list: read("pods-list.json"),
+                watch: read("pods-watch.jsonl"),
+            },
+            Resource {
+                path: "/api/v1/services",
+                list: read("services-list.json"),
+                watch: read("services-watch.jsonl"),
+            },
+        ]);
         let requests: Seen = Arc::default();
         let end_first_watch = Arc::new(AtomicBool::new(false));
         let (seen, end) = (requests.clone(), end_first_watch.clone());
         std::thread::spawn(move || {
             for tcp in listener.incoming().flatten() {
                 let (config, seen, end) = (config.clone(), seen.clone(), end.clone());
-                let (list, watch) = (list.clone(), watch.clone());
-                std::thread::spawn(move || serve(tcp, config, &seen, &end, &list, &watch));
+                let resources = resources.clone();
+                std::thread::spawn(move || serve(tcp, config, &seen, &end, &*resources));
             }
         });
         FakeApi {
@@ -97,17 +108,22 @@ impl FakeApi {
         self.requests.lock().unwrap().clone()
     }
 
-    fn wait_requests(&self, n: usize) -> Vec<(String, Option<String>)> {
+    /// The requests for `path` (`/api/v1/pods`), once there are `n`.
+    fn wait_requests(&self, path: &str, n: usize) -> Vec<(String, Option<String>)> {
+        let of_path = || -> Vec<_> {
+            let requests = self.requests().into_iter();
+            requests.filter(|(r, _)| is_for(r, path)).collect()
+        };
         let start = Instant::now();
-        while self.requests().len() < n {
+        while of_path().len() < n {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "sonde made {:?}, not {n} requests",
+                "sonde made {:?}, not {n} requests for {path}",
                 self.requests()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.requests()
+        of_path()
     }
 
     /// sonde's flags and variables for `in-cluster` against this server.
@@ -125,14 +141,29 @@ impl FakeApi {
     }
 }
 
-/// One connection: TLS, then one GET answered with the list or the watch stream.
+/// Whether `request` (a request line) is for `path`, with or without a query.
+fn is_for(request: &str, path: &str) -> bool {
+    let rest = request
+        .strip_prefix("GET ")
+        .and_then(|r| r.strip_prefix(path));
+    rest.is_some_and(|r| r.starts_with([' ', '?']))
+}
+
+/// What the fake API serves for one kind of object: a list, and the events of the first
+/// watch.
+struct Resource {
+    path: &'static str,
+    list: String,
+    watch: String,
+}
+
+/// One connection: TLS, then one GET answered with a list or a watch stream.
 fn serve(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     seen: &Seen,
     end_first_watch: &AtomicBool,
-    list: &str,
-    watch: &str,
+    resources: &[Resource],
 ) {
     let conn = rustls::ServerConnection::new(config).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -154,6 +185,11 @@ fn serve(
         (request.trim().to_string(), authorization)
     };
     seen.lock().unwrap().push((request.clone(), authorization));
+    let Some(resource) = resources.iter().find(|r| is_for(&request, r.path)) else {
+        let _ = tls.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    let (list, watch) = (&resource.list, &resource.watch);
     if !request.contains("watch=1") {
         let _ = write!(
             tls,
@@ -172,7 +208,7 @@ fn serve(
         .lock()
         .unwrap()
         .iter()
-        .filter(|(r, _)| r.contains("watch=1"))
+        .filter(|(r, _)| r.contains("watch=1") && is_for(r, resource.path))
         .count()
         == 1;
     if first {
@@ -184,7 +220,9 @@ fn serve(
     let _ = tls.flush();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(120) {
-        if first && end_first_watch.load(Ordering::Relaxed) {
+        // Only the pods' first watch is ended; the Services' stays open.
+        let pods = resource.path == "/api/v1/pods";
+        if first && pods && end_first_watch.load(Ordering::Relaxed) {
             let _ = tls.write_all(b"0\r\n\r\n");
             tls.conn.send_close_notify();
             let _ = tls.flush();
@@ -207,7 +245,7 @@ fn pods_give_k8s_attributes_and_service_names() {
     let env = api.in_cluster_env(&api.dir.join("ca.crt"));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let sonde = Sonde::start_with_env(&["--kubernetes-api", "in-cluster"], &env);
-    let reqs = api.wait_requests(2);
+    let reqs = api.wait_requests("/api/v1/pods", 2);
     let bearer = Some(format!("Bearer {TOKEN}"));
     assert_eq!(
         reqs[0],
@@ -291,7 +329,7 @@ fn pods_give_k8s_attributes_and_service_names() {
     // the last version it saw (the bookmark's) with the token now in the file.
     std::fs::write(api.dir.join("token"), format!("{ROTATED}\n")).unwrap();
     api.end_first_watch.store(true, Ordering::Relaxed);
-    let reqs = api.wait_requests(3);
+    let reqs = api.wait_requests("/api/v1/pods", 3);
     assert_eq!(
         reqs[2],
         (
@@ -348,5 +386,103 @@ fn an_api_server_the_ca_does_not_vouch_for_gets_nothing() {
         api.requests(),
         vec![],
         "no request crossed the failed handshake"
+    );
+}
+
+/// Addresses added to `lo` for a test (Service cluster IPs), removed when it ends.
+struct LoopbackAddresses(Vec<&'static str>);
+
+impl LoopbackAddresses {
+    fn add(addresses: &[&'static str]) -> LoopbackAddresses {
+        for a in addresses {
+            let _ = Command::new("ip")
+                .args(["addr", "del", &format!("{a}/32"), "dev", "lo"])
+                .stderr(Stdio::null())
+                .status();
+            run(Command::new("ip").args(["addr", "add", &format!("{a}/32"), "dev", "lo"]));
+        }
+        LoopbackAddresses(addresses.to_vec())
+    }
+}
+
+impl Drop for LoopbackAddresses {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            let _ = Command::new("ip")
+                .args(["addr", "del", &format!("{a}/32"), "dev", "lo"])
+                .status();
+        }
+    }
+}
+
+/// A server sonde does not see (its process is excluded, as one on another node would be)
+/// is named in the service graph by the Kubernetes Service at the address the client called:
+/// a Service from the list, one the watch added, and, at an address no Service has, the
+/// HTTP `Host` as before.
+#[test]
+fn services_name_the_servers_off_this_host() {
+    let _serial = serial();
+    // The cluster IPs of `inventory` (in the list) and `pricing` (added by the watch).
+    let _addresses = LoopbackAddresses::add(&["10.96.0.50", "10.96.0.51"]);
+    let api = FakeApi::start();
+    let port = free_port();
+    let _nginx = Nginx::start(
+        "k8s-services",
+        &[format!("0.0.0.0:{port}")],
+        port,
+        "location / { return 200 \"ok\\n\"; }",
+    );
+    let env = api.in_cluster_env(&api.dir.join("ca.crt"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let sonde = Sonde::start_with_env(
+        &["--kubernetes-api", "in-cluster", "--exclude", "exe=nginx"],
+        &env,
+    );
+    let reqs = api.wait_requests("/api/v1/services", 2);
+    assert_eq!(reqs[0].0, "GET /api/v1/services HTTP/1.1");
+    assert_eq!(
+        reqs[1].0,
+        "GET /api/v1/services?watch=1&allowWatchBookmarks=true&resourceVersion=18320 HTTP/1.1"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let client = format!(
+        "import urllib.request\n\
+         for host, n in (('10.96.0.50', 3), ('10.96.0.51', 2), ('127.0.0.1', 1)):\n\
+         \x20   for _ in range(n):\n\
+         \x20       urllib.request.urlopen(f'http://{{host}}:{port}/svc-{{host}}').read()\n"
+    );
+    let status = Command::new("python3")
+        .args(["-c", &client])
+        .env("OTEL_SERVICE_NAME", "storefront")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let spans = sonde.wait_spans(6, |s| {
+        kind(s) == "CLIENT" && path_starts(s, "/svc-") && s["service.name"] == "storefront"
+    });
+    assert_eq!(spans.len(), 6, "{spans:?}");
+    let servers = sonde.spans(|s| kind(s) == "SERVER" && path_starts(s, "/svc-"));
+    assert!(servers.is_empty(), "nginx is not seen: {servers:?}");
+    let metrics = sonde.metrics();
+    let edge = |server: &str| {
+        metrics.sum(
+            "traces_service_graph_request_total",
+            &[
+                ("client", "storefront"),
+                ("server", server),
+                ("connection_type", "virtual_node"),
+            ],
+        )
+    };
+    assert_eq!(edge("inventory"), 3.0, "{}", metrics.0);
+    assert_eq!(edge("pricing"), 2.0, "the Service the watch added");
+    assert_eq!(edge("127.0.0.1"), 1.0, "no Service there: the Host");
+    assert_eq!(
+        metrics.sum(
+            "traces_service_graph_request_total",
+            &[("client", "storefront")]
+        ),
+        6.0
     );
 }

@@ -23,7 +23,7 @@ use crate::export::otlp::settings::{self, OtlpSettings, SettingsError};
 use crate::export::otlp::transport::TransportError;
 use crate::export::otlp::{Exporter, SpanQueue};
 use crate::gpu::{self, nvml::NvmlBackend};
-use crate::identity::k8s;
+use crate::identity::k8s::{self, SharedServiceIndex};
 use crate::identity::table::ProcessTable;
 use crate::protocols::http1::routes::Routes;
 use crate::telemetry::metrics::Metrics;
@@ -86,18 +86,16 @@ pub fn run(config: Config) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    let pods = kubernetes.map(|api| {
+    let cluster = kubernetes.map(|api| {
         log::info!(
-            "pod metadata: watching the pods of node {} through {}://{}",
+            "pod metadata: watching the pods of node {} and the Services through {}://{}",
             api.node_name,
             if api.is_https() { "https" } else { "http" },
             api.host_port
         );
-        let index = k8s::SharedPodIndex::default();
-        k8s::spawn(api, index.clone());
-        index
+        k8s::Cluster::watch(api)
     });
-    rt.block_on(run_async(config, otlp, pods))
+    rt.block_on(run_async(config, otlp, cluster))
 }
 
 /// Fails when another sonde holds eBPF programs (with `older_only`, another that started
@@ -158,8 +156,12 @@ fn host_name() -> String {
 async fn run_async(
     config: Config,
     otlp: Option<OtlpSettings>,
-    pods: Option<k8s::SharedPodIndex>,
+    cluster: Option<k8s::Cluster>,
 ) -> Result<(), AgentError> {
+    let (pods, services) = match cluster {
+        Some(c) => (Some(c.pods), Some(c.services)),
+        None => (None, None),
+    };
     let metrics = Arc::new(Metrics::new(config.max_label_sets as usize));
     if config.gpu {
         start_gpu(&config, &metrics, pods.clone());
@@ -246,7 +248,7 @@ async fn run_async(
                 let table =
                     ConnTable::new(config.capture_filter(), config.service_name_rules(), pods);
                 capture_loop(
-                    ring, drops, conns, table, &metrics, &config, span_queue, &shutdown,
+                    ring, drops, conns, table, &metrics, &config, span_queue, services, &shutdown,
                 )
             })
             .map_err(AgentError::Runtime)?
@@ -399,6 +401,7 @@ fn capture_loop(
     metrics: &Metrics,
     config: &Config,
     otlp: Option<SpanQueue>,
+    services: Option<SharedServiceIndex>,
     shutdown: &AtomicBool,
 ) {
     let show_summary = !config.quiet && config.print_spans.is_none();
@@ -410,7 +413,8 @@ fn capture_loop(
         otlp.map(|q| Box::new(q) as Box<dyn SpanExport>),
         Routes::new(&config.http_routes),
         config.genai_providers.clone(),
-    );
+    )
+    .with_services(services);
     let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();
     let mut last_summary = Instant::now();

@@ -1,7 +1,7 @@
-//! Pod metadata from the Kubernetes API: the pods of this node (listed, then watched with a
-//! `spec.nodeName` field selector), indexed by container id, so that a process's
-//! container id (from /proc/PID/cgroup) gives its pod, namespace, container, owner and
-//! service name.
+//! The Kubernetes API, listed and then watched: the pods of this node (a `spec.nodeName`
+//! field selector), indexed by container id, so that a process's container id (from
+//! /proc/PID/cgroup) gives its pod, namespace, container, owner and service name; and the
+//! cluster's Services by address (`identity::services`), to name peers off this host.
 //!
 //! In a cluster sonde uses its pod's ServiceAccount (`kubernetes_api: in-cluster`): HTTPS to
 //! `KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT`, the server checked against the
@@ -18,6 +18,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use thiserror::Error;
+
+pub use crate::identity::services::{ServiceIndex, SharedServiceIndex};
 
 /// Where Kubernetes mounts a pod's ServiceAccount token and the cluster's CA.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -64,6 +66,43 @@ pub struct PodIndex {
 
 pub type SharedPodIndex = Arc<RwLock<PodIndex>>;
 
+/// Objects sonde lists and then watches, and the index it keeps of them.
+pub trait Watched: Default + Send + Sync + 'static {
+    /// What the index gives, in log lines ("pod metadata").
+    const PURPOSE: &'static str;
+    /// The name of the thread that keeps it (at most 15 bytes).
+    const THREAD: &'static str;
+    /// The list request's path and query; the watch adds its own parameters.
+    fn path(api: &ApiConfig) -> String;
+    /// Adds or replaces an object.
+    fn upsert(&mut self, object: &Value);
+    fn remove(&mut self, object: &Value);
+    /// Replaces everything with a list's items.
+    fn replace_all(&mut self, items: &[Value]) {
+        *self = Self::default();
+        for object in items {
+            self.upsert(object);
+        }
+    }
+}
+
+/// The indexes kept from the API, shared with the threads that read them.
+#[derive(Clone, Default)]
+pub struct Cluster {
+    pub pods: SharedPodIndex,
+    pub services: SharedServiceIndex,
+}
+
+impl Cluster {
+    /// Starts the threads that list and watch the pods of this node and the Services.
+    pub fn watch(api: ApiConfig) -> Cluster {
+        let cluster = Cluster::default();
+        spawn(api.clone(), cluster.pods.clone());
+        spawn(api, cluster.services.clone());
+        cluster
+    }
+}
+
 impl PodIndex {
     pub fn get(&self, container_id: &str) -> Option<Arc<PodMeta>> {
         self.by_container.get(container_id).cloned()
@@ -77,8 +116,26 @@ impl PodIndex {
         self.by_container.is_empty()
     }
 
-    /// Adds or replaces a pod (a JSON `v1.Pod`).
-    pub fn upsert(&mut self, pod: &Value) {
+    fn remove_uid(&mut self, uid: &str) {
+        for id in self.by_pod.remove(uid).unwrap_or_default() {
+            self.by_container.remove(&id);
+        }
+    }
+}
+
+impl Watched for PodIndex {
+    const PURPOSE: &'static str = "pod metadata";
+    const THREAD: &'static str = "sonde-k8s-pods";
+
+    fn path(api: &ApiConfig) -> String {
+        format!(
+            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
+            api.node_name
+        )
+    }
+
+    /// A JSON `v1.Pod`.
+    fn upsert(&mut self, pod: &Value) {
         let uid = pod["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
@@ -92,22 +149,8 @@ impl PodIndex {
         self.by_pod.insert(uid, ids);
     }
 
-    pub fn remove(&mut self, pod: &Value) {
+    fn remove(&mut self, pod: &Value) {
         self.remove_uid(pod["metadata"]["uid"].as_str().unwrap_or_default());
-    }
-
-    fn remove_uid(&mut self, uid: &str) {
-        for id in self.by_pod.remove(uid).unwrap_or_default() {
-            self.by_container.remove(&id);
-        }
-    }
-
-    /// Replaces everything with a pod list's items.
-    pub fn replace_all(&mut self, items: &[Value]) {
-        *self = PodIndex::default();
-        for pod in items {
-            self.upsert(pod);
-        }
     }
 }
 
@@ -326,19 +369,13 @@ impl ApiConfig {
     pub fn is_https(&self) -> bool {
         self.tls.is_some()
     }
+}
 
-    fn pods_path(&self, watch_from: Option<&str>) -> String {
-        let mut p = format!(
-            "/api/v1/pods?fieldSelector=spec.nodeName%3D{}",
-            self.node_name
-        );
-        if let Some(rv) = watch_from {
-            p.push_str(&format!(
-                "&watch=1&allowWatchBookmarks=true&resourceVersion={rv}"
-            ));
-        }
-        p
-    }
+/// The watch request for `I` from `resource_version`.
+fn watch_path<I: Watched>(api: &ApiConfig, resource_version: &str) -> String {
+    let path = I::path(api);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}watch=1&allowWatchBookmarks=true&resourceVersion={resource_version}")
 }
 
 fn not_an_api(url: &str) -> ApiSettingsError {
@@ -547,9 +584,9 @@ impl Read for Body {
     }
 }
 
-/// Lists the node's pods into `index`; returns the list's resourceVersion.
-pub fn list(api: &ApiConfig, index: &SharedPodIndex) -> Result<String, K8sError> {
-    let body = get(api, &api.pods_path(None), Some(Duration::from_secs(30)))?;
+/// Lists `I`'s objects into `index`; returns the list's resourceVersion.
+pub fn list<I: Watched>(api: &ApiConfig, index: &Arc<RwLock<I>>) -> Result<String, K8sError> {
+    let body = get(api, &I::path(api), Some(Duration::from_secs(30)))?;
     let list: Value = serde_json::from_reader(body)?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     index
@@ -564,14 +601,14 @@ pub fn list(api: &ApiConfig, index: &SharedPodIndex) -> Result<String, K8sError>
 
 /// Applies watch events until the stream ends; returns the last resourceVersion seen, or
 /// None when the API says it is too old (410 Gone: list again).
-pub fn watch(
+pub fn watch<I: Watched>(
     api: &ApiConfig,
     from: &str,
-    index: &SharedPodIndex,
+    index: &Arc<RwLock<I>>,
 ) -> Result<Option<String>, K8sError> {
     let body = get(
         api,
-        &api.pods_path(Some(from)),
+        &watch_path::<I>(api, from),
         Some(Duration::from_secs(600)),
     )?;
     apply_watch_events(BufReader::new(body), from, index)
@@ -579,10 +616,10 @@ pub fn watch(
 
 /// Applies a watch stream's events (one JSON object per line) to `index`; returns the last
 /// resourceVersion seen (`from` when none), or None when the API says it is too old.
-pub fn apply_watch_events(
+pub fn apply_watch_events<I: Watched>(
     body: impl BufRead,
     from: &str,
-    index: &SharedPodIndex,
+    index: &Arc<RwLock<I>>,
 ) -> Result<Option<String>, K8sError> {
     let mut version = from.to_string();
     for line in body.lines() {
@@ -608,7 +645,7 @@ pub fn apply_watch_events(
 
 /// Keeps `index` current on its own thread: list, then watch, and list again after an
 /// error (backing off to 30 s). Failures are logged at most once a minute.
-pub fn spawn(api: ApiConfig, index: SharedPodIndex) {
+pub fn spawn<I: Watched>(api: ApiConfig, index: Arc<RwLock<I>>) {
     let run = move || {
         let mut backoff = Duration::from_secs(1);
         let mut last_log: Option<std::time::Instant> = None;
@@ -625,8 +662,9 @@ pub fn spawn(api: ApiConfig, index: SharedPodIndex) {
                     if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                         last_log = Some(std::time::Instant::now());
                         log::warn!(
-                            "Kubernetes API at {}: {e}; pod metadata may be stale",
-                            api.host_port
+                            "Kubernetes API at {}: {e}; {} may be stale",
+                            api.host_port,
+                            I::PURPOSE
                         );
                     }
                     std::thread::sleep(backoff);
@@ -636,10 +674,10 @@ pub fn spawn(api: ApiConfig, index: SharedPodIndex) {
         }
     };
     if let Err(e) = std::thread::Builder::new()
-        .name("sonde-k8s".into())
+        .name(I::THREAD.into())
         .spawn(run)
     {
-        log::warn!("pod metadata off: cannot start its thread: {e}");
+        log::warn!("{} off: cannot start its thread: {e}", I::PURPOSE);
     }
 }
 
@@ -726,7 +764,7 @@ mod tests {
             ("127.0.0.1:8001", false)
         );
         assert_eq!(
-            api.pods_path(Some("42")),
+            watch_path::<PodIndex>(&api, "42"),
             "/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-a&watch=1&allowWatchBookmarks=true&resourceVersion=42"
         );
         let v6 = ApiConfig::new(&settings("http://[::1]", none, none), &no_env).unwrap();

@@ -3,4 +3,5 @@
 pub mod k8s;
 pub mod process;
 pub mod selector;
+pub mod services;
 pub mod table;

@@ -1,6 +1,7 @@
 //! Where finished calls go: RED histograms and self-metrics, sampled spans (printed as JSON
 //! lines, queued for OTLP), and the summary table.
 use std::io::{BufWriter, Stdout, Write};
+use std::net::SocketAddr;
 
 use crate::conn::CallSink;
 use crate::protocols::call::{DbCall, HttpCall, Role};
@@ -15,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 
 use crate::identity::process::ProcessInfo;
+use crate::identity::services::SharedServiceIndex;
 
 /// Where sampled spans are sent besides stdout (the OTLP exporter's queue). It must not
 /// block: the capture thread calls it.
@@ -37,6 +39,8 @@ pub struct Sink<'a> {
     routes: Routes,
     providers: Vec<ProviderRule>,
     edges: EdgeCache,
+    /// The cluster's Services, naming a server that is not on this host by its address.
+    services: Option<SharedServiceIndex>,
     /// `sonde_trace_links_total` series by (kind, result), looked up without building labels.
     link_counters: Vec<((&'static str, &'static str), Counter)>,
 }
@@ -64,8 +68,15 @@ impl<'a> Sink<'a> {
             routes,
             providers,
             edges: EdgeCache::default(),
+            services: None,
             link_counters: Vec::new(),
         }
+    }
+
+    /// Names servers that are not on this host by the Service at their address.
+    pub fn with_services(mut self, services: Option<SharedServiceIndex>) -> Sink<'a> {
+        self.services = services;
+        self
     }
 
     /// Writes out the spans printed so far.
@@ -142,7 +153,7 @@ impl CallSink for Sink<'_> {
             DIRECT,
             seconds,
             failed,
-            virtual_server,
+            (call.peer, virtual_server),
         );
         if let Some(llm) = &call.llm {
             self.metrics.observe_llm(&call, llm, ex);
@@ -191,7 +202,7 @@ impl CallSink for Sink<'_> {
             DATABASE,
             seconds,
             call.error_type().is_some(),
-            virtual_server,
+            (call.server(), virtual_server),
         );
         self.metrics.spans.inc();
         if let Some(summary) = &mut self.summary {
@@ -238,8 +249,9 @@ impl Sink<'_> {
     /// The service-graph edge of a finished call (see `telemetry::graph`). When both ends
     /// of a call are seen, the one that finishes last records the edge (the client reads the
     /// answer after the server wrote it, but its event may reach sonde first).
-    /// `connection_type` is that of a call whose server is seen; `virtual_server` names a
-    /// server that is not.
+    /// `connection_type` is that of a call whose server is seen. A server that is not is
+    /// named by the Kubernetes Service at its address, else by `virtual_server`'s second
+    /// half (the HTTP `Host`, the address).
     #[allow(clippy::too_many_arguments)]
     fn record_edge(
         &mut self,
@@ -249,7 +261,7 @@ impl Sink<'_> {
         connection_type: &'static str,
         seconds: f64,
         failed: bool,
-        virtual_server: impl FnOnce() -> String,
+        virtual_server: (Option<SocketAddr>, impl FnOnce() -> String),
     ) {
         let this = Served {
             process: process.clone(),
@@ -286,7 +298,15 @@ impl Sink<'_> {
                     }
                 }
                 None => {
-                    let name = virtual_server();
+                    let (address, name_of_call) = virtual_server;
+                    let service = self.services.as_ref().zip(address).and_then(|(s, a)| {
+                        let services = s.read().unwrap_or_else(|e| e.into_inner());
+                        services.name_at(a.ip())
+                    });
+                    let name = match service {
+                        Some(service) => service.to_string(),
+                        None => name_of_call(),
+                    };
                     let connection_type = if connection_type == DATABASE {
                         DATABASE
                     } else {
