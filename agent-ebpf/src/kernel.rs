@@ -16,7 +16,7 @@ use aya_ebpf::{
 use sonde_ebpf::{
     conn_flags, direction, drop_reason, event_kind, proto, role, ConnInfo, ConnKey, EventHeader,
     EVENT_HEADER_LEN, MAX_CONNS, MAX_FORKS, MAX_IOVECS, MAX_PAYLOAD, MAX_PROCESSES_SEEN,
-    MAX_SSL_CALLS, MAX_UNBOUND_WRITES, PROBATION_EVENTS, RING_BYTES,
+    MAX_SSL_CALLS, MAX_UNBOUND_WRITES, PROBATION_EVENTS, RING_BYTES, RING_LOST,
 };
 
 /// sonde's own process id, set by the loader: sonde never observes its own traffic.
@@ -539,7 +539,13 @@ fn ssl_exit(ctx: &RetProbeContext) -> Result<(), i64> {
     )
 }
 
+/// Inlined into the program's entry: as a function of its own, its frame (480 bytes) plus
+/// the entry's and a `memcpy`'s (32 each, the verifier's minimum) would be 544, over the
+/// 512 that the verifier allows; inlined, 480 + 32 = 512 passes on 5.10, 6.1 and 6.12
+/// (`cargo xtask kernels`). Measure a change with `llvm-objdump -d` (the largest
+/// `r10 - N`) before adding to this path.
 #[btf_tracepoint(function = "sys_exit")]
+#[inline(always)]
 pub fn sonde_sys_exit(ctx: BtfTracePointContext) -> i32 {
     if HOOK_ONLY.load() != 0 {
         return 0;
@@ -1699,9 +1705,39 @@ fn emit(
     };
     if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count_drop(drop_reason::RINGBUF_FULL);
+        note_ring_loss();
     }
     s.busy = 0;
     Ok(())
+}
+
+/// The event staged in this CPU's scratch did not fit the ring: its connection's next
+/// shipped event says so (`conn_flags::LOST`), so that userspace restarts its parsers there
+/// instead of pairing a request with the response of another. It finds the connection from
+/// the staged header, so that `emit`'s callers keep nothing more alive across the output.
+#[inline(always)]
+fn note_ring_loss() {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch, still held by the caller (`busy`).
+    let key = unsafe {
+        ConnKey {
+            tgid: (*s).hdr.tgid,
+            fd: (*s).hdr.fd,
+        }
+    };
+    if unsafe { (*s).hdr.kind } != event_kind::DATA {
+        return;
+    }
+    if let Some(info) = CONNS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map value, valid for this program run; a concurrent
+        // update of the same connection on another CPU writes the same bits.
+        unsafe {
+            (*info).flags |= conn_flags::LOST;
+            (*info).lost_events |= RING_LOST;
+        }
+    }
 }
 
 /// Reads the iovec array pointer and count out of a user `struct msghdr`.

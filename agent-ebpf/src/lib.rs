@@ -89,10 +89,13 @@ pub mod conn_flags {
     /// so a pipe or file that happens to carry HTTP-looking bytes costs next to nothing. A
     /// socket-only call (recvfrom, sendto, *msg) on the fd ends probation in the kernel.
     pub const PROBATION: u8 = 4;
-    /// Events of this connection were not shipped (probation budget used up). The next
-    /// shipped event carries the flag and their number in `lost_events`: userspace counts
-    /// them (`probation_limit`) and restarts the connection's parsers there. A pipe or file
-    /// that userspace rules out never ships again, and its refused events are not counted.
+    /// Events of this connection were not shipped: the probation budget was used up
+    /// (counted in `lost_events`), or the ring buffer was full (`RING_LOST` set in
+    /// `lost_events`; counted as `drop_reason::RINGBUF_FULL`). The next shipped event
+    /// carries the flag and `lost_events`: userspace counts the refused ones
+    /// (`probation_limit`) and restarts the connection's parsers there, so that no call is
+    /// paired across the hole. A pipe or file that userspace rules out never ships again,
+    /// and its refused events are not counted.
     pub const LOST: u8 = 8;
     /// Its process closed this fd (at `closed_ns`). Kept so that a child forked before the
     /// close finds the socket it inherited (a fork-per-connection server accepts in the
@@ -142,6 +145,9 @@ pub mod drop_reason {
     ];
 }
 
+/// Set in `ConnInfo::lost_events` when an event of the connection did not fit the ring.
+pub const RING_LOST: u32 = 1 << 31;
+
 impl ConnInfo {
     /// A connected socket's local IPv4 address (network byte order) and port, read as
     /// connect() returned (see `listen_fd`); None when unknown (IPv6, or not seen
@@ -182,7 +188,9 @@ pub struct ConnInfo {
     /// server's). For a connected one, its local port (host byte order; 0 when unknown,
     /// see `local_addr4`). -1 otherwise.
     pub listen_fd: i32,
-    /// Events refused on probation since the last shipped one (sent with `LOST`).
+    /// Events refused on probation since the last shipped one, plus `RING_LOST` when an
+    /// event did not fit the ring (sent with `LOST`). One field rather than two: a wider
+    /// `ConnInfo` grows the syscall program's stack past what 5.10 allows.
     pub lost_events: u32,
     /// The fd userspace tracks the connection under: the one it was accepted, connected or
     /// first seen on. Copies made by dup()/dup2() and by a child that inherited the socket

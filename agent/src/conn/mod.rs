@@ -248,8 +248,12 @@ impl ConnTable {
                     self.kernel_updates.push(update(verdict));
                 }
                 if h.conn.flags & conn_flags::LOST != 0 {
-                    // The kernel could not ship some events before this one (probation).
-                    sink.dropped("probation_limit", h.conn.lost_events.into());
+                    // The kernel could not ship some events before this one: refused on
+                    // probation (counted here), or not fitting the ring (counted by the
+                    // kernel as `ringbuf_full`).
+                    if h.conn.lost_events > 0 {
+                        sink.dropped("probation_limit", h.conn.lost_events.into());
+                    }
                     if let Some(session) = c.session.as_deref_mut() {
                         session.restart();
                         c.give_up_in_flight(&mut self.links);
