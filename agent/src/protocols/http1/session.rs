@@ -30,6 +30,23 @@ struct Pending {
     llm: Option<Box<LlmReading>>,
 }
 
+/// Responses a connection may hold for requests whose events are late (see `Early`), and
+/// how much later, in event time, a request may come and still be theirs.
+const MAX_EARLY: usize = 64;
+const EARLY_WINDOW_NS: u64 = 10_000_000;
+
+/// A response that ended while no request waited, on a connection whose stream sonde
+/// follows from a request on: its request's event is late. A client that writes on one
+/// thread and reads on another (on another CPU) can be preempted between sending a request
+/// and the return of its write, after the server answered and the other thread read the
+/// answer: the read's event then comes first. The next request seen, if it comes within
+/// `EARLY_WINDOW_NS`, is the one it answers.
+struct Early {
+    status: u16,
+    body_size: u64,
+    ts: u64,
+}
+
 #[derive(Default)]
 struct LlmReading {
     call: LlmCall,
@@ -56,6 +73,10 @@ pub struct HttpSession {
     open_request: Option<usize>,
     response_status: Option<u16>,
     numbers: RequestNumbers,
+    /// A request was seen since the (re)start: a response with none waiting is early, not
+    /// the answer to a request sonde never saw.
+    in_step: bool,
+    early: VecDeque<Early>,
 }
 
 impl Default for HttpSession {
@@ -71,6 +92,8 @@ impl Default for HttpSession {
             open_request: None,
             response_status: None,
             numbers: RequestNumbers::default(),
+            in_step: false,
+            early: VecDeque::new(),
         }
     }
 }
@@ -115,6 +138,7 @@ impl Session for HttpSession {
 
     fn closed(&mut self, ts: u64, role: Role, out: &mut Finished) {
         self.count_unfinished(out);
+        self.drop_early(u64::MAX, out);
         let mut events = take_scratch();
         self.responses.close(ts, &mut events);
         for event in events.drain(..) {
@@ -133,6 +157,7 @@ impl Session for HttpSession {
         // does until its keep-alive timeout): a message in progress is counted now, and
         // nothing more is read.
         self.count_unfinished(out);
+        self.drop_early(u64::MAX, out);
         if role == Role::Client {
             self.fail_pending(ts, errno, out);
         } else {
@@ -158,6 +183,8 @@ impl HttpSession {
                 head: Head::Request(head),
                 ts,
             } => {
+                self.in_step = true;
+                self.drop_early(ts, out);
                 self.responses
                     .expect_response_to(request_kind(&head.method));
                 let size = head_bytes(&head);
@@ -214,6 +241,16 @@ impl HttpSession {
                 {
                     p.body_size = body_size;
                 }
+                // The request an early response answers (the first to come after it).
+                if let Some(early) = self.early.pop_front() {
+                    if let Some(req) = self.pop_pending() {
+                        // Its request's event came later than its own: the call took no
+                        // longer than the time between the two.
+                        let end_ts = early.ts.max(req.start_ts);
+                        let call = exchange(req, Some(early.status), early.body_size, None, end_ts);
+                        out.http.push(call);
+                    }
+                }
             }
             HttpEvent::Body { data, .. } => {
                 if let Some(r) = self.open_llm_request() {
@@ -266,6 +303,14 @@ impl HttpSession {
                     if self.skipped > 0 {
                         // It answers a request given up (already counted).
                         self.skipped -= 1;
+                        return;
+                    }
+                    if self.in_step && self.early.len() < MAX_EARLY {
+                        self.early.push_back(Early {
+                            status,
+                            body_size,
+                            ts,
+                        });
                         return;
                     }
                     // A response to a request sonde did not see (picked up mid-stream).
@@ -365,6 +410,18 @@ impl HttpSession {
 
     /// The oldest request waiting, out of the queue. An emptied queue gives its memory
     /// back: an idle keep-alive connection holds none.
+    /// Early responses older than `window` before `ts` answer no request to come: counted
+    /// as unpaired.
+    fn drop_early(&mut self, ts: u64, out: &mut Finished) {
+        while let Some(e) = self.early.front() {
+            if ts != u64::MAX && ts.saturating_sub(e.ts) <= EARLY_WINDOW_NS {
+                break;
+            }
+            self.early.pop_front();
+            out.errors.push("unpaired_response");
+        }
+    }
+
     fn pop_pending(&mut self) -> Option<Pending> {
         let req = self.pending.pop_front()?;
         self.pending_bytes -= head_bytes(&req.head);
@@ -472,6 +529,80 @@ mod tests {
             let (calls, _) = run(&[REQUESTS], &[&RESPONSES[..cut], &RESPONSES[cut..]]);
             assert_eq!(summary(&calls), expected, "responses cut at {cut}");
         }
+    }
+
+    /// Feeds each (from_client, bytes, ts) in turn, the bytes of step `cut.0` cut at
+    /// `cut.1`; returns what finished and the errors counted.
+    fn run_steps(
+        steps: &[(bool, &[u8], u64)],
+        cut: Option<(usize, usize)>,
+    ) -> (Vec<HttpExchange>, Vec<&'static str>) {
+        let mut s = HttpSession::default();
+        let mut out = Finished::default();
+        for (i, &(from_client, bytes, ts)) in steps.iter().enumerate() {
+            let parts: Vec<&[u8]> = match cut {
+                Some((step, at)) if step == i => vec![&bytes[..at], &bytes[at..]],
+                _ => vec![bytes],
+            };
+            for payload in parts {
+                let chunk = Chunk {
+                    from_client,
+                    payload,
+                    gap: 0,
+                    ts,
+                    tid: 3,
+                };
+                s.feed(&chunk, &mut out);
+            }
+        }
+        (out.http, out.errors)
+    }
+
+    #[test]
+    fn a_response_read_before_its_request_event_is_paired_with_it() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        const CREATED: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        // The write of /b is late: its answer (404) is read first.
+        let steps: [(bool, &[u8], u64); 6] = [
+            (true, b"GET /a HTTP/1.1\r\n\r\n", 1),
+            (false, OK, 2),
+            (false, NOT_FOUND, 3),
+            (true, b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n", 4),
+            (false, CREATED, 5),
+            (true, b"GET /d HTTP/1.1\r\n\r\n", 6),
+        ];
+        let expected = vec![
+            ("/a".to_string(), Some(200), 2),
+            ("/b".to_string(), Some(404), 0),
+            ("/c".to_string(), Some(201), 0),
+        ];
+        let (calls, errors) = run_steps(&steps, None);
+        assert_eq!(summary(&calls), expected);
+        assert!(errors.is_empty(), "{errors:?}");
+        // Its request came later than it: the call ends when its request was seen.
+        assert_eq!((calls[1].start_ts, calls[1].end_ts), (4, 4));
+        for (step, &(_, bytes, _)) in steps.iter().enumerate() {
+            for at in 1..bytes.len() {
+                let (calls, errors) = run_steps(&steps, Some((step, at)));
+                assert_eq!(summary(&calls), expected, "step {step} cut at {at}");
+                assert!(errors.is_empty(), "step {step} cut at {at}: {errors:?}");
+            }
+        }
+
+        // A response with nothing waiting at the start (picked up mid-stream) answers no
+        // later request; nor does one more than 10 ms before the next request.
+        let late = 3 + EARLY_WINDOW_NS + 1;
+        let steps: [(bool, &[u8], u64); 5] = [
+            (false, OK, 1),
+            (true, b"GET /a HTTP/1.1\r\n\r\n", 2),
+            (false, NOT_FOUND, 3),
+            (false, CREATED, 3),
+            (true, b"GET /b HTTP/1.1\r\n\r\n", late),
+        ];
+        let (calls, errors) = run_steps(&steps, None);
+        assert_eq!(summary(&calls), [("/a".to_string(), Some(404), 0)]);
+        assert_eq!(errors, ["unpaired_response", "unpaired_response"]);
     }
 
     #[test]
