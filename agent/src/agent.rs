@@ -23,7 +23,9 @@ use crate::export::otlp::settings::{self, OtlpSettings, SettingsError};
 use crate::export::otlp::transport::TransportError;
 use crate::export::otlp::{Exporter, SpanQueue};
 use crate::gpu::{self, nvml::NvmlBackend};
-use crate::identity::k8s::{self, SharedServiceIndex};
+use crate::identity::cluster::Cluster;
+use crate::identity::k8s;
+use crate::identity::services::SharedServiceIndex;
 use crate::identity::table::ProcessTable;
 use crate::protocols::http1::routes::Routes;
 use crate::telemetry::metrics::Metrics;
@@ -93,7 +95,7 @@ pub fn run(config: Config) -> Result<(), AgentError> {
             if api.is_https() { "https" } else { "http" },
             api.host_port
         );
-        k8s::Cluster::watch(api)
+        Cluster::watch(api)
     });
     rt.block_on(run_async(config, otlp, cluster))
 }
@@ -156,7 +158,7 @@ fn host_name() -> String {
 async fn run_async(
     config: Config,
     otlp: Option<OtlpSettings>,
-    cluster: Option<k8s::Cluster>,
+    cluster: Option<Cluster>,
 ) -> Result<(), AgentError> {
     let (pods, services) = match cluster {
         Some(c) => (Some(c.pods), Some(c.services)),

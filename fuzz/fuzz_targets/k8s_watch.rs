@@ -10,7 +10,8 @@ use std::io::{Cursor, Read};
 use std::sync::{Arc, RwLock};
 
 use libfuzzer_sys::fuzz_target;
-use sonde::identity::k8s::{apply_watch_events, read_response, PodIndex, ServiceIndex};
+use sonde::identity::k8s::{apply_watch_events, read_response, PodIndex};
+use sonde::identity::services::ServiceIndex;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(mut body) = read_response(Box::new(Cursor::new(data.to_vec()))) else {

@@ -19,8 +19,6 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use thiserror::Error;
 
-pub use crate::identity::services::{ServiceIndex, SharedServiceIndex};
-
 /// Where Kubernetes mounts a pod's ServiceAccount token and the cluster's CA.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 pub const SERVICE_ACCOUNT_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
@@ -83,23 +81,6 @@ pub trait Watched: Default + Send + Sync + 'static {
         for object in items {
             self.upsert(object);
         }
-    }
-}
-
-/// The indexes kept from the API, shared with the threads that read them.
-#[derive(Clone, Default)]
-pub struct Cluster {
-    pub pods: SharedPodIndex,
-    pub services: SharedServiceIndex,
-}
-
-impl Cluster {
-    /// Starts the threads that list and watch the pods of this node and the Services.
-    pub fn watch(api: ApiConfig) -> Cluster {
-        let cluster = Cluster::default();
-        spawn(api.clone(), cluster.pods.clone());
-        spawn(api, cluster.services.clone());
-        cluster
     }
 }
 
