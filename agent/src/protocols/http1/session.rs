@@ -77,6 +77,10 @@ pub struct HttpSession {
     /// the answer to a request sonde never saw.
     in_step: bool,
     early: VecDeque<Early>,
+    /// A call answered while its request's body was still arriving (a server that answers
+    /// without reading the body, as nginx's `return` does): it is finished when the body
+    /// ends, so that `http.request.body.size` is the whole body.
+    answered_mid_body: Option<HttpExchange>,
 }
 
 impl Default for HttpSession {
@@ -94,6 +98,7 @@ impl Default for HttpSession {
             numbers: RequestNumbers::default(),
             in_step: false,
             early: VecDeque::new(),
+            answered_mid_body: None,
         }
     }
 }
@@ -139,6 +144,7 @@ impl Session for HttpSession {
     fn closed(&mut self, ts: u64, role: Role, out: &mut Finished) {
         self.count_unfinished(out);
         self.drop_early(u64::MAX, out);
+        out.http.extend(self.answered_mid_body.take());
         let mut events = take_scratch();
         self.responses.close(ts, &mut events);
         for event in events.drain(..) {
@@ -158,6 +164,7 @@ impl Session for HttpSession {
         // nothing more is read.
         self.count_unfinished(out);
         self.drop_early(u64::MAX, out);
+        out.http.extend(self.answered_mid_body.take());
         if role == Role::Client {
             self.fail_pending(ts, errno, out);
         } else {
@@ -241,6 +248,10 @@ impl HttpSession {
                 {
                     p.body_size = body_size;
                 }
+                if let Some(mut call) = self.answered_mid_body.take() {
+                    call.request_body_size = body_size;
+                    out.http.push(call);
+                }
                 // The request an early response answers (the first to come after it).
                 if let Some(early) = self.early.pop_front() {
                     if let Some(req) = self.pop_pending() {
@@ -317,9 +328,14 @@ impl HttpSession {
                     out.errors.push("unpaired_response");
                     return;
                 };
+                let body_arriving = self.open_request == Some(0);
                 self.open_request = self.open_request.and_then(|i| i.checked_sub(1));
-                out.http
-                    .push(exchange(req, Some(status), body_size, None, ts));
+                let call = exchange(req, Some(status), body_size, None, ts);
+                if body_arriving {
+                    out.http.extend(self.answered_mid_body.replace(call));
+                } else {
+                    out.http.push(call);
+                }
             }
             HttpEvent::Body { data, ts } => {
                 if let Some(r) = self.answered_llm_request() {
@@ -408,10 +424,8 @@ impl HttpSession {
         }
     }
 
-    /// The oldest request waiting, out of the queue. An emptied queue gives its memory
-    /// back: an idle keep-alive connection holds none.
-    /// Early responses older than `window` before `ts` answer no request to come: counted
-    /// as unpaired.
+    /// Early responses more than `EARLY_WINDOW_NS` before `ts` (all of them for
+    /// `u64::MAX`) answer no request to come: counted as unpaired.
     fn drop_early(&mut self, ts: u64, out: &mut Finished) {
         while let Some(e) = self.early.front() {
             if ts != u64::MAX && ts.saturating_sub(e.ts) <= EARLY_WINDOW_NS {
@@ -422,6 +436,8 @@ impl HttpSession {
         }
     }
 
+    /// The oldest request waiting, out of the queue. An emptied queue gives its memory
+    /// back: an idle keep-alive connection holds none.
     fn pop_pending(&mut self) -> Option<Pending> {
         let req = self.pending.pop_front()?;
         self.pending_bytes -= head_bytes(&req.head);
@@ -603,6 +619,71 @@ mod tests {
         let (calls, errors) = run_steps(&steps, None);
         assert_eq!(summary(&calls), [("/a".to_string(), Some(404), 0)]);
         assert_eq!(errors, ["unpaired_response", "unpaired_response"]);
+    }
+
+    /// A server that answers before it has read the request's body (nginx's `return`
+    /// discards the body after answering): the call ends with its response but is finished
+    /// when the body ends, with the whole body's size; the next request pairs as usual.
+    #[test]
+    fn a_response_before_the_request_body_ends_waits_for_the_body() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        const CREATED: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        let steps: [(bool, &[u8], u64); 6] = [
+            (
+                true,
+                b"POST /up HTTP/1.1\r\nContent-Length: 10\r\n\r\nabcd",
+                1,
+            ),
+            (false, OK, 2),
+            (true, b"efg", 3),
+            (true, b"hij", 4),
+            (true, b"GET /next HTTP/1.1\r\n\r\n", 5),
+            (false, CREATED, 6),
+        ];
+        let check = |calls: &[HttpExchange], errors: &[&str], what: &str| {
+            let got: Vec<_> = calls
+                .iter()
+                .map(|c| {
+                    (
+                        c.request.path.as_str(),
+                        c.status,
+                        c.request_body_size,
+                        c.end_ts,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                [("/up", Some(200), 10, 2), ("/next", Some(201), 0, 6)],
+                "{what}"
+            );
+            assert!(errors.is_empty(), "{what}: {errors:?}");
+        };
+        let (calls, errors) = run_steps(&steps, None);
+        check(&calls, &errors, "whole");
+        for (step, &(_, bytes, _)) in steps.iter().enumerate() {
+            for at in 1..bytes.len() {
+                let (calls, errors) = run_steps(&steps, Some((step, at)));
+                check(&calls, &errors, &format!("step {step} cut at {at}"));
+            }
+        }
+
+        // The connection closes before the body ends: the call is not lost.
+        let mut s = HttpSession::default();
+        let mut out = Finished::default();
+        for &(from_client, payload, ts) in &steps[..2] {
+            let chunk = Chunk {
+                from_client,
+                payload,
+                gap: 0,
+                ts,
+                tid: 3,
+            };
+            s.feed(&chunk, &mut out);
+        }
+        assert!(out.http.is_empty(), "held until the body ends");
+        s.closed(9, Role::Server, &mut out);
+        assert_eq!(summary(&out.http), [("/up".to_string(), Some(200), 2)]);
     }
 
     #[test]
