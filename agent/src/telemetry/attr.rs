@@ -1,5 +1,5 @@
 //! Attribute values, and the HTTP attributes that spans and metrics both derive.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::protocols::call::{HttpCall, Role};
 
@@ -7,6 +7,11 @@ use crate::protocols::call::{HttpCall, Role};
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
     Str(String),
+    /// A string known when sonde was built (a method, a scheme, a version): no copy per
+    /// span.
+    Static(&'static str),
+    /// An address, written out as text only when the span is.
+    Ip(IpAddr),
     Int(i64),
     Double(f64),
     Bool(bool),

@@ -21,7 +21,9 @@ use crate::identity::services::SharedServiceIndex;
 /// Where sampled spans are sent besides stdout (the OTLP exporter's queue). It must not
 /// block: the capture thread calls it.
 pub trait SpanExport: Send {
-    fn export(&self, span: Span);
+    fn export(&mut self, span: Span);
+    /// Called after every drain of the ring buffer: hands on what has waited long enough.
+    fn flush_due(&mut self);
 }
 use crate::telemetry::genai::{self, ProviderRule};
 use crate::telemetry::summary::{LlmSummary, Summary};
@@ -79,10 +81,14 @@ impl<'a> Sink<'a> {
         self
     }
 
-    /// Writes out the spans printed so far.
+    /// Writes out the spans printed so far, and hands the OTLP exporter the batch that has
+    /// waited long enough.
     pub fn flush(&mut self) {
         if let Some(out) = &mut self.spans_out {
             let _ = out.flush();
+        }
+        if let Some(q) = &mut self.otlp {
+            q.flush_due();
         }
     }
 
@@ -106,7 +112,7 @@ impl Sink<'_> {
         if let Some(out) = &mut self.spans_out {
             let _ = span.write_json(out);
         }
-        if let Some(q) = &self.otlp {
+        if let Some(q) = &mut self.otlp {
             q.export(span);
         }
     }

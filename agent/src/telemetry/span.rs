@@ -127,12 +127,12 @@ const KNOWN_METHODS: [&str; 9] = [
 ];
 
 /// The semantic-convention method: a known method, or `_OTHER`.
-pub fn normalize_method(m: &str) -> &str {
-    if KNOWN_METHODS.contains(&m) {
-        m
-    } else {
-        "_OTHER"
-    }
+pub fn normalize_method(m: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == m)
+        .copied()
+        .unwrap_or("_OTHER")
 }
 
 impl Span {
@@ -141,7 +141,7 @@ impl Span {
         let method = normalize_method(&req.method);
         let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(16);
         let s = |v: &str| AttrValue::Str(v.to_string());
-        a.push(("http.request.method", s(method)));
+        a.push(("http.request.method", AttrValue::Static(method)));
         if method == "_OTHER" {
             a.push(("http.request.method_original", s(&req.method)));
         }
@@ -149,7 +149,7 @@ impl Span {
         if let Some(route) = &call.route {
             a.push(("http.route", s(route)));
         }
-        a.push(("url.scheme", s(call.scheme())));
+        a.push(("url.scheme", AttrValue::Static(call.scheme())));
         if let Some(status) = call.status {
             a.push(("http.response.status_code", AttrValue::Int(status as i64)));
         }
@@ -167,14 +167,14 @@ impl Span {
         }
         if let Some(peer) = call.peer {
             if call.role == Role::Server {
-                a.push(("client.address", s(&peer.ip().to_string())));
+                a.push(("client.address", AttrValue::Ip(peer.ip())));
             }
-            a.push(("network.peer.address", s(&peer.ip().to_string())));
+            a.push(("network.peer.address", AttrValue::Ip(peer.ip())));
             a.push(("network.peer.port", AttrValue::Int(peer.port() as i64)));
         }
         a.push((
             "network.protocol.version",
-            s(if req.minor_version == 0 { "1.0" } else { "1.1" }),
+            AttrValue::Static(if req.minor_version == 0 { "1.0" } else { "1.1" }),
         ));
         a.push((
             "http.request.body.size",
@@ -219,7 +219,7 @@ impl Span {
         let op = &call.op;
         let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
         let s = |v: &str| AttrValue::Str(v.to_string());
-        a.push(("db.system.name", s(op.system)));
+        a.push(("db.system.name", AttrValue::Static(op.system)));
         a.push(("db.operation.name", s(&op.operation)));
         if !op.namespace.is_empty() {
             a.push(("db.namespace", s(&op.namespace)));
@@ -244,11 +244,11 @@ impl Span {
             a.push(("db.response.returned_rows", AttrValue::Int(rows as i64)));
         }
         if let Some(server) = call.server() {
-            a.push(("server.address", s(&server.ip().to_string())));
+            a.push(("server.address", AttrValue::Ip(server.ip())));
             a.push(("server.port", AttrValue::Int(server.port() as i64)));
         }
         if let Some(peer) = call.peer {
-            a.push(("network.peer.address", s(&peer.ip().to_string())));
+            a.push(("network.peer.address", AttrValue::Ip(peer.ip())));
             a.push(("network.peer.port", AttrValue::Int(peer.port() as i64)));
         }
         let name = match &op.collection {
@@ -273,6 +273,8 @@ impl Span {
         for (k, v) in &self.attributes {
             let v = match v {
                 AttrValue::Str(s) => Value::String(s.clone()),
+                AttrValue::Static(s) => Value::from(*s),
+                AttrValue::Ip(ip) => Value::String(ip.to_string()),
                 AttrValue::Int(i) => Value::from(*i),
                 AttrValue::Double(d) => Value::from(*d),
                 AttrValue::Bool(b) => Value::Bool(*b),

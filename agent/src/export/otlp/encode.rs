@@ -161,6 +161,8 @@ fn write_span(b: &mut Vec<u8>, s: &Span) {
 fn write_any_value(b: &mut Vec<u8>, v: &AttrValue) {
     match v {
         AttrValue::Str(s) => wire::string(b, 1, s),
+        AttrValue::Static(s) => wire::string(b, 1, s),
+        AttrValue::Ip(ip) => wire::string(b, 1, IpText::of(*ip).as_str()),
         AttrValue::Bool(v) => wire::varint(b, 2, u64::from(*v)),
         AttrValue::Int(i) => wire::varint(b, 3, *i as u64),
         AttrValue::Double(d) => wire::double(b, 4, *d),
@@ -172,36 +174,130 @@ fn write_any_value(b: &mut Vec<u8>, v: &AttrValue) {
     }
 }
 
+/// An address as text in a buffer on the stack (the longest IPv6 text is 45 bytes), so
+/// that writing it allocates nothing.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: std::net::IpAddr) -> IpText {
+        use std::fmt::Write;
+        let mut text = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            // Digit by digit: `Display` goes through the formatter for each octet, a tenth
+            // of the export thread's time (measured).
+            std::net::IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            // Cannot fail: every address fits the buffer.
+            std::net::IpAddr::V6(_) => {
+                let _ = write!(text, "{ip}");
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Spans encoded as they come, each into the part of the process that made it (one
+/// Resource each), so that a span is written once, on the thread that built it, and a
+/// queued batch holds its bytes rather than the spans' strings.
+#[derive(Default)]
+pub struct SpanBatch {
+    parts: Vec<(Arc<ProcessInfo>, Vec<u8>)>,
+    index: HashMap<(u32, u64), usize>,
+    spans: usize,
+}
+
+impl SpanBatch {
+    pub fn push(&mut self, span: &Span) {
+        let key = (span.process.pid, span.process.start_time);
+        let parts = &mut self.parts;
+        let i = *self.index.entry(key).or_insert_with(|| {
+            parts.push((span.process.clone(), Vec::with_capacity(4096)));
+            parts.len() - 1
+        });
+        // ScopeSpans.spans
+        wire::message(&mut self.parts[i].1, 2, |b| write_span(b, span));
+        self.spans += 1;
+    }
+
+    /// Spans in the batch.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// The batch as one encoded `ExportTraceServiceRequest`. Each part's size is known, so
+    /// its spans are copied once, behind heads written first.
+    pub fn body(&self, base: &ResourceBase) -> Vec<u8> {
+        let scope = scope().encode_to_vec();
+        let size: usize = self.parts.iter().map(|(_, b)| b.len() + 1024).sum();
+        let mut b = Vec::with_capacity(size);
+        for (process, spans) in &self.parts {
+            // ResourceSpans.resource: a few per batch, so built as a message struct.
+            let resource = base.process(process).encode_to_vec();
+            // ResourceSpans.scope_spans: the scope, then the spans.
+            let scope_spans = wire::len_field_size(1, scope.len()) + spans.len();
+            let resource_spans =
+                wire::len_field_size(1, resource.len()) + wire::len_field_size(2, scope_spans);
+            // ExportTraceServiceRequest.resource_spans
+            wire::len_head(&mut b, 1, resource_spans);
+            wire::bytes(&mut b, 1, &resource);
+            wire::len_head(&mut b, 2, scope_spans);
+            wire::bytes(&mut b, 1, &scope);
+            b.extend_from_slice(spans);
+        }
+        b
+    }
+}
+
 /// A batch of spans as one encoded `ExportTraceServiceRequest`, grouped by the process that
 /// made them (one Resource each).
+#[cfg(test)]
 pub fn traces_body(spans: &[Span], base: &ResourceBase) -> Vec<u8> {
-    let mut by_process: Vec<(&Arc<ProcessInfo>, Vec<&Span>)> = Vec::new();
-    let mut index: HashMap<(u32, u64), usize> = HashMap::new();
+    let mut batch = SpanBatch::default();
     for s in spans {
-        let key = (s.process.pid, s.process.start_time);
-        let i = *index.entry(key).or_insert_with(|| {
-            by_process.push((&s.process, Vec::new()));
-            by_process.len() - 1
-        });
-        by_process[i].1.push(s);
+        batch.push(s);
     }
-    let mut b = Vec::with_capacity(spans.len() * 384 + 1024);
-    let scope = scope();
-    for (process, spans) in by_process {
-        // ExportTraceServiceRequest.resource_spans
-        wire::message(&mut b, 1, |b| {
-            // ResourceSpans.resource: a few per batch, so built as a message struct.
-            wire::message(b, 1, |b| base.process(process).encode_raw(b));
-            // ResourceSpans.scope_spans
-            wire::message(b, 2, |b| {
-                wire::message(b, 1, |b| scope.encode_raw(b));
-                for s in spans {
-                    wire::message(b, 2, |b| write_span(b, s));
-                }
-            });
-        });
-    }
-    b
+    batch.body(base)
 }
 
 /// A counter of sonde's own, with its labels.
@@ -524,6 +620,16 @@ mod tests {
                     ("http.response.status_code", AttrValue::Int(-3)),
                     ("gen_ai.request.temperature", AttrValue::Double(0.5)),
                     ("gen_ai.is_stream", AttrValue::Bool(true)),
+                    ("url.scheme", AttrValue::Static("http")),
+                    ("client.address", AttrValue::Ip("10.1.2.3".parse().unwrap())),
+                    (
+                        "network.peer.address",
+                        AttrValue::Ip(
+                            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+                                .parse()
+                                .unwrap(),
+                        ),
+                    ),
                     (
                         "gen_ai.response.finish_reasons",
                         AttrValue::StrArray(vec!["stop".into(), String::new()]),
@@ -593,6 +699,14 @@ mod tests {
             value(first, "gen_ai.is_stream"),
             Some(any_value::Value::BoolValue(true))
         );
+        let text = |s: &str| Some(any_value::Value::StringValue(s.into()));
+        assert_eq!(value(first, "url.scheme"), text("http"));
+        assert_eq!(value(first, "client.address"), text("10.1.2.3"));
+        assert_eq!(
+            value(first, "network.peer.address"),
+            text("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            "the longest address text fits"
+        );
         let string = |s: &str| AnyValue {
             value: Some(any_value::Value::StringValue(s.into())),
         };
@@ -610,6 +724,23 @@ mod tests {
             failed.status.as_ref().map(|s| s.code),
             Some(status::StatusCode::Error as i32)
         );
+    }
+
+    #[test]
+    fn addresses_are_written_as_their_display_text() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.100.9",
+            "::1",
+            "::ffff:10.0.0.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+        }
     }
 
     fn base() -> ResourceBase {

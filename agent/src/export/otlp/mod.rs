@@ -1,9 +1,9 @@
 //! OTLP export of spans and metrics that never holds capture up.
 //!
-//! The capture thread hands finished spans to a bounded queue and never waits: when the
-//! queue is full the span is dropped and counted (`sonde_export_dropped_total{signal,
-//! reason}`). One task batches the queue and sends; another sends every metric each
-//! interval. A failed send is retried with backoff when the collector may recover
+//! The capture thread gathers finished spans into batches and hands each whole batch to a
+//! bounded queue without waiting: when the queue is full the batch is dropped and its spans
+//! counted (`sonde_export_dropped_total{signal, reason}`). One task encodes and sends the
+//! batches; another sends every metric each interval. A failed send is retried with backoff when the collector may recover
 //! (unavailable, overloaded, timed out), a few times, and then dropped and counted; while
 //! it waits the queue fills and further spans are dropped, so memory stays bounded. At
 //! shutdown what is queued is flushed, within a time limit.
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::sink::SpanExport;
 use crate::telemetry::span::{clock_ns, Span};
-use encode::{CounterPoint, DeltaState, MetricInputs, ResourceBase};
+use encode::{CounterPoint, DeltaState, MetricInputs, ResourceBase, SpanBatch};
 use settings::{OtlpSettings, Signal};
 use transport::{SendError, Transport};
 
@@ -38,28 +38,67 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// How long shutdown waits for queued data to leave.
 pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
-/// The capture thread's side of the span queue.
-#[derive(Clone)]
+/// The capture thread's side of the span queue. Each span is encoded here as it comes (and
+/// dropped on the thread that made it) into a batch, and a whole batch crosses to the
+/// export task at once, when it is full or has waited the schedule delay: one wake-up of
+/// the task per batch, and the queue holds encoded bytes, about 350 per span.
 pub struct SpanQueue {
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::Sender<SpanBatch>,
     metrics: Arc<Metrics>,
+    batch: SpanBatch,
+    max_batch: usize,
+    delay: Duration,
+    /// When the first span of `batch` came.
+    first_at: Instant,
+}
+
+impl SpanQueue {
+    /// Hands the batch to the export task without waiting; a full queue drops it (counted).
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let n = batch.len() as u64;
+        let reason = match self.tx.try_send(batch) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => "queue_full",
+            Err(mpsc::error::TrySendError::Closed(_)) => "shutdown",
+        };
+        self.metrics
+            .export_dropped(Signal::Traces.as_str(), reason, n);
+    }
 }
 
 impl SpanExport for SpanQueue {
-    /// Queues a span for export without waiting; a full queue drops it (counted).
-    fn export(&self, span: Span) {
-        match self.tx.try_send(span) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics
-                    .export_dropped(Signal::Traces.as_str(), "queue_full", 1)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.metrics
-                    .export_dropped(Signal::Traces.as_str(), "shutdown", 1)
-            }
+    fn export(&mut self, span: Span) {
+        if self.batch.is_empty() {
+            self.first_at = Instant::now();
+        }
+        self.batch.push(&span);
+        drop(span);
+        if self.batch.len() >= self.max_batch {
+            self.send_batch();
         }
     }
+
+    fn flush_due(&mut self) {
+        if !self.batch.is_empty() && self.first_at.elapsed() >= self.delay {
+            self.send_batch();
+        }
+    }
+}
+
+impl Drop for SpanQueue {
+    /// At shutdown the last partial batch goes too.
+    fn drop(&mut self) {
+        self.send_batch();
+    }
+}
+
+/// Batches the span queue holds: `max_queue` spans in batches of `max_batch`, at least one.
+fn queued_batches(max_queue: usize, max_batch: usize) -> usize {
+    max_queue.div_ceil(max_batch.max(1)).max(1)
 }
 
 /// The running exporter tasks.
@@ -78,15 +117,17 @@ impl Exporter {
     ) -> Result<(Exporter, SpanQueue), transport::TransportError> {
         let traces = Transport::new(&settings.traces)?;
         let metric_transport = Transport::new(&settings.metrics)?;
-        let (tx, rx) = mpsc::channel(settings.max_queue);
+        let (tx, rx) = mpsc::channel(queued_batches(settings.max_queue, settings.max_batch));
+        let queue = SpanQueue {
+            tx,
+            metrics: metrics.clone(),
+            batch: SpanBatch::default(),
+            max_batch: settings.max_batch.max(1),
+            delay: settings.schedule_delay,
+            first_at: Instant::now(),
+        };
         let (stop_metrics, stopped) = watch::channel(false);
-        let spans = tokio::spawn(span_task(
-            rx,
-            traces,
-            settings.clone(),
-            base.clone(),
-            metrics.clone(),
-        ));
+        let spans = tokio::spawn(span_task(rx, traces, base.clone(), metrics.clone()));
         let metrics_task = tokio::spawn(metric_task(
             metric_transport,
             settings,
@@ -100,7 +141,7 @@ impl Exporter {
                 metrics: metrics_task,
                 stop_metrics,
             },
-            SpanQueue { tx, metrics },
+            queue,
         ))
     }
 
@@ -118,35 +159,19 @@ impl Exporter {
     }
 }
 
+/// Encodes and sends each batch the capture thread hands over, in order.
 async fn span_task(
-    mut rx: mpsc::Receiver<Span>,
+    mut rx: mpsc::Receiver<SpanBatch>,
     transport: Transport,
-    settings: OtlpSettings,
     base: ResourceBase,
     metrics: Arc<Metrics>,
 ) {
-    let mut batch: Vec<Span> = Vec::with_capacity(settings.max_batch);
-    let mut open = true;
-    while open {
-        match rx.recv().await {
-            Some(s) => batch.push(s),
-            None => break,
-        }
-        let deadline = tokio::time::Instant::now() + settings.schedule_delay;
-        while batch.len() < settings.max_batch {
-            tokio::select! {
-                s = rx.recv() => match s {
-                    Some(s) => batch.push(s),
-                    None => { open = false; break; }
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
+    while let Some(batch) = rx.recv().await {
         let n = batch.len() as u64;
-        let body = bytes::Bytes::from(encode::traces_body(&batch, &base));
-        batch.clear();
+        let body = bytes::Bytes::from(batch.body(&base));
+        drop(batch);
         // Once the queue is closed (shutdown), no retries: the flush has a time limit.
-        let retries = if open { RETRIES } else { 0 };
+        let retries = if rx.is_closed() { 0 } else { RETRIES };
         if let Err(reason) = send_with_retry(Signal::Traces, retries, || {
             transport.send_traces(body.clone())
         })
@@ -315,4 +340,126 @@ fn own_counters(m: &Metrics) -> Vec<CounterPoint> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::process::ProcessInfo;
+    use crate::telemetry::span::SpanKind;
+
+    fn span(id: u64) -> Span {
+        let process = Arc::new(ProcessInfo {
+            pid: 1,
+            exe_name: "nginx".into(),
+            exe_path: "/usr/sbin/nginx".into(),
+            program: "nginx".into(),
+            service_name: "nginx".into(),
+            name_from_rule: false,
+            name_from_env: false,
+            pod: None,
+            container_id: None,
+            command_line: None,
+            start_time: 1,
+        });
+        Span {
+            trace_id: 1,
+            span_id: id,
+            parent_span_id: None,
+            name: "GET".into(),
+            kind: SpanKind::Server,
+            start_unix_nano: 1,
+            end_unix_nano: 2,
+            process,
+            attributes: Vec::new(),
+        }
+    }
+
+    fn queue(
+        max_queue: usize,
+        max_batch: usize,
+        delay: Duration,
+    ) -> (SpanQueue, mpsc::Receiver<SpanBatch>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new(100));
+        let (tx, rx) = mpsc::channel(queued_batches(max_queue, max_batch));
+        let q = SpanQueue {
+            tx,
+            metrics: metrics.clone(),
+            batch: SpanBatch::default(),
+            max_batch,
+            delay,
+            first_at: Instant::now(),
+        };
+        (q, rx, metrics)
+    }
+
+    /// The span ids of a batch, read back from its encoded body.
+    fn ids(batch: &SpanBatch) -> Vec<u64> {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        let base = ResourceBase {
+            host_name: "host".into(),
+            extra: Vec::new(),
+            command_line: false,
+        };
+        let req = ExportTraceServiceRequest::decode(&batch.body(&base)[..]).unwrap();
+        req.resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| u64::from_be_bytes(s.span_id[..].try_into().unwrap()))
+            .collect()
+    }
+
+    /// The export drops counted, without the zeros.
+    fn dropped(m: &Metrics) -> Vec<(String, String, u64)> {
+        let mut counts = m.export_dropped_counts();
+        counts.retain(|c| c.2 > 0);
+        counts
+    }
+
+    /// A batch crosses when full, a partial one only once it has waited the delay, and
+    /// the rest at shutdown; spans keep their order.
+    #[test]
+    fn spans_cross_in_whole_batches() {
+        let (mut q, mut rx, metrics) = queue(8, 3, Duration::from_millis(50));
+        for id in 1..=4 {
+            q.export(span(id));
+        }
+        assert_eq!(ids(&rx.try_recv().expect("a full batch")), [1, 2, 3]);
+        q.flush_due();
+        assert!(rx.try_recv().is_err(), "span 4 has not waited the delay");
+        std::thread::sleep(Duration::from_millis(60));
+        q.flush_due();
+        assert_eq!(ids(&rx.try_recv().expect("the due batch")), [4]);
+        q.export(span(5));
+        drop(q);
+        assert_eq!(ids(&rx.try_recv().expect("the last batch")), [5]);
+        assert!(dropped(&metrics).is_empty());
+    }
+
+    /// A queue that holds 4 spans in batches of 2 takes two batches; the third is dropped
+    /// and its spans counted one by one.
+    #[test]
+    fn a_full_queue_drops_whole_batches_and_counts_every_span() {
+        let (mut q, mut rx, metrics) = queue(4, 2, Duration::from_secs(5));
+        for id in 1..=6 {
+            q.export(span(id));
+        }
+        assert_eq!(
+            dropped(&metrics),
+            [("traces".to_string(), "queue_full".to_string(), 2)]
+        );
+        assert_eq!(ids(&rx.try_recv().unwrap()), [1, 2]);
+        assert_eq!(ids(&rx.try_recv().unwrap()), [3, 4]);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_queue_holds_at_least_one_batch() {
+        assert_eq!(queued_batches(2048, 512), 4);
+        assert_eq!(queued_batches(100, 512), 1);
+        assert_eq!(queued_batches(1000, 512), 2);
+        assert_eq!(queued_batches(10, 0), 10);
+    }
 }

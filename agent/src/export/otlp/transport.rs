@@ -54,7 +54,7 @@ macro_rules! grpc_export {
 /// The gRPC method of span export.
 const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// A tonic codec for a request already encoded (`encode::traces_body`); the response
+/// A tonic codec for a request already encoded (`encode::SpanBatch::body`); the response
 /// (`ExportTraceServiceResponse`, whose partial-success details sonde does not use) is
 /// skipped.
 #[derive(Clone, Copy, Default)]
@@ -211,7 +211,7 @@ impl Transport {
         })
     }
 
-    /// Sends an encoded `ExportTraceServiceRequest` (`encode::traces_body`).
+    /// Sends an encoded `ExportTraceServiceRequest` (`encode::SpanBatch::body`).
     pub async fn send_traces(&self, body: Bytes) -> Result<(), SendError> {
         match self {
             Transport::Grpc {

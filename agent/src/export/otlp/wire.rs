@@ -13,9 +13,20 @@ fn key(buf: &mut Vec<u8>, field: u32, wire_type: u64) {
 }
 
 pub fn bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
-    key(buf, field, LEN);
-    encode_varint(data.len() as u64, buf);
+    len_head(buf, field, data.len());
     buf.extend_from_slice(data);
+}
+
+/// The head of a length-delimited field (a message) whose `len` bytes the caller writes
+/// next: for a large message whose size is known, so that nothing is moved afterwards.
+pub fn len_head(buf: &mut Vec<u8>, field: u32, len: usize) {
+    key(buf, field, LEN);
+    encode_varint(len as u64, buf);
+}
+
+/// The bytes a length-delimited field of `len` bytes takes, its head included.
+pub fn len_field_size(field: u32, len: usize) -> usize {
+    prost::encoding::key_len(field) + prost::encoding::encoded_len_varint(len as u64) + len
 }
 
 pub fn string(buf: &mut Vec<u8>, field: u32, s: &str) {
@@ -75,6 +86,19 @@ mod tests {
             let mut buf = Vec::new();
             string(&mut buf, 1, "key");
             message(&mut buf, 2, |b| string(b, 1, &text));
+            // The same message with its length written first.
+            let mut known = Vec::new();
+            string(&mut known, 1, "key");
+            let mut value = Vec::new();
+            string(&mut value, 1, &text);
+            len_head(&mut known, 2, value.len());
+            known.extend_from_slice(&value);
+            assert_eq!(known, buf, "len_head for {len} bytes");
+            assert_eq!(
+                len_field_size(2, value.len()),
+                buf.len() - (3 + 1 + 1),
+                "len_field_size for {len} bytes"
+            );
             let kv = KeyValue::decode(&buf[..]).unwrap();
             assert_eq!(kv.key, "key");
             assert_eq!(
