@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use sonde_ebpf::{conn_flags, role, ConnInfo, ConnKey};
+use sonde_ebpf::{conn_flags, role, ConnInfo, ConnKey, RING_LOST};
 
 use crate::capture::event::{needs_resolve, peer_addr, Event, EventKind};
 use crate::capture::kernel_maps::{ConnVerdict, KernelUpdate};
@@ -250,9 +250,10 @@ impl ConnTable {
                 if h.conn.flags & conn_flags::LOST != 0 {
                     // The kernel could not ship some events before this one: refused on
                     // probation (counted here), or not fitting the ring (counted by the
-                    // kernel as `ringbuf_full`).
-                    if h.conn.lost_events > 0 {
-                        sink.dropped("probation_limit", h.conn.lost_events.into());
+                    // kernel as `ringbuf_full`, marked by the `RING_LOST` bit).
+                    let refused = h.conn.lost_events & !RING_LOST;
+                    if refused > 0 {
+                        sink.dropped("probation_limit", refused.into());
                     }
                     if let Some(session) = c.session.as_deref_mut() {
                         session.restart();
