@@ -24,6 +24,9 @@ pub trait SpanExport: Send {
     fn export(&mut self, span: Span);
     /// Called after every drain of the ring buffer: hands on what has waited long enough.
     fn flush_due(&mut self);
+    /// Whether the next span would be dropped (the queue is full); if so it is counted as
+    /// dropped here, and the caller need not build it.
+    fn refuse_if_full(&mut self) -> bool;
 }
 use crate::telemetry::genai::{self, ProviderRule};
 use crate::telemetry::summary::{LlmSummary, Summary};
@@ -103,16 +106,19 @@ impl<'a> Sink<'a> {
 }
 
 impl Sink<'_> {
-    /// Whether a sampled span goes anywhere, and so is worth building.
-    fn wants_spans(&self) -> bool {
-        self.spans_out.is_some() || self.otlp.is_some()
-    }
-
-    fn emit(&mut self, span: Span) {
+    /// Builds a sampled span if it goes anywhere (printed, or queued for OTLP where the
+    /// queue has room: under a collector that falls behind, capture spends nothing on spans
+    /// it would drop) and sends it there.
+    fn emit(&mut self, build: impl FnOnce() -> Span) {
+        let to_otlp = self.otlp.as_mut().is_some_and(|q| !q.refuse_if_full());
+        if self.spans_out.is_none() && !to_otlp {
+            return;
+        }
+        let span = build();
         if let Some(out) = &mut self.spans_out {
             let _ = span.write_json(out);
         }
-        if let Some(q) = &mut self.otlp {
+        if let (true, Some(q)) = (to_otlp, &mut self.otlp) {
             q.export(span);
         }
     }
@@ -184,8 +190,9 @@ impl CallSink for Sink<'_> {
                 summary.observe_llm(service, llm.model().unwrap_or_default(), role, row);
             }
         }
-        if ids.sampled && self.wants_spans() {
-            self.emit(Span::from_http_call(&call, ids, self.clock));
+        if ids.sampled {
+            let clock = self.clock;
+            self.emit(|| Span::from_http_call(&call, ids, clock));
         }
     }
 
@@ -220,8 +227,9 @@ impl CallSink for Sink<'_> {
                 call.error_type().is_some(),
             );
         }
-        if ids.sampled && self.wants_spans() {
-            self.emit(Span::from_db_call(&call, ids, self.clock));
+        if ids.sampled {
+            let clock = self.clock;
+            self.emit(|| Span::from_db_call(&call, ids, clock));
         }
     }
 

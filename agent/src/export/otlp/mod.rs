@@ -87,6 +87,17 @@ impl SpanExport for SpanQueue {
             self.send_batch();
         }
     }
+
+    /// A new batch is started only when the queue can take it: one that would be dropped
+    /// whole when full is not encoded at all.
+    fn refuse_if_full(&mut self) -> bool {
+        let full = self.batch.is_empty() && self.tx.capacity() == 0;
+        if full {
+            self.metrics
+                .export_dropped(Signal::Traces.as_str(), "queue_full", 1);
+        }
+        full
+    }
 }
 
 impl Drop for SpanQueue {
@@ -453,6 +464,26 @@ mod tests {
         assert_eq!(ids(&rx.try_recv().unwrap()), [1, 2]);
         assert_eq!(ids(&rx.try_recv().unwrap()), [3, 4]);
         assert!(rx.try_recv().is_err());
+    }
+
+    /// While the queue has no room, no new batch is started: each span is refused (and
+    /// counted) before it is built; a batch already started is filled and sent as usual.
+    #[test]
+    fn a_full_queue_refuses_spans_before_they_are_built() {
+        let (mut q, mut rx, metrics) = queue(2, 2, Duration::from_secs(5));
+        assert!(!q.refuse_if_full());
+        q.export(span(1));
+        q.export(span(2));
+        assert!(q.refuse_if_full(), "one batch fills the queue");
+        assert!(q.refuse_if_full());
+        assert_eq!(
+            dropped(&metrics),
+            [("traces".to_string(), "queue_full".to_string(), 2)]
+        );
+        assert_eq!(ids(&rx.try_recv().unwrap()), [1, 2]);
+        assert!(!q.refuse_if_full(), "room again");
+        q.export(span(3));
+        assert!(!q.refuse_if_full(), "the batch being filled takes more");
     }
 
     #[test]
