@@ -33,6 +33,15 @@ pub struct Finished {
     pub started: Vec<(u64, Start)>,
 }
 
+/// Answers a connection may hold for requests whose events are late, and how much later,
+/// in event time, a request may come and still be theirs. A client that writes on one
+/// thread and reads on another (on another CPU) can be preempted between sending a request
+/// and the return of its write, after the server answered and the other thread read the
+/// answer: the read's event then comes first. The HTTP and Redis sessions hold such an
+/// answer and pair it with the next request seen.
+pub const MAX_EARLY: usize = 64;
+pub const EARLY_WINDOW_NS: u64 = 10_000_000;
+
 /// Numbers a connection's requests in the order they start (`Finished::started`). The
 /// numbering goes on across a session's restart: what it had in flight is given up by
 /// number.

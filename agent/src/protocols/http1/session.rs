@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use super::framing::{request_kind, Head, HttpEvent, HttpStream, RequestHead, StreamKind};
 use crate::protocols::call::{HttpExchange, Role};
 use crate::protocols::llm::{self, LlmCall, RequestReader, ResponseReader};
-use crate::protocols::session::{Chunk, Finished, Readable, RequestNumbers, Session};
+use crate::protocols::session::{
+    Chunk, Finished, Readable, RequestNumbers, Session, EARLY_WINDOW_NS, MAX_EARLY,
+};
 use crate::traces::context::parse_traceparent;
 use crate::traces::links::Start;
 
@@ -30,17 +32,9 @@ struct Pending {
     llm: Option<Box<LlmReading>>,
 }
 
-/// Responses a connection may hold for requests whose events are late (see `Early`), and
-/// how much later, in event time, a request may come and still be theirs.
-const MAX_EARLY: usize = 64;
-const EARLY_WINDOW_NS: u64 = 10_000_000;
-
 /// A response that ended while no request waited, on a connection whose stream sonde
-/// follows from a request on: its request's event is late. A client that writes on one
-/// thread and reads on another (on another CPU) can be preempted between sending a request
-/// and the return of its write, after the server answered and the other thread read the
-/// answer: the read's event then comes first. The next request seen, if it comes within
-/// `EARLY_WINDOW_NS`, is the one it answers.
+/// follows from a request on: its request's event is late (see `session::MAX_EARLY`). The
+/// next request seen, if it comes within `EARLY_WINDOW_NS`, is the one it answers.
 struct Early {
     status: u16,
     body_size: u64,
@@ -80,7 +74,7 @@ pub struct HttpSession {
     /// A call answered while its request's body was still arriving (a server that answers
     /// without reading the body, as nginx's `return` does): it is finished when the body
     /// ends, so that `http.request.body.size` is the whole body.
-    answered_mid_body: Option<HttpExchange>,
+    answered_mid_body: Option<Box<HttpExchange>>,
 }
 
 impl Default for HttpSession {
@@ -144,7 +138,7 @@ impl Session for HttpSession {
     fn closed(&mut self, ts: u64, role: Role, out: &mut Finished) {
         self.count_unfinished(out);
         self.drop_early(u64::MAX, out);
-        out.http.extend(self.answered_mid_body.take());
+        out.http.extend(self.answered_mid_body.take().map(|c| *c));
         let mut events = take_scratch();
         self.responses.close(ts, &mut events);
         for event in events.drain(..) {
@@ -164,7 +158,7 @@ impl Session for HttpSession {
         // nothing more is read.
         self.count_unfinished(out);
         self.drop_early(u64::MAX, out);
-        out.http.extend(self.answered_mid_body.take());
+        out.http.extend(self.answered_mid_body.take().map(|c| *c));
         if role == Role::Client {
             self.fail_pending(ts, errno, out);
         } else {
@@ -250,7 +244,7 @@ impl HttpSession {
                 }
                 if let Some(mut call) = self.answered_mid_body.take() {
                     call.request_body_size = body_size;
-                    out.http.push(call);
+                    out.http.push(*call);
                 }
                 // The request an early response answers (the first to come after it).
                 if let Some(early) = self.early.pop_front() {
@@ -332,7 +326,9 @@ impl HttpSession {
                 self.open_request = self.open_request.and_then(|i| i.checked_sub(1));
                 let call = exchange(req, Some(status), body_size, None, ts);
                 if body_arriving {
-                    out.http.extend(self.answered_mid_body.replace(call));
+                    // Boxed: most sessions never hold one.
+                    let held = self.answered_mid_body.replace(Box::new(call));
+                    out.http.extend(held.map(|c| *c));
                 } else {
                     out.http.push(call);
                 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::protocols::call::{DbOperation, REDIS};
 use crate::protocols::redis::framing::{FrameType, RespError, RespFrame, RespStream};
-use crate::protocols::session::{DbSession, RequestNumbers};
+use crate::protocols::session::{DbSession, RequestNumbers, EARLY_WINDOW_NS, MAX_EARLY};
 use crate::traces::links::Start;
 
 /// Commands waiting for replies on one connection, at most. A command beyond is given up
@@ -108,6 +108,14 @@ struct Pending {
     reported: bool,
 }
 
+/// A reply read while no command waited, after commands were seen on the connection: its
+/// command's event is late (see `session::MAX_EARLY`); the next command seen within
+/// `EARLY_WINDOW_NS` is the one it answers.
+struct EarlyReply {
+    status_code: Option<String>,
+    ts: u64,
+}
+
 /// Pairs commands and replies of one Redis connection.
 pub struct RedisSession {
     commands: RespStream,
@@ -132,6 +140,10 @@ pub struct RedisSession {
     /// `Finished::started`).
     numbers: RequestNumbers,
     started: Vec<(u64, Start)>,
+    /// A command was seen since the (re)start: a reply with none waiting is early, not the
+    /// answer to a command sonde never saw.
+    in_step: bool,
+    early: VecDeque<EarlyReply>,
 }
 
 impl Default for RedisSession {
@@ -175,7 +187,7 @@ impl DbSession for RedisSession {
         }
         for frame in frames.drain(..) {
             if from_client {
-                self.on_command(frame, tid);
+                self.on_command(frame, tid, done);
             } else {
                 self.on_reply(frame, ts, done);
             }
@@ -183,6 +195,7 @@ impl DbSession for RedisSession {
         self.frames = frames;
         if error.is_some() {
             self.pending.clear();
+            self.early.clear();
             self.skipped = 0;
             if !from_client {
                 self.command_since_reply_loss = false;
@@ -233,11 +246,14 @@ impl RedisSession {
             frames: Vec::new(),
             numbers: RequestNumbers::default(),
             started: Vec::new(),
+            in_step: false,
+            early: VecDeque::new(),
         }
     }
 
-    fn on_command(&mut self, frame: RespFrame, tid: u32) {
+    fn on_command(&mut self, frame: RespFrame, tid: u32, done: &mut Vec<DbOperation>) {
         self.command_since_reply_loss = true;
+        self.in_step = true;
         let Some(first) = frame.kept.first() else {
             return;
         };
@@ -284,6 +300,33 @@ impl RedisSession {
             subscription,
             reported: false,
         });
+        self.pair_early(frame.ts, done);
+    }
+
+    /// Pairs replies read before their commands' events with the commands now waiting, in
+    /// order; those held longer than `EARLY_WINDOW_NS` answer nothing to come.
+    fn pair_early(&mut self, ts: u64, done: &mut Vec<DbOperation>) {
+        while let Some(e) = self.early.front() {
+            if ts.saturating_sub(e.ts) <= EARLY_WINDOW_NS {
+                break;
+            }
+            self.early.pop_front();
+        }
+        while !self.early.is_empty()
+            && self
+                .pending
+                .front()
+                .is_some_and(|p| p.subscription == Subscription::No)
+        {
+            let (Some(e), Some(mut p)) = (self.early.pop_front(), self.pending.pop_front()) else {
+                break;
+            };
+            // The command's event came later than its reply's: the call took no longer
+            // than the time between the two.
+            p.op.end_ts = e.ts.max(p.op.start_ts);
+            p.op.status_code = e.status_code;
+            done.push(p.op);
+        }
     }
 
     /// What the command whose first word is `raw` is.
@@ -332,8 +375,16 @@ impl RedisSession {
             self.pending.pop_front();
         }
         let Some(mut p) = self.pending.pop_front() else {
-            // The reply to a command given up (already counted), or to one not seen.
-            self.skipped = self.skipped.saturating_sub(1);
+            if self.skipped > 0 {
+                // The reply to a command given up (already counted).
+                self.skipped -= 1;
+            } else if self.in_step && self.early.len() < MAX_EARLY {
+                self.early.push_back(EarlyReply {
+                    status_code: frame.error_code(),
+                    ts,
+                });
+            }
+            // Else the reply to a command not seen (picked up mid-stream).
             return;
         };
         p.op.end_ts = ts;
@@ -437,6 +488,81 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    /// Feeds each (from_client, bytes, ts) in turn, step `cut.0` cut at `cut.1`; gives
+    /// (operation, error code, start, end) of each finished command.
+    fn run_steps(
+        steps: &[(bool, &[u8], u64)],
+        cut: Option<(usize, usize)>,
+    ) -> Vec<(String, Option<String>, u64, u64)> {
+        let mut s = RedisSession::new();
+        let mut done = Vec::new();
+        for (i, &(from_client, bytes, ts)) in steps.iter().enumerate() {
+            let parts: Vec<&[u8]> = match cut {
+                Some((step, at)) if step == i => vec![&bytes[..at], &bytes[at..]],
+                _ => vec![bytes],
+            };
+            for payload in parts {
+                assert_eq!(s.feed(from_client, payload, 0, ts, 1, &mut done), None);
+            }
+        }
+        done.iter()
+            .map(|o| {
+                let op = o.operation.to_string();
+                (op, o.status_code.clone(), o.start_ts, o.end_ts)
+            })
+            .collect()
+    }
+
+    /// Replies read before the event of the write that sent their commands (the writer
+    /// preempted, the reader on another CPU) pair with those commands when they come; a
+    /// reply with nothing sent before it, or held past the window, answers nothing.
+    #[test]
+    fn replies_read_before_their_commands_event_pair_with_them() {
+        let (get, incr, del) = (cmd(&["GET", "k"]), cmd(&["INCR", "s"]), cmd(&["DEL", "k"]));
+        let both = [get.clone(), incr.clone()].concat();
+        let replies: &[u8] = b"$1\r\nv\r\n-ERR not an integer\r\n";
+        let steps: [(bool, &[u8], u64); 5] = [
+            (true, &get, 1),
+            (false, b"$1\r\nv\r\n", 2),
+            (false, replies, 3),
+            (true, &both, 4),
+            (true, &del, 5),
+        ];
+        let mut with_del = steps.to_vec();
+        with_del.push((false, b":1\r\n", 6));
+        let expected = vec![
+            ("GET".to_string(), None, 1, 2),
+            ("GET".to_string(), None, 4, 4),
+            ("INCR".to_string(), Some("ERR".to_string()), 4, 4),
+            ("DEL".to_string(), None, 5, 6),
+        ];
+        assert_eq!(run_steps(&with_del, None), expected);
+        for (step, &(_, bytes, _)) in with_del.iter().enumerate() {
+            for at in 1..bytes.len() {
+                assert_eq!(
+                    run_steps(&with_del, Some((step, at))),
+                    expected,
+                    "step {step} cut at {at}"
+                );
+            }
+        }
+
+        // Nothing sent before the reply: picked up mid-stream, it answers no later command;
+        // nor does one held more than the window.
+        let late = 3 + EARLY_WINDOW_NS + 1;
+        let steps: [(bool, &[u8], u64); 4] = [
+            (false, b"$1\r\nv\r\n", 1),
+            (true, &get, 2),
+            (false, b"$1\r\nv\r\n:1\r\n", 3),
+            (true, &del, late),
+        ];
+        assert_eq!(
+            run_steps(&steps, None),
+            [("GET".to_string(), None, 2, 3)],
+            "only the GET is paired, with the first reply after it"
+        );
     }
 
     #[test]
