@@ -48,6 +48,21 @@ fn expected_status(span: &Value) -> String {
     .to_string()
 }
 
+/// The events that did not fit the ring, as sonde counts them; none of them may be counted
+/// as a probation refusal too.
+fn ring_losses(sonde: &Sonde) -> f64 {
+    let metrics = sonde.metrics();
+    let refused = metrics.sum(
+        "sonde_events_dropped_total",
+        &[("reason", "probation_limit")],
+    );
+    assert_eq!(
+        refused, 0.0,
+        "a ring loss is not counted as a probation refusal"
+    );
+    metrics.sum("sonde_events_dropped_total", &[("reason", "ringbuf_full")])
+}
+
 #[test]
 fn a_full_ring_is_counted_and_pairing_resumes_after_the_hole() {
     let _serial = serial();
@@ -94,16 +109,7 @@ fn a_full_ring_is_counted_and_pairing_resumes_after_the_hole() {
     let after_client = sonde.wait_spans(10, client_of("c"));
     let after_server = sonde.wait_spans(10, server_of("c"));
 
-    let metrics = sonde.metrics();
-    let dropped = metrics.sum("sonde_events_dropped_total", &[("reason", "ringbuf_full")]);
-    assert_eq!(
-        metrics.sum(
-            "sonde_events_dropped_total",
-            &[("reason", "probation_limit")]
-        ),
-        0.0,
-        "a ring loss is not counted as a probation refusal"
-    );
+    let dropped = ring_losses(&sonde);
     let all = sonde.spans(|s| phase(s).is_some());
     let burst = all.iter().filter(|s| of_phase("b")(s)).count();
     eprintln!("ringbuf_full {dropped}, spans of the burst {burst} (of 1200, both sides)");
@@ -213,16 +219,7 @@ fn a_full_ring_loses_no_redis_pairing() {
     let after_client = sonde.wait_spans(10, of_ops(["STRLEN", "LPUSH"], "CLIENT"));
     let after_server = sonde.wait_spans(10, of_ops(["STRLEN", "LPUSH"], "SERVER"));
 
-    let metrics = sonde.metrics();
-    let dropped = metrics.sum("sonde_events_dropped_total", &[("reason", "ringbuf_full")]);
-    assert_eq!(
-        metrics.sum(
-            "sonde_events_dropped_total",
-            &[("reason", "probation_limit")]
-        ),
-        0.0,
-        "a ring loss is not counted as a probation refusal"
-    );
+    let dropped = ring_losses(&sonde);
     let burst = sonde.spans(|s| ours(s) && op(s) == "INCRBY").len();
     eprintln!("ringbuf_full {dropped}, INCRBY spans of the burst {burst} (of 800, both sides)");
     assert!(dropped > 0.0, "the ring never filled: no loss to test");

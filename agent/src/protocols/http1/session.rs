@@ -551,6 +551,17 @@ mod tests {
     ) -> (Vec<HttpExchange>, Vec<&'static str>) {
         let mut s = HttpSession::default();
         let mut out = Finished::default();
+        feed_steps(&mut s, steps, cut, &mut out);
+        (out.http, out.errors)
+    }
+
+    /// Feeds each (from_client, bytes, ts) to `s` in turn, step `cut.0` cut at `cut.1`.
+    fn feed_steps(
+        s: &mut HttpSession,
+        steps: &[(bool, &[u8], u64)],
+        cut: Option<(usize, usize)>,
+        out: &mut Finished,
+    ) {
         for (i, &(from_client, bytes, ts)) in steps.iter().enumerate() {
             let parts: Vec<&[u8]> = match cut {
                 Some((step, at)) if step == i => vec![&bytes[..at], &bytes[at..]],
@@ -564,10 +575,9 @@ mod tests {
                     ts,
                     tid: 3,
                 };
-                s.feed(&chunk, &mut out);
+                s.feed(&chunk, out);
             }
         }
-        (out.http, out.errors)
     }
 
     #[test]
@@ -667,16 +677,7 @@ mod tests {
         // The connection closes before the body ends: the call is not lost.
         let mut s = HttpSession::default();
         let mut out = Finished::default();
-        for &(from_client, payload, ts) in &steps[..2] {
-            let chunk = Chunk {
-                from_client,
-                payload,
-                gap: 0,
-                ts,
-                tid: 3,
-            };
-            s.feed(&chunk, &mut out);
-        }
+        feed_steps(&mut s, &steps[..2], None, &mut out);
         assert!(out.http.is_empty(), "held until the body ends");
         s.closed(9, Role::Server, &mut out);
         assert_eq!(summary(&out.http), [("/up".to_string(), Some(200), 2)]);
