@@ -67,21 +67,39 @@ fn run_pinned(port: u16, n: usize, batch: usize, kind: &str) {
     assert_eq!(out.trim(), n.to_string(), "{kind} answers");
 }
 
-/// (kind, what, outcome) of each span whose outcome is not the one its call always has.
-fn mispaired(
-    spans: &[Value],
+/// Waits for `n` client and `n` server spans that are `ours`, and checks each has the outcome
+/// its call always has (`expected` of its `what` attribute).
+fn assert_paired_right(
+    sonde: &Sonde,
+    n: usize,
+    ours: impl Fn(&Value) -> bool,
     what: &str,
     outcome: impl Fn(&Value) -> Option<String>,
     expected: impl Fn(&str) -> &'static str,
-) -> Vec<(String, String, Option<String>)> {
-    spans
+) {
+    let client = sonde.wait_spans(n, |s| kind(s) == "CLIENT" && ours(s));
+    let server = sonde.wait_spans(n, |s| kind(s) == "SERVER" && ours(s));
+    assert_eq!(
+        (client.len(), server.len()),
+        (n, n),
+        "{}",
+        sonde.diagnosis()
+    );
+    let wrong: Vec<(String, String, Option<String>)> = client
         .iter()
+        .chain(&server)
         .filter_map(|s| {
             let w = attr(s, what).unwrap_or_default();
             let got = outcome(s);
             (got.as_deref() != Some(expected(&w))).then(|| (kind(s).to_string(), w, got))
         })
-        .collect()
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} mispaired: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
 }
 
 #[test]
@@ -98,15 +116,6 @@ fn http_calls_written_and_read_on_two_cpus_pair_right() {
     let n = 4000;
     run_pinned(port, n, 8, "http");
     let ours = |s: &Value| path_starts(s, "/ok/") || path_starts(s, "/nf/");
-    let client = sonde.wait_spans(n, |s| kind(s) == "CLIENT" && ours(s));
-    let server = sonde.wait_spans(n, |s| kind(s) == "SERVER" && ours(s));
-    assert_eq!(
-        (client.len(), server.len()),
-        (n, n),
-        "{}",
-        sonde.diagnosis()
-    );
-    let all: Vec<Value> = client.into_iter().chain(server).collect();
     let status = |s: &Value| attr(s, "http.response.status_code");
     let expected = |path: &str| {
         if path.starts_with("/ok/") {
@@ -115,13 +124,7 @@ fn http_calls_written_and_read_on_two_cpus_pair_right() {
             "404"
         }
     };
-    let wrong = mispaired(&all, "url.path", status, expected);
-    assert!(
-        wrong.is_empty(),
-        "{} mispaired: {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(10)]
-    );
+    assert_paired_right(&sonde, n, ours, "url.path", status, expected);
 }
 
 #[test]
@@ -139,22 +142,7 @@ fn redis_commands_written_and_read_on_two_cpus_pair_right() {
                 Some("GET" | "INCR")
             )
     };
-    let client = sonde.wait_spans(n, |s| kind(s) == "CLIENT" && ours(s));
-    let server = sonde.wait_spans(n, |s| kind(s) == "SERVER" && ours(s));
-    assert_eq!(
-        (client.len(), server.len()),
-        (n, n),
-        "{}",
-        sonde.diagnosis()
-    );
-    let all: Vec<Value> = client.into_iter().chain(server).collect();
     let error = |s: &Value| Some(attr(s, "error.type").unwrap_or_else(|| "none".into()));
     let expected = |op: &str| if op == "GET" { "none" } else { "ERR" };
-    let wrong = mispaired(&all, "db.operation.name", error, expected);
-    assert!(
-        wrong.is_empty(),
-        "{} mispaired: {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(10)]
-    );
+    assert_paired_right(&sonde, n, ours, "db.operation.name", error, expected);
 }

@@ -31,6 +31,26 @@ pub struct ProcessInfo {
     pub start_time: u64,
 }
 
+#[cfg(test)]
+impl ProcessInfo {
+    /// A process outside any container, for unit tests: `exe` at `/usr/bin/{exe}`.
+    pub fn for_tests(pid: u32, exe: &str, service_name: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            exe_name: exe.into(),
+            exe_path: format!("/usr/bin/{exe}"),
+            program: exe.into(),
+            service_name: service_name.into(),
+            name_from_rule: false,
+            name_from_env: false,
+            pod: None,
+            container_id: None,
+            command_line: None,
+            start_time: 1,
+        }
+    }
+}
+
 /// What /proc says of `pid`; `comm` stands in for the executable name when it is gone.
 pub(crate) fn read_process(pid: u32, comm: &str) -> ProcessInfo {
     let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))

@@ -425,19 +425,7 @@ mod tests {
     /// byte, as the JSON tree it replaces.
     #[test]
     fn spans_are_written_as_the_json_tree_was() {
-        let plain = Arc::new(ProcessInfo {
-            pid: 42,
-            exe_name: "ngi\"nx".into(),
-            exe_path: "/usr/sbin/nginx".into(),
-            program: "nginx".into(),
-            service_name: "web\\1".into(),
-            name_from_rule: false,
-            name_from_env: false,
-            pod: None,
-            container_id: None,
-            command_line: None,
-            start_time: 1,
-        });
+        let plain = Arc::new(ProcessInfo::for_tests(42, "ngi\"nx", "web\\1"));
         let in_pod = Arc::new(ProcessInfo {
             pod: Some(Arc::new(pod())),
             container_id: Some("abc123".into()),

@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 use prost::Message;
+use rustc_hash::FxHashMap;
 
 use super::settings::Temporality;
 use super::wire;
@@ -181,7 +182,7 @@ fn write_any_value(b: &mut Vec<u8>, v: &AttrValue) {
 #[derive(Default)]
 pub struct SpanBatch {
     parts: Vec<(Arc<ProcessInfo>, Vec<u8>)>,
-    index: HashMap<(u32, u64), usize>,
+    index: FxHashMap<(u32, u64), usize>,
     spans: usize,
 }
 
@@ -520,17 +521,9 @@ mod tests {
 
     fn process(pid: u32, service: &str) -> Arc<ProcessInfo> {
         Arc::new(ProcessInfo {
-            pid,
-            exe_name: "python3".into(),
-            exe_path: "/usr/bin/python3".into(),
-            program: "python3".into(),
-            service_name: service.into(),
-            name_from_rule: false,
             name_from_env: true,
-            pod: None,
-            container_id: None,
-            command_line: None,
             start_time: 7,
+            ..ProcessInfo::for_tests(pid, "python3", service)
         })
     }
 

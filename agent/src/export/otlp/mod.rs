@@ -360,19 +360,7 @@ mod tests {
     use crate::telemetry::span::SpanKind;
 
     fn span(id: u64) -> Span {
-        let process = Arc::new(ProcessInfo {
-            pid: 1,
-            exe_name: "nginx".into(),
-            exe_path: "/usr/sbin/nginx".into(),
-            program: "nginx".into(),
-            service_name: "nginx".into(),
-            name_from_rule: false,
-            name_from_env: false,
-            pod: None,
-            container_id: None,
-            command_line: None,
-            start_time: 1,
-        });
+        let process = Arc::new(ProcessInfo::for_tests(1, "nginx", "nginx"));
         Span {
             trace_id: 1,
             span_id: id,
