@@ -13,6 +13,10 @@
 //!   under the application's span, and the server span joins it under sonde's client span.
 //! - A server in another network namespace behind an iptables DNAT rule (a Kubernetes
 //!   Service's address on the client side, the pod's on the server side): still linked.
+//! - `inject_traceparent`: a service in one network namespace calls one in another, and the
+//!   `traceparent` the kernel adds to its request names sonde's client span in the trace of
+//!   the request the service serves (what a sonde on another host continues); off, no
+//!   header is added.
 //!
 //! The helper programs are in `tests/traces/` (`service.py` needs the `redis` and `psycopg`
 //! PyPI packages, installed by `cargo xtask setup`). Each test starts its own sonde and they
@@ -50,11 +54,16 @@ const GRAPH_CLIENT_COUNT: &str = "traces_service_graph_request_client_seconds_co
 
 /// sonde exporting spans and metrics over OTLP/gRPC to a receiver in this process.
 fn sonde_with_collector() -> (Sonde, Collector) {
+    sonde_with_collector_and(&[])
+}
+
+/// The same, with extra flags.
+fn sonde_with_collector_and(extra: &[&str]) -> (Sonde, Collector) {
     let port = free_port();
     let collector = start_grpc(port);
     let endpoint = format!("http://127.0.0.1:{port}");
     let sonde = Sonde::start_with_env(
-        &[],
+        extra,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
@@ -981,4 +990,260 @@ fn a_server_behind_dnat_is_the_child_of_its_client() {
         "{}",
         graph(&m)
     );
+}
+
+/// Two network namespaces joined by a veth pair, as two hosts: the front service and its
+/// client in the first, the echo service in the second.
+struct TwoHosts {
+    names: [&'static str; 2],
+}
+
+const FRONT_IP: &str = "10.212.0.1";
+const ECHO_IP: &str = "10.212.0.2";
+
+impl TwoHosts {
+    fn start() -> TwoHosts {
+        let names = ["sonde-prop-a", "sonde-prop-b"];
+        for ns in names {
+            // What an earlier run that was killed left behind.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            names[0],
+            "link",
+            "add",
+            "sondeprop0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sondeprop1",
+            "netns",
+            names[1],
+        ]);
+        for (ns, dev, ip) in [
+            (names[0], "sondeprop0", FRONT_IP),
+            (names[1], "sondeprop1", ECHO_IP),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        TwoHosts { names }
+    }
+
+    /// `args` run in namespace `host` (0 or 1).
+    fn command(&self, host: usize, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.names[host]]).args(args);
+        cmd
+    }
+
+    /// A tests/traces/relay.py service in namespace `host`, named `service`; waits until it
+    /// answers.
+    fn relay(&self, host: usize, args: &[&str], service: &str, probe: &str) -> Helper {
+        let script = workspace_root().join("tests/traces/relay.py");
+        let mut cmd = self.command(host, &["python3", script.to_str().unwrap()]);
+        cmd.args(args)
+            .env("OTEL_SERVICE_NAME", service)
+            .stdout(Stdio::null());
+        let helper = Helper {
+            child: spawn_owned(cmd),
+        };
+        let start = Instant::now();
+        loop {
+            let ok = self
+                .command(host, &["python3", "-c"])
+                .arg(format!(
+                    "import urllib.request; urllib.request.urlopen('{probe}')"
+                ))
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return helper;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{args:?} did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for ns in self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// What the echo service saw of one request: its path and its `traceparent` headers.
+#[derive(Debug)]
+struct Echoed {
+    path: String,
+    traceparent: Vec<String>,
+}
+
+/// GETs each of `paths` through the front service (from its own namespace), with the
+/// `traceparent` given beside a path; returns what the echo service saw.
+fn through_front(
+    hosts: &TwoHosts,
+    port: u16,
+    requests: &[(String, Option<String>)],
+) -> Vec<Echoed> {
+    let script = "import json, sys, urllib.request\n\
+        for path, tp in json.loads(sys.argv[1]):\n\
+        \x20   headers = {'traceparent': tp} if tp else {}\n\
+        \x20   req = urllib.request.Request(sys.argv[2] + path, headers=headers)\n\
+        \x20   print(urllib.request.urlopen(req, timeout=10).read().decode(), flush=True)\n";
+    let out = run(hosts
+        .command(0, &["python3", "-c", script])
+        .arg(serde_json::to_string(requests).unwrap())
+        .arg(format!("http://{FRONT_IP}:{port}"))
+        .env("OTEL_SERVICE_NAME", "prop-client"));
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            Echoed {
+                path: text(&v["path"]),
+                traceparent: v["traceparent"]
+                    .as_array()
+                    .map(|a| a.iter().map(text).collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn an_injected_traceparent_carries_the_trace_to_another_namespace() {
+    let _serial = serial();
+    let hosts = TwoHosts::start();
+    let (front_port, echo_port) = (free_port(), free_port());
+    let echo_url = format!("http://{ECHO_IP}:{echo_port}");
+    let _echo = hosts.relay(
+        1,
+        &["echo", ECHO_IP, &echo_port.to_string()],
+        "prop-echo",
+        &format!("{echo_url}/ready"),
+    );
+    let _front = hosts.relay(
+        0,
+        &["front", FRONT_IP, &front_port.to_string(), &echo_url],
+        "prop-front",
+        &format!("http://{FRONT_IP}:{front_port}/ready"),
+    );
+    let pid = std::process::id();
+    let own_trace = format!("5bf92f3577b34da6{pid:016x}");
+    let own_parent = "00f067aa0ba902b7".to_string();
+    let requests: Vec<(String, Option<String>)> = (1..=3)
+        .map(|i| (format!("/prop-{pid}-{i}"), None))
+        .chain([(
+            format!("/prop-{pid}-own"),
+            Some(format!("00-{own_trace}-{own_parent}-01")),
+        )])
+        .collect();
+
+    // Off (the default): nothing is added.
+    {
+        let (_sonde, _collector) = sonde_with_collector();
+        let seen = through_front(&hosts, front_port, &requests[..1]);
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].traceparent.is_empty(), "{seen:?}");
+    }
+
+    let (sonde, collector) = sonde_with_collector_and(&["--inject-traceparent", "true"]);
+    let before = sonde.metrics();
+    let seen = through_front(&hosts, front_port, &requests);
+    let paths: Vec<&str> = requests.iter().map(|(p, _)| p.as_str()).collect();
+    let mine = |s: &ReceivedSpan| {
+        s.attr("url.path")
+            .is_some_and(|p| paths.contains(&p.as_str()))
+    };
+    collector.wait_spans(4 * requests.len(), 30, mine);
+    std::thread::sleep(Duration::from_secs(1));
+    let spans = collector.spans(mine);
+    let all: Vec<&ReceivedSpan> = spans.iter().collect();
+    assert_eq!(seen.len(), requests.len(), "{seen:?}");
+    for (echoed, (path, own)) in seen.iter().zip(&requests) {
+        assert_eq!(&echoed.path, path);
+        let these: Vec<&ReceivedSpan> = all.iter().copied().filter(|s| path_is(s, path)).collect();
+        let sent = one(&these, "client CLIENT span", |s| {
+            service(s) == "prop-client"
+        });
+        let served = one(&these, "front SERVER span", |s| {
+            service(s) == "prop-front" && s.span.kind == SERVER
+        });
+        let call = one(&these, "front CLIENT span", |s| {
+            service(s) == "prop-front" && s.span.kind == CLIENT
+        });
+        let echo = one(&these, "echo SERVER span", |s| service(s) == "prop-echo");
+        // The header the echo service got: exactly one, naming the front's CLIENT span.
+        assert_eq!(echoed.traceparent.len(), 1, "{echoed:?}");
+        let header: Vec<&str> = echoed.traceparent[0].split('-').collect();
+        assert_eq!(header.len(), 4, "{echoed:?}");
+        assert_eq!(header[0], "00");
+        assert_eq!(
+            header[1],
+            hex(&call.span.trace_id),
+            "{echoed:?}{}",
+            describe(&these)
+        );
+        assert_eq!(
+            header[2],
+            hex(&call.span.span_id),
+            "{echoed:?}{}",
+            describe(&these)
+        );
+        assert_eq!(header[3], "01");
+        assert_child_of(call, served, "front CLIENT <- front SERVER", &these);
+        assert_child_of(echo, call, "echo SERVER <- front CLIENT", &these);
+        assert_child_of(served, sent, "front SERVER <- client CLIENT", &these);
+        match own {
+            // The client's own context, read by the kernel at the front: one trace.
+            Some(_) => {
+                assert_eq!(hex(&sent.span.trace_id), own_trace, "{}", describe(&these));
+                assert_eq!(hex(&sent.span.parent_span_id), own_parent);
+            }
+            None => assert!(sent.span.parent_span_id.is_empty(), "{}", describe(&these)),
+        }
+    }
+    let m = wait_metrics(&sonde, 20, |m| {
+        links(m, "injected", "linked") - links(&before, "injected", "linked") >= 4.0
+    });
+    let delta = |kind, result| links(&m, kind, result) - links(&before, kind, result);
+    assert_eq!(delta("injected", "linked"), 4.0, "{}", graph(&m));
+    assert_eq!(delta("injected", "mismatch"), 0.0, "{}", graph(&m));
+    // The client's three requests without a header of their own start traces (and so do
+    // this test's scrapes of /metrics).
+    assert!(delta("injected", "new_trace") >= 3.0, "{}", graph(&m));
+    let injections =
+        |m: &Metrics, result| m.sum("sonde_traceparent_injections_total", &[("result", result)]);
+    let m = wait_metrics(&sonde, 5, |m| {
+        injections(m, "has_own") - injections(&before, "has_own") >= 1.0
+    });
+    assert_eq!(
+        injections(&m, "has_own") - injections(&before, "has_own"),
+        1.0
+    );
+    assert!(injections(&m, "injected") - injections(&before, "injected") >= 7.0);
+    assert_eq!(injections(&m, "failed"), 0.0);
 }

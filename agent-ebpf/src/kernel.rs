@@ -21,7 +21,7 @@ use sonde_ebpf::{
 
 /// sonde's own process id, set by the loader: sonde never observes its own traffic.
 #[no_mangle]
-static SONDE_TGID: Global<u32> = Global::new(0);
+pub(crate) static SONDE_TGID: Global<u32> = Global::new(0);
 
 /// The protocols to capture, as bits `1 << proto::X`, set by the loader (all by default).
 /// A connection of a protocol left out is judged "none of ours" at its first bytes.
@@ -40,7 +40,7 @@ static TLS_ON: Global<u32> = Global::new(0);
 /// 1 when set by the loader for the benchmark's floor (`SONDE_BENCH_HOOK_ONLY=1`): the
 /// syscall and TLS programs return at once, so a run measures what the hooks alone cost.
 #[no_mangle]
-static HOOK_ONLY: Global<u32> = Global::new(0);
+pub(crate) static HOOK_ONLY: Global<u32> = Global::new(0);
 
 /// Offset of `child_pid` in the `sched/sched_process_fork` record, set by the loader from
 /// the tracepoint's format file (44 on every kernel seen so far).
@@ -48,7 +48,7 @@ static HOOK_ONLY: Global<u32> = Global::new(0);
 static FORK_CHILD_PID_OFFSET: Global<u32> = Global::new(44);
 
 #[map]
-static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+pub(crate) static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
 /// Who forked a process, and when.
 #[repr(C)]
@@ -88,7 +88,7 @@ static FORKS: LruHashMap<u32, Fork> = LruHashMap::with_max_entries(MAX_FORKS, 0)
 static LAST_FORK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_FORKS, 0);
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
@@ -115,20 +115,20 @@ pub struct Scratch {
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 // x86-64 syscall numbers.
-const SYS_READ: u64 = 0;
-const SYS_WRITE: u64 = 1;
-const SYS_CLOSE: u64 = 3;
+pub(crate) const SYS_READ: u64 = 0;
+pub(crate) const SYS_WRITE: u64 = 1;
+pub(crate) const SYS_CLOSE: u64 = 3;
 const SYS_DUP: u64 = 32;
 const SYS_DUP2: u64 = 33;
-const SYS_READV: u64 = 19;
-const SYS_WRITEV: u64 = 20;
+pub(crate) const SYS_READV: u64 = 19;
+pub(crate) const SYS_WRITEV: u64 = 20;
 const SYS_SENDFILE: u64 = 40;
 const SYS_CONNECT: u64 = 42;
 const SYS_ACCEPT: u64 = 43;
-const SYS_SENDTO: u64 = 44;
-const SYS_RECVFROM: u64 = 45;
-const SYS_SENDMSG: u64 = 46;
-const SYS_RECVMSG: u64 = 47;
+pub(crate) const SYS_SENDTO: u64 = 44;
+pub(crate) const SYS_RECVFROM: u64 = 45;
+pub(crate) const SYS_SENDMSG: u64 = 46;
+pub(crate) const SYS_RECVMSG: u64 = 47;
 const SYS_ACCEPT4: u64 = 288;
 const SYS_DUP3: u64 = 292;
 const SYS_RECVMMSG: u64 = 299;
@@ -1454,8 +1454,8 @@ fn classify_payload(src: Source, len: u64) -> Class {
     }
 }
 
-const CLASS_REQUEST: u8 = 1;
-const CLASS_RESPONSE: u8 = 2;
+pub(crate) const CLASS_REQUEST: u8 = 1;
+pub(crate) const CLASS_RESPONSE: u8 = 2;
 
 #[inline(always)]
 fn classify_short(b: &[u8; 4]) -> Class {
@@ -1477,7 +1477,7 @@ fn classify_short(b: &[u8; 4]) -> Class {
 }
 
 #[inline(always)]
-fn classify_http(b: &[u8; 8]) -> u8 {
+pub(crate) fn classify_http(b: &[u8; 8]) -> u8 {
     match b {
         [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _] => CLASS_RESPONSE,
         [b'G', b'E', b'T', b' ', ..]
@@ -1742,14 +1742,14 @@ fn note_ring_loss() {
 
 /// Reads the iovec array pointer and count out of a user `struct msghdr`.
 #[inline(always)]
-fn msghdr_iov(msg: u64) -> Result<(u64, u64), i64> {
+pub(crate) fn msghdr_iov(msg: u64) -> Result<(u64, u64), i64> {
     // struct msghdr { void *name; int namelen; struct iovec *iov /* +16 */; size_t iovlen; ...}
     let v: [u64; 2] = read_user(msg + 16)?;
     Ok((v[0], v[1]))
 }
 
 #[inline(always)]
-fn count_drop(reason: u32) {
+pub(crate) fn count_drop(reason: u32) {
     if let Some(c) = DROPS.get_ptr_mut(reason) {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
         unsafe { *c += 1 };
@@ -1757,7 +1757,7 @@ fn count_drop(reason: u32) {
 }
 
 #[inline(always)]
-fn read_user<T: Copy>(addr: u64) -> Result<T, i64> {
+pub(crate) fn read_user<T: Copy>(addr: u64) -> Result<T, i64> {
     read_bytes(addr, false)
 }
 

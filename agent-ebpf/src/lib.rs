@@ -4,6 +4,8 @@
 //! byte for byte; the const asserts at the bottom pin every size.
 #![no_std]
 
+pub mod head;
+
 /// Most payload bytes copied from one syscall. Larger messages arrive as a prefix plus a gap
 /// (the event's `total_len` still says how many bytes moved), so sizes stay right.
 pub const MAX_PAYLOAD: usize = 4096;
@@ -36,7 +38,58 @@ pub mod event_kind {
     /// `OTEL_SERVICE_NAME`) while the process still runs; a short-lived client may exit
     /// before its first bytes reach userspace.
     pub const PROCESS_SEEN: u32 = 4;
+    /// Trace propagation (`inject_traceparent`): a thread read the start of a plain
+    /// HTTP/1 request that carried no `traceparent`, and the kernel gave it a new trace id
+    /// (`TraceIds` follows the header; `fd` is the connection). Shipped before the read's
+    /// own `DATA` event: the thread's next server request is in that trace.
+    pub const TRACE_STARTED: u32 = 5;
+    /// Trace propagation: the kernel added a `traceparent` header to an HTTP/1 request the
+    /// thread was sending (`TraceIds` follows the header; no connection is known). Shipped
+    /// before the write's own `DATA` event: the thread's next client request carries these
+    /// ids.
+    pub const TRACE_INJECTED: u32 = 6;
 }
+
+/// The ids of a `TRACE_STARTED` or `TRACE_INJECTED` event (its payload).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TraceIds {
+    pub trace_hi: u64,
+    pub trace_lo: u64,
+    /// The injected header's parent id: the client span's id (0 for `TRACE_STARTED`).
+    pub span_id: u64,
+    /// `trace_flags` bits.
+    pub flags: u64,
+}
+
+pub mod trace_flags {
+    /// The injected trace is the one of the request the thread serves (the client call is
+    /// its child); otherwise a new trace starts with the client call.
+    pub const CHILD: u64 = 1;
+}
+
+/// Outcomes of the `sk_msg` program on an HTTP/1 request (index into `INJECTIONS`).
+pub mod injection {
+    /// A `traceparent` was added.
+    pub const INJECTED: u32 = 0;
+    /// The request carries its own `traceparent` (the application traces itself).
+    pub const HAS_OWN: u32 = 1;
+    /// The thread serves several requests at once (or one the kernel cannot read): whose
+    /// trace the call belongs to is not known, so nothing is added.
+    pub const AMBIGUOUS: u32 = 2;
+    /// The request line does not end in the first bytes of the message, or the kernel
+    /// refused to grow the message.
+    pub const FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
+    /// Label values, indexed by outcome.
+    pub const NAMES: [&str; COUNT as usize] = ["injected", "has_own", "ambiguous", "failed"];
+}
+
+/// Client sockets in the sockhash the `sk_msg` program runs on (connections made while
+/// sonde runs with `inject_traceparent`; a full table only leaves new ones out).
+pub const MAX_INJECT_SOCKETS: u32 = 65536;
+/// Threads whose server request the kernel follows for trace propagation.
+pub const MAX_TRACED_THREADS: u32 = 16384;
 
 /// Processes remembered as announced (`event_kind::PROCESS_SEEN`); least recently used
 /// first out, so one that falls out is announced again at its next connection.
@@ -240,6 +293,7 @@ const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 56);
 const _: () = assert!(EVENT_HEADER_LEN == 112);
 const _: () = assert!(EVENT_HEADER_LEN.is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<TraceIds>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {

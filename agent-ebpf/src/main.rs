@@ -17,6 +17,8 @@ fn main() {
 
 #[cfg(target_arch = "bpf")]
 mod kernel;
+#[cfg(target_arch = "bpf")]
+mod propagate;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::capture::event::Event;
 use crate::capture::instances;
-use crate::capture::kernel_maps::{self, read_drops};
+use crate::capture::kernel_maps::{self, KernelCounter};
 use crate::capture::probes::{self, ProbeError};
 use crate::capture::ring::RingWaiter;
 use crate::capture::tls::TlsAttacher;
@@ -204,6 +204,7 @@ async fn run_async(
         protocols: config.protocol_bits(),
         payload_bytes: config.payload_bytes,
         tls: config.tls,
+        inject_traceparent: config.inject_traceparent,
     })?;
     if config.single_instance {
         // Two sondes started at the same moment both passed the first look: now that each
@@ -217,11 +218,12 @@ async fn run_async(
         name: "EVENTS",
         source,
     })?;
-    let drops =
-        PerCpuArray::try_from(take(&mut ebpf, "DROPS")?).map_err(|source| AgentError::Map {
-            name: "DROPS",
-            source,
-        })?;
+    let mut counter = |name| {
+        PerCpuArray::try_from(take(&mut ebpf, name)?)
+            .map_err(|source| AgentError::Map { name, source })
+    };
+    let drops = KernelCounter::drops(counter("DROPS")?);
+    let injections = KernelCounter::injections(counter("INJECTIONS")?);
     let conns =
         BpfHashMap::try_from(take(&mut ebpf, "CONNS")?).map_err(|source| AgentError::Map {
             name: "CONNS",
@@ -250,7 +252,15 @@ async fn run_async(
                 let table =
                     ConnTable::new(config.capture_filter(), config.service_name_rules(), pods);
                 capture_loop(
-                    ring, drops, conns, table, &metrics, &config, span_queue, services, &shutdown,
+                    ring,
+                    [drops, injections],
+                    conns,
+                    table,
+                    &metrics,
+                    &config,
+                    span_queue,
+                    services,
+                    &shutdown,
                 )
             })
             .map_err(AgentError::Runtime)?
@@ -397,7 +407,7 @@ const BACKLOG_EVENTS: u64 = 8192;
 #[allow(clippy::too_many_arguments)]
 fn capture_loop(
     mut ring: RingBuf<MapData>,
-    drops: PerCpuArray<MapData, u64>,
+    [mut drops, mut injections]: [KernelCounter; 2],
     mut conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
     mut table: ConnTable,
     metrics: &Metrics,
@@ -417,7 +427,6 @@ fn capture_loop(
         config.genai_providers.clone(),
     )
     .with_services(services);
-    let mut kernel_drops_seen = vec![0u64; sonde_ebpf::drop_reason::COUNT as usize];
     let mut last_housekeeping = Instant::now();
     let mut last_summary = Instant::now();
     let summary_every = Duration::from_secs(config.summary_interval);
@@ -463,11 +472,11 @@ fn capture_loop(
         }
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             last_housekeeping = Instant::now();
-            for (i, (reason, total)) in read_drops(&drops).into_iter().enumerate() {
-                if total > kernel_drops_seen[i] {
-                    metrics.dropped(reason, total - kernel_drops_seen[i]);
-                    kernel_drops_seen[i] = total;
-                }
+            for (reason, count) in drops.take_new() {
+                metrics.dropped(reason, count);
+            }
+            for (result, count) in injections.take_new() {
+                metrics.injected(result, count);
             }
             let now = clock_ns(libc::CLOCK_MONOTONIC);
             table.evict_idle(now, idle_ns, &mut sink);

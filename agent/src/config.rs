@@ -137,6 +137,12 @@ pub struct Config {
     #[arg(long, env = "SONDE_TLS", default_value_t = true, action = clap::ArgAction::Set)]
     pub tls: bool,
 
+    /// Add a W3C `traceparent` header to the plain HTTP/1 requests processes send (kernel
+    /// sk_msg program), so that services on other hosts continue sonde's traces. Off by
+    /// default: it changes the bytes applications send (docs/traces.md says what and when).
+    #[arg(long, env = "SONDE_INJECT_TRACEPARENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub inject_traceparent: bool,
+
     /// Read NVIDIA GPU statistics through NVML. Where there is no driver or no GPU this
     /// says so in one line and turns itself off.
     #[arg(long, env = "SONDE_GPU", default_value_t = true, action = clap::ArgAction::Set)]
@@ -246,6 +252,7 @@ pub struct FileConfig {
     pub genai_providers: Option<Vec<String>>,
     pub payload_bytes: Option<u32>,
     pub tls: Option<bool>,
+    pub inject_traceparent: Option<bool>,
     pub gpu: Option<bool>,
     pub gpu_interval: Option<u64>,
     pub gpu_dcgm_names: Option<bool>,
@@ -385,6 +392,12 @@ impl Config {
         }
         if let Some(v) = file.tls.filter(|_| from_file("tls")) {
             self.tls = v;
+        }
+        if let Some(v) = file
+            .inject_traceparent
+            .filter(|_| from_file("inject_traceparent"))
+        {
+            self.inject_traceparent = v;
         }
         if let Some(v) = file.gpu.filter(|_| from_file("gpu")) {
             self.gpu = v;
@@ -586,6 +599,7 @@ impl Config {
             genai_providers: Some(strings(&self.genai_providers)),
             payload_bytes: Some(self.payload_bytes),
             tls: Some(self.tls),
+            inject_traceparent: Some(self.inject_traceparent),
             gpu: Some(self.gpu),
             gpu_interval: Some(self.gpu_interval),
             gpu_dcgm_names: Some(self.gpu_dcgm_names),

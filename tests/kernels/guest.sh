@@ -2,8 +2,9 @@
 # Runs inside a guest kernel booted by `cargo xtask kernels`, as root, in a chroot of the
 # host's root file system (read-only over 9p, with tmpfs on /tmp and /run). It starts sonde,
 # drives real servers with real clients, stops sonde with SIGTERM and leaves what it saw in
-# $OUT for xtask to check: spans.json (one span per line), sonde.log, sonde.exit, metrics.txt
-# and traffic.txt (what the clients did, as "name count" lines).
+# $OUT for xtask to check: spans.json (one span per line), sonde.log, sonde.exit, metrics.txt,
+# traffic.txt (what the clients did, as "name count" lines) and propagation.json (what the
+# relay's echo service received).
 #
 # usage: guest.sh SONDE_BINARY OUT_DIR [PG_TEMPLATE]
 # (PG_TEMPLATE: a data directory initdb made on the host, since initdb takes minutes under
@@ -28,7 +29,7 @@ wait_port() { # port what
 }
 
 log "kernel $(uname -r)"
-"$SONDE" --print-spans json --quiet --metrics-addr 127.0.0.1:9464 \
+"$SONDE" --print-spans json --quiet --metrics-addr 127.0.0.1:9464 --inject-traceparent true \
     > "$OUT/spans.json" 2> "$OUT/sonde.log" &
 SONDE_PID=$!
 for _ in $(seq 1 600); do
@@ -120,6 +121,23 @@ if command -v redis-server > /dev/null; then
     wait_port 6390 redis-server && {
         redis-benchmark -p 6390 -c 1 -n 40 -t set -q > /dev/null && traffic redis_set 40
         redis-benchmark -p 6390 -c 1 -n 40 -P 10 -t get -q > /dev/null && traffic redis_get_pipelined 40
+    }
+fi
+
+# Trace propagation (sonde runs with --inject-traceparent): three requests through a
+# threaded Python service that calls a second one, which answers with the traceparent
+# headers it received ($OUT/propagation.json, one answer per line).
+RELAY="$(dirname "$0")/../traces/relay.py"
+if command -v python3 > /dev/null && [ -f "$RELAY" ]; then
+    python3 "$RELAY" echo 127.0.0.1 8091 &
+    python3 "$RELAY" front 127.0.0.1 8090 http://127.0.0.1:8091 &
+    wait_port 8091 "relay echo" && wait_port 8090 "relay front" && {
+        n=0
+        for i in 1 2 3; do
+            curl -sf "http://127.0.0.1:8090/propagation-$i" >> "$OUT/propagation.json" &&
+                echo >> "$OUT/propagation.json" && n=$((n + 1))
+        done
+        traffic propagation $n
     }
 fi
 

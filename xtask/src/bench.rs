@@ -74,6 +74,9 @@ struct Options {
     sonde: PathBuf,
     /// Where the OTLP sink keeps its files.
     dir: PathBuf,
+    /// `--inject`: every sonde arm runs with `--inject-traceparent true` (the floor's
+    /// programs return at once, as the others do).
+    inject: bool,
 }
 
 fn options(root: &Path, args: &[String]) -> Result<Options> {
@@ -85,6 +88,7 @@ fn options(root: &Path, args: &[String]) -> Result<Options> {
         seconds: 5,
         sonde: root.join("target/release/sonde"),
         dir: root.join("target/bench"),
+        inject: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -92,6 +96,7 @@ fn options(root: &Path, args: &[String]) -> Result<Options> {
             "--pairs" => o.pairs = it.next().context("--pairs N")?.parse()?,
             "--seconds" => o.seconds = it.next().context("--seconds S")?.parse()?,
             "--sonde" => o.sonde = it.next().context("--sonde PATH")?.into(),
+            "--inject" => o.inject = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -110,8 +115,13 @@ fn compare(
     o: &Options,
     load: &mut dyn FnMut() -> Result<LoadResult>,
 ) -> Result<String> {
+    let inject = if o.inject {
+        " (sonde with inject_traceparent on)"
+    } else {
+        ""
+    };
     step(&format!(
-        "{title}: {} rounds of sonde off, floor (hooks only), on, on+otlp",
+        "{title}: {} rounds of sonde off, floor (hooks only), on, on+otlp{inject}",
         o.pairs
     ));
     let sink = Sink::start(&o.dir)?;
@@ -129,7 +139,7 @@ fn compare(
             let (r, u) = match arm {
                 Arm::Off => (load()?, None),
                 _ => {
-                    let (r, u) = with_sonde_running(&o.sonde, arm, sink.port, &mut *load)?;
+                    let (r, u) = with_sonde_running(o, arm, sink.port, &mut *load)?;
                     (r, Some(u))
                 }
             };
@@ -157,7 +167,7 @@ fn compare(
         .map(|(r, _)| r.rate)
         .collect();
     let mut report = format!(
-        "{title} ({} rounds; medians; a ratio is each round's run over the same round's run without sonde)\n\
+        "{title}{inject} ({} rounds; medians; a ratio is each round's run over the same round's run without sonde)\n\
          {:<8} {:>12} {:>22} {:>10} {:>10} {:>12} {:>10} {:>11} {:>13} {:>9} {:>8} {:>8}\n",
         o.pairs,
         "arm",
@@ -328,7 +338,12 @@ pub fn http(root: &Path, args: &[String]) -> Result<()> {
     // SAFETY: plain kill(2) on a child we spawned and have not yet reaped.
     unsafe { libc::kill(nginx.id() as i32, libc::SIGTERM) };
     let _ = nginx.wait();
-    write_report(root, if tls { "http-tls" } else { "http" }, &report?)
+    let name = match (tls, o.inject) {
+        (true, _) => "http-tls",
+        (false, true) => "http-inject",
+        (false, false) => "http",
+    };
+    write_report(root, name, &report?)
 }
 
 /// `cargo xtask bench redis`: redis-benchmark -c 50 -t set,get at -P 1 and -P 16 against
@@ -695,16 +710,17 @@ fn parse_latency(s: &str) -> Result<f64> {
 /// Starts sonde (quiet, no span printing) as `arm` runs it, runs `load`, and reads sonde's
 /// CPU time, peak RSS, counters and its programs' kernel time over the load.
 fn with_sonde_running(
-    sonde: &Path,
+    o: &Options,
     arm: Arm,
     sink_port: u16,
     load: &mut dyn FnMut() -> Result<LoadResult>,
 ) -> Result<(LoadResult, SondeUsage)> {
     let mport = free_port()?;
     let maddr = format!("127.0.0.1:{mport}");
-    let mut cmd = Command::new(sonde);
+    let mut cmd = Command::new(&o.sonde);
     dies_with_xtask(&mut cmd);
     cmd.args(["--quiet", "--metrics-addr", &maddr])
+        .args(["--inject-traceparent", &o.inject.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     match arm {

@@ -6,8 +6,10 @@
 //! kernel's own 9p modules) that mounts this machine's root file system read-only over 9p and
 //! runs `tests/kernels/guest.sh` in a chroot of it: the host's nginx, curl, busybox and Redis
 //! then run on the guest kernel, watched by the release sonde binary. The guest writes what
-//! it saw to a second, writable 9p share; this module checks it: sonde loaded, every request
-//! gave exactly one span on each side, and sonde exited 0 on SIGTERM.
+//! it saw to a second, writable 9p share; this module checks it: sonde loaded (with
+//! `inject_traceparent` on, so its kernel programs are verified too), every request gave
+//! exactly one span on each side, each traceparent the kernel added named the caller's
+//! client span, and sonde exited 0 on SIGTERM.
 //!
 //! Nested KVM does not work on this machine, so the guests run under TCG (a few times slower
 //! than native, which these small workloads do not notice).
@@ -654,6 +656,35 @@ fn check_guest_output(out: &Path) -> Vec<(String, Result<String, String>)> {
         "postgres: psql client spans",
         sent("postgres_select"),
         count(&|s| db(s, "CLIENT", "psql", "SELECT")),
+    );
+    // Each traceparent the echo service received names the front service's CLIENT span of
+    // that request (its trace and its span id): the header the sk_msg program added.
+    let echoed: Vec<Value> = read("propagation.json")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let named = echoed
+        .iter()
+        .filter(|e| {
+            let Some([tp]) = e["traceparent"].as_array().map(Vec::as_slice) else {
+                return false;
+            };
+            let parts: Vec<&str> = tp.as_str().unwrap_or_default().split('-').collect();
+            let path = e["path"].as_str().unwrap_or_default();
+            parts.len() == 4
+                && spans.iter().any(|s| {
+                    s["kind"] == "CLIENT"
+                        && attr(s, "server.port") == "8091"
+                        && attr(s, "url.path") == path
+                        && s["trace_id"] == parts[1]
+                        && s["span_id"] == parts[2]
+                })
+        })
+        .count();
+    expect(
+        "trace propagation: traceparents naming the caller's client span",
+        sent("propagation"),
+        named,
     );
     let metrics = read("metrics.txt");
     let dropped: f64 = metrics

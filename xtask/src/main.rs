@@ -74,7 +74,8 @@ commands:
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
                  (bench options: --pairs N (6), --seconds S (5), --sonde PATH (a built
-                 binary, no build); reports in target/bench/)
+                 binary, no build), --inject (every sonde arm with inject_traceparent on);
+                 reports in target/bench/)
   kernels        build, then boot Debian's 5.10, 6.1 and 6.12 kernels under qemu (TCG) and run
                  sonde in each against nginx, busybox httpd (fork per connection) and Redis
                  with exact span counts (--only 5.10,6.1 picks kernels; --sonde PATH runs

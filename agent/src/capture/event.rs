@@ -1,7 +1,9 @@
 //! Decoding ring-buffer events: a fixed header, then the payload bytes copied.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use sonde_ebpf::{conn_flags, direction, event_kind, ConnInfo, EventHeader, EVENT_HEADER_LEN};
+use sonde_ebpf::{
+    conn_flags, direction, event_kind, ConnInfo, EventHeader, TraceIds, EVENT_HEADER_LEN,
+};
 use thiserror::Error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +14,11 @@ pub enum EventKind {
     /// A process's first TCP connect() (`event_kind::PROCESS_SEEN`): no payload, no
     /// connection.
     ProcessSeen,
+    /// The kernel gave the thread's next server request a new trace (`TraceIds` payload).
+    TraceStarted,
+    /// The kernel added a `traceparent` to the thread's next client request (`TraceIds`
+    /// payload).
+    TraceInjected,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -22,6 +29,8 @@ impl TryFrom<u32> for EventKind {
             event_kind::CLOSE => Ok(EventKind::Close),
             event_kind::ERROR => Ok(EventKind::Error),
             event_kind::PROCESS_SEEN => Ok(EventKind::ProcessSeen),
+            event_kind::TRACE_STARTED => Ok(EventKind::TraceStarted),
+            event_kind::TRACE_INJECTED => Ok(EventKind::TraceInjected),
             other => Err(DecodeError::UnknownKind(other)),
         }
     }
@@ -104,6 +113,14 @@ impl<'a> Event<'a> {
         (self.header.total_len as u64).saturating_sub(copied)
     }
 
+    /// The ids of a `TraceStarted` or `TraceInjected` event (None when the payload is short).
+    pub fn trace_ids(&self) -> Option<TraceIds> {
+        let bytes = self.payload.get(..std::mem::size_of::<TraceIds>())?;
+        // SAFETY: TraceIds is repr(C) plain data valid for any bit pattern, and `bytes` holds
+        // size_of::<TraceIds>() bytes; read_unaligned copes with alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const TraceIds) })
+    }
+
     pub fn comm(&self) -> String {
         let c = &self.header.comm;
         let end = c.iter().position(|b| *b == 0).unwrap_or(c.len());
@@ -169,6 +186,43 @@ mod tests {
         assert_eq!(e.payload, b"abc");
         assert_eq!(e.gap(), 7);
         assert!(e.tail.is_empty());
+    }
+
+    #[test]
+    fn a_trace_event_carries_the_kernels_ids() {
+        let h = EventHeader {
+            kind: event_kind::TRACE_INJECTED,
+            tgid: 5,
+            tid: 6,
+            fd: -1,
+            captured_len: std::mem::size_of::<TraceIds>() as u32,
+            ..Default::default()
+        };
+        let ids = TraceIds {
+            trace_hi: 1,
+            trace_lo: 2,
+            span_id: 3,
+            flags: sonde_ebpf::trace_flags::CHILD,
+        };
+        // SAFETY: TraceIds is repr(C) plain data without padding.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                &ids as *const TraceIds as *const u8,
+                std::mem::size_of::<TraceIds>(),
+            )
+        };
+        let b = bytes_of(&h, raw);
+        let e = Event::decode(&b).unwrap();
+        assert_eq!(e.kind, EventKind::TraceInjected);
+        assert_eq!(e.trace_ids(), Some(ids));
+        let short = bytes_of(
+            &EventHeader {
+                captured_len: 8,
+                ..h
+            },
+            &raw[..8],
+        );
+        assert_eq!(Event::decode(&short).unwrap().trace_ids(), None);
     }
 
     #[test]

@@ -1,17 +1,51 @@
-//! The kernel's maps that userspace reads or writes besides the ring: the per-CPU drop
-//! counters, and the connection table, which learns what userspace found out about a
-//! connection.
+//! The kernel's maps that userspace reads or writes besides the ring: the per-CPU counters
+//! (drops, and the trace headers the `sk_msg` program added or not), and the connection
+//! table, which learns what userspace found out about a connection.
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use sonde_ebpf::{conn_flags, drop_reason, proto, ConnInfo, ConnKey};
+use sonde_ebpf::{conn_flags, drop_reason, injection, proto, ConnInfo, ConnKey};
 
-/// Reads the kernel's per-CPU drop counters, summed: (reason label, count).
-pub fn read_drops(map: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)> {
-    (0..drop_reason::COUNT)
-        .map(|i| {
-            let total = map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-            (drop_reason::NAMES[i as usize], total)
-        })
-        .collect()
+/// One per-CPU counter array of the kernel, read as increments.
+pub struct KernelCounter {
+    map: PerCpuArray<MapData, u64>,
+    names: &'static [&'static str],
+    seen: Vec<u64>,
+}
+
+impl KernelCounter {
+    /// The drop counters (`drop_reason`).
+    pub fn drops(map: PerCpuArray<MapData, u64>) -> KernelCounter {
+        KernelCounter::new(map, &drop_reason::NAMES)
+    }
+
+    /// What the `sk_msg` program did with HTTP requests (`injection`).
+    pub fn injections(map: PerCpuArray<MapData, u64>) -> KernelCounter {
+        KernelCounter::new(map, &injection::NAMES)
+    }
+
+    fn new(map: PerCpuArray<MapData, u64>, names: &'static [&'static str]) -> KernelCounter {
+        KernelCounter {
+            map,
+            names,
+            seen: vec![0; names.len()],
+        }
+    }
+
+    /// (label, count) for every counter that grew since the last call, summed over CPUs.
+    pub fn take_new(&mut self) -> Vec<(&'static str, u64)> {
+        let mut grew = Vec::new();
+        for (i, name) in self.names.iter().enumerate() {
+            let total: u64 = self
+                .map
+                .get(&(i as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            if total > self.seen[i] {
+                grew.push((*name, total - self.seen[i]));
+                self.seen[i] = total;
+            }
+        }
+        grew
+    }
 }
 
 /// What userspace found out about a connection the kernel ships.

@@ -2,7 +2,8 @@
 use std::path::Path;
 
 use aya::{
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    maps::SockHash,
+    programs::{BtfTracePoint, CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use thiserror::Error;
@@ -43,6 +44,17 @@ pub enum ProbeError {
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("inject_traceparent needs a cgroup v2 hierarchy: none is mounted and mounting one at {OWN_CGROUP2} failed: {0} (mount one, or set inject_traceparent: false)")]
+    NoCgroup2(std::io::Error),
+    #[error("opening the cgroup v2 root {path}: {source}")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("duplicating the fd of sonde_inject's sockhash: {0}")]
+    MapFd(std::io::Error),
+    #[error("the sockhash of program sonde_inject: {0}")]
+    SockHash(#[from] aya::maps::MapError),
 }
 
 /// Capabilities sonde needs when not root: (bit, name).
@@ -53,15 +65,22 @@ const NEEDED_CAPS: [(u32, &str); 4] = [
     (2, "CAP_DAC_READ_SEARCH"),
 ];
 const CAP_SYS_ADMIN: u32 = 21;
+/// Loading `sk_msg` and `sock_ops` programs and attaching to a cgroup need it besides.
+const CAP_NET_ADMIN: u32 = 12;
 
-/// Fails with the names of the capabilities that are missing.
-pub fn check_privileges() -> Result<(), ProbeError> {
+/// The effective capability set.
+fn effective_caps() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let have = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Fails with the names of the capabilities that are missing.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    let have = effective_caps();
     let has = |bit: u32| have & (1u64 << bit) != 0;
     let missing: Vec<&str> = NEEDED_CAPS
         .iter()
@@ -113,6 +132,8 @@ pub struct KernelSettings {
     pub payload_bytes: u32,
     /// Load the OpenSSL uprobes (attached later, per library file: `capture::tls`).
     pub tls: bool,
+    /// Load the trace propagation programs (`inject_traceparent`).
+    pub inject_traceparent: bool,
 }
 
 /// The benchmark's floor (`cargo xtask bench`): with `SONDE_BENCH_HOOK_ONLY=1` in its
@@ -157,6 +178,10 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
     state
         .attach("sock", "inet_sock_set_state")
         .map_err(|source| ProbeError::Program { name, source })?;
+    if settings.inject_traceparent {
+        // Before the syscall program: the thread's trace is shipped before its request.
+        attach_propagation(&mut ebpf, &btf)?;
+    }
     let name = "sonde_sys_exit";
     let exit: &mut BtfTracePoint = program(&mut ebpf, name)?;
     exit.load("sys_exit", &btf).map_err(|e| refused(name, e))?;
@@ -171,6 +196,88 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
             .map_err(|source| ProbeError::Program { name, source })?;
     }
     Ok(ebpf)
+}
+
+/// The trace propagation programs (agent-ebpf/src/propagate.rs): the thread follower on
+/// `sys_exit`, the `sock_ops` program that puts client sockets in the sockhash, and the
+/// `sk_msg` program on that sockhash that adds the header.
+fn attach_propagation(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), ProbeError> {
+    let have = effective_caps();
+    if have & (1 << CAP_NET_ADMIN | 1 << CAP_SYS_ADMIN) == 0 {
+        return Err(ProbeError::MissingPrivileges {
+            missing: "CAP_NET_ADMIN (for inject_traceparent)".to_string(),
+            have,
+        });
+    }
+    let name = "sonde_trace_exit";
+    let follow: &mut BtfTracePoint = program(ebpf, name)?;
+    follow.load("sys_exit", btf).map_err(|e| refused(name, e))?;
+    follow
+        .attach()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    let socks: SockHash<_, u64> = SockHash::try_from(
+        ebpf.map("CLIENT_SOCKS")
+            .ok_or(ProbeError::Missing("CLIENT_SOCKS"))?,
+    )?;
+    let socks = socks.fd().try_clone().map_err(ProbeError::MapFd)?;
+    let name = "sonde_inject";
+    let inject: &mut SkMsg = program(ebpf, name)?;
+    inject.load().map_err(|e| refused(name, e))?;
+    inject
+        .attach(&socks)
+        .map_err(|source| ProbeError::Program { name, source })?;
+    let root = cgroup2_root()?;
+    let cgroup = std::fs::File::open(&root).map_err(|source| ProbeError::Cgroup {
+        path: root.clone(),
+        source,
+    })?;
+    let name = "sonde_client_socks";
+    let socks: &mut SockOps = program(ebpf, name)?;
+    socks.load().map_err(|e| refused(name, e))?;
+    socks
+        .attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(|source| ProbeError::Program { name, source })?;
+    log::info!("inject_traceparent: plain HTTP/1 requests sent from this host get a traceparent header (sockets connected from now on; cgroup {root})");
+    Ok(())
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified host,
+/// `/sys/fs/cgroup/unified` on a hybrid one). Where none is (a minimal init), sonde mounts
+/// one of its own, as it does tracefs.
+fn cgroup2_root() -> Result<String, ProbeError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if let Some(root) = cgroup2_in(&mounts) {
+        return Ok(root);
+    }
+    std::fs::create_dir_all(OWN_CGROUP2).map_err(ProbeError::NoCgroup2)?;
+    let c = |s: &str| std::ffi::CString::new(s).expect("static string");
+    let (target, fstype) = (c(OWN_CGROUP2), c("cgroup2"));
+    // SAFETY: plain mount(2) with valid NUL-terminated strings and no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::NoCgroup2(std::io::Error::last_os_error()));
+    }
+    log::info!("no cgroup v2 hierarchy was mounted: mounted one at {OWN_CGROUP2}");
+    Ok(OWN_CGROUP2.to_string())
+}
+
+/// Where sonde mounts the cgroup v2 hierarchy when the host has not.
+const OWN_CGROUP2: &str = "/run/sonde/cgroup2";
+
+fn cgroup2_in(mounts: &str) -> Option<String> {
+    mounts.lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        let (_, path, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| path.to_string())
+    })
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProbeError>
@@ -238,6 +345,20 @@ fn child_pid_offset_in(format: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_on_unified_and_hybrid_hosts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs ro 0 0\n\
+            cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid 0 0\n\
+            cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
+        assert_eq!(
+            cgroup2_in(hybrid).as_deref(),
+            Some("/sys/fs/cgroup/unified")
+        );
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_in(unified).as_deref(), Some("/sys/fs/cgroup"));
+        assert_eq!(cgroup2_in("proc /proc proc rw 0 0\n"), None);
+    }
 
     #[test]
     fn child_pid_offset_from_the_format_file() {

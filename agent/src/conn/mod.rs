@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use sonde_ebpf::{conn_flags, role, ConnInfo, ConnKey, RING_LOST};
+use sonde_ebpf::{conn_flags, role, trace_flags, ConnInfo, ConnKey, RING_LOST};
 
 use crate::capture::event::{needs_resolve, peer_addr, Event, EventKind};
 use crate::capture::kernel_maps::{ConnVerdict, KernelUpdate};
@@ -22,7 +22,7 @@ use crate::protocols::call::{DbCall, HttpCall, HttpExchange, Role};
 use crate::protocols::session::PENDING_LIMIT;
 use crate::protocols::{session_for, Chunk, Finished, Readable, Session};
 use crate::traces::links::{ConnEnd, Side, Start};
-use crate::traces::{NodeRef, TraceLinks};
+use crate::traces::{Injected, NodeRef, TraceLinks};
 use sockets::{resolve_fd, FdKind, ListenerCache, PidFds};
 
 /// Where the connection table reports what it finds.
@@ -178,6 +178,23 @@ impl ConnTable {
             self.processes.get(h.tgid, &ev.comm(), true);
             return;
         }
+        if matches!(ev.kind, EventKind::TraceStarted | EventKind::TraceInjected) {
+            if let Some(ids) = ev.trace_ids() {
+                let trace_id = (ids.trace_hi as u128) << 64 | ids.trace_lo as u128;
+                if ev.kind == EventKind::TraceStarted {
+                    self.links.kernel_trace(h.tgid, h.tid, trace_id);
+                } else {
+                    let child = ids.flags & trace_flags::CHILD != 0;
+                    let injected = Injected {
+                        trace_id,
+                        span_id: ids.span_id,
+                        child,
+                    };
+                    self.links.kernel_header(h.tgid, h.tid, injected);
+                }
+            }
+            return;
+        }
         // By connection id, not fd: a dup()ed or inherited copy of a socket (inetd-style
         // servers read fd 0 and write fd 1) is one connection whatever fd carries it.
         let key = (h.tgid, h.conn.conn_id);
@@ -328,7 +345,10 @@ impl ConnTable {
                 }
             }
             EventKind::Error => session.failed(h.ts_ns, c.role, errno_name(h.errno), finished),
-            EventKind::Close | EventKind::ProcessSeen => {}
+            EventKind::Close
+            | EventKind::ProcessSeen
+            | EventKind::TraceStarted
+            | EventKind::TraceInjected => {}
         }
         c.start(finished, &mut self.links);
         c.report(finished, &mut self.links, &mut self.deferred, sink);

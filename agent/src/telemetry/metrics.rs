@@ -68,6 +68,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceLinkLabels {
     pub kind: String,
     pub result: String,
@@ -322,6 +327,8 @@ pub struct Metrics {
     pub gpu: SharedSnapshot,
     /// Trace links tried, by kind and result (see `traces::links`).
     pub trace_links: Family<TraceLinkLabels, Counter>,
+    /// What the kernel did with the HTTP/1 requests processes sent (`inject_traceparent`).
+    pub traceparent_injections: Family<ResultLabels, Counter>,
     pub graph: ServiceGraph,
 }
 
@@ -395,6 +402,17 @@ impl Metrics {
         for (kind, result) in LINK_OUTCOMES {
             drop(trace_links.get_or_create(&TraceLinkLabels {
                 kind: kind.into(),
+                result: result.into(),
+            }));
+        }
+        let traceparent_injections = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sonde_traceparent_injections",
+            "HTTP/1 requests the kernel saw processes send with inject_traceparent on, by result (injected, has_own, ambiguous, failed)",
+            traceparent_injections.clone(),
+        );
+        for result in sonde_ebpf::injection::NAMES {
+            drop(traceparent_injections.get_or_create(&ResultLabels {
                 result: result.into(),
             }));
         }
@@ -514,6 +532,7 @@ impl Metrics {
             spans_exported,
             export_dropped,
             trace_links,
+            traceparent_injections,
             graph,
         }
     }
@@ -729,6 +748,14 @@ impl Metrics {
         self.events_dropped
             .get_or_create(&ReasonLabels {
                 reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
+    pub fn injected(&self, result: &str, n: u64) {
+        self.traceparent_injections
+            .get_or_create(&ResultLabels {
+                result: result.into(),
             })
             .inc_by(n);
     }

@@ -22,22 +22,46 @@ use super::node::{NodeRef, TraceNode};
 pub const THREAD: &str = "thread";
 pub const CONNECTION: &str = "connection";
 pub const TRACEPARENT: &str = "traceparent";
+/// A client call whose `traceparent` the kernel added (`inject_traceparent`).
+pub const INJECTED: &str = "injected";
 /// ...and what came of it.
 pub const LINKED: &str = "linked";
 pub const LINKED_BY_PATH: &str = "linked_by_path";
 pub const AMBIGUOUS: &str = "ambiguous";
 /// The server span was already built when its client call was seen.
 pub const TOO_LATE: &str = "too_late";
+/// The kernel's header starts a new trace with the call (its thread served no request).
+pub const NEW_TRACE: &str = "new_trace";
+/// The kernel's header names the trace of the request its thread serves, but no request
+/// the thread serves here is in that trace (its trace came from a client on this host
+/// that sent no header): the call keeps the header's ids, as the first span of that trace.
+pub const MISMATCH: &str = "mismatch";
 
 /// Every (kind, result) counted, for exporting them at zero from the start.
-pub const LINK_OUTCOMES: [(&str, &str); 6] = [
+pub const LINK_OUTCOMES: [(&str, &str); 9] = [
     (THREAD, LINKED),
     (THREAD, LINKED_BY_PATH),
     (THREAD, AMBIGUOUS),
     (CONNECTION, LINKED),
     (CONNECTION, TOO_LATE),
     (TRACEPARENT, LINKED),
+    (INJECTED, LINKED),
+    (INJECTED, NEW_TRACE),
+    (INJECTED, MISMATCH),
 ];
+
+/// The ids in a `traceparent` the kernel added to a thread's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Injected {
+    pub trace_id: u128,
+    pub span_id: u64,
+    /// The trace is the one of the request the thread serves.
+    pub child: bool,
+}
+
+/// Threads with kernel ids not claimed yet, at most (a thread whose request never reaches
+/// a session leaves its entry; past this many, all are dropped).
+const MAX_KERNEL_IDS: usize = 16_384;
 
 /// Which end of its connection a process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +124,10 @@ pub struct TraceLinks {
     threads: FxHashMap<(u32, u32), Vec<Serving>>,
     waiting: FxHashMap<SocketAddr, Waiting>,
     counts: LinkCounts,
+    /// (tgid, tid) -> the trace the kernel gave the thread's next server request.
+    kernel_traces: FxHashMap<(u32, u32), u128>,
+    /// (tgid, tid) -> the ids the kernel put in the thread's next client request.
+    kernel_headers: FxHashMap<(u32, u32), Injected>,
 }
 
 impl TraceLinks {
@@ -111,8 +139,24 @@ impl TraceLinks {
         }
     }
 
+    /// The kernel gave the next server request of thread (tgid, tid) trace `trace_id` (the
+    /// trace of the headers it adds to the thread's calls).
+    pub fn kernel_trace(&mut self, tgid: u32, tid: u32, trace_id: u128) {
+        bounded_insert(&mut self.kernel_traces, (tgid, tid), trace_id);
+    }
+
+    /// The kernel added a `traceparent` with `ids` to the next client request of thread
+    /// (tgid, tid).
+    pub fn kernel_header(&mut self, tgid: u32, tid: u32, ids: Injected) {
+        bounded_insert(&mut self.kernel_headers, (tgid, tid), ids);
+    }
+
     fn server_started(&mut self, conn: &ConnEnd, start: &Start) -> NodeRef {
-        let node = TraceNode::new(start.traceparent);
+        let kernel_trace = self.kernel_traces.remove(&(conn.tgid, start.tid));
+        let node = match (start.traceparent, kernel_trace) {
+            (None, Some(trace_id)) => TraceNode::root_of(trace_id),
+            (remote, _) => TraceNode::new(remote),
+        };
         if let Some(endpoint) = conn.client_endpoint {
             match self.take_waiting(endpoint, Side::Client) {
                 Some(client) => {
@@ -134,11 +178,35 @@ impl TraceLinks {
     }
 
     fn client_started(&mut self, conn: &ConnEnd, start: &Start) -> NodeRef {
-        let node = match (start.traceparent, self.threads.get(&(conn.tgid, start.tid))) {
+        let thread = (conn.tgid, start.tid);
+        // Only an HTTP request can carry the kernel's header.
+        let injected = match start.request_key {
+            0 => None,
+            _ => self.kernel_headers.remove(&thread),
+        };
+        let node = match (start.traceparent, self.threads.get(&thread)) {
             // The process's own tracing named the span this call belongs to.
             (Some(tp), _) => {
                 self.counts.push((TRACEPARENT, LINKED));
                 TraceNode::new(Some(tp))
+            }
+            (None, serving) if injected.is_some() => {
+                let ids = injected.expect("checked");
+                // The other end reads these ids from the header: the span has them.
+                let node = TraceNode::with_span(ids.span_id, ids.trace_id);
+                let parent = serving
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s.node.place().trace_id == ids.trace_id);
+                match (ids.child, parent) {
+                    (true, Some(parent)) => {
+                        node.set_parent(&parent.node);
+                        self.counts.push((INJECTED, LINKED));
+                    }
+                    (true, None) => self.counts.push((INJECTED, MISMATCH)),
+                    (false, _) => self.counts.push((INJECTED, NEW_TRACE)),
+                }
+                node
             }
             (None, None) => TraceNode::new(None),
             (None, Some(serving)) => match serving.as_slice() {
@@ -268,6 +336,15 @@ impl TraceLinks {
     pub fn len(&self) -> (usize, usize) {
         (self.threads.len(), self.waiting.len())
     }
+}
+
+/// Inserts into a map that may hold entries nobody claims: past `MAX_KERNEL_IDS` it starts
+/// over.
+fn bounded_insert<V>(map: &mut FxHashMap<(u32, u32), V>, key: (u32, u32), value: V) {
+    if map.len() >= MAX_KERNEL_IDS {
+        map.clear();
+    }
+    map.insert(key, value);
 }
 
 #[cfg(test)]
@@ -447,6 +524,98 @@ mod tests {
             (0xabc, Some(0xdef), Some(false))
         );
         assert_eq!(links.take_counts().count(), 0);
+    }
+
+    #[test]
+    fn the_kernels_ids_name_the_spans_they_went_out_with() {
+        let mut links = TraceLinks::default();
+        let (tgid, tid) = (7, 70);
+        let entry = end(tgid, Side::Server, "10.9.9.9:1234");
+        let upstream = end(tgid, Side::Client, "127.0.0.1:41000");
+        // The kernel gave the thread's next request trace 0xabc, then added a header with
+        // span id 0x55 to the call that thread made while serving it.
+        links.kernel_trace(tgid, tid, 0xabc);
+        let served = links.started(&entry, &start(tid, 1));
+        assert_eq!(served.place().trace_id, 0xabc);
+        // A Redis command of the thread does not take the header's ids.
+        let ids = Injected {
+            trace_id: 0xabc,
+            span_id: 0x55,
+            child: true,
+        };
+        links.kernel_header(tgid, tid, ids);
+        let cache = end(tgid, Side::Client, "127.0.0.1:42000");
+        let command = links.started(&cache, &start(tid, 0));
+        assert_ne!(command.span_id, 0x55);
+        let call = links.started(&upstream, &start(tid, 2));
+        assert_eq!(call.span_id, 0x55);
+        assert_eq!(call.place().trace_id, 0xabc);
+        assert_eq!(call.place().parent_span_id, Some(served.span_id));
+        // A thread that serves nothing starts a trace with its call.
+        links.kernel_header(
+            tgid,
+            99,
+            Injected {
+                trace_id: 0xdef,
+                span_id: 0x66,
+                child: false,
+            },
+        );
+        let alone = links.started(&upstream, &start(99, 3));
+        let place = alone.place();
+        assert_eq!((alone.span_id, place.trace_id), (0x66, 0xdef));
+        assert_eq!(place.parent_span_id, None);
+        let counts: Vec<_> = links.take_counts().collect();
+        assert_eq!(
+            counts,
+            [(THREAD, LINKED), (INJECTED, LINKED), (INJECTED, NEW_TRACE)]
+        );
+    }
+
+    #[test]
+    fn a_header_in_another_trace_than_the_served_request_keeps_its_ids() {
+        let mut links = TraceLinks::default();
+        // The kernel gave the request trace 0xabc, but its client on this host sent no
+        // header: sonde puts the request in that client's trace.
+        links.kernel_trace(2, 20, 0xabc);
+        let server = end(2, Side::Server, "127.0.0.1:40000");
+        let served = links.started(&server, &start(20, 1));
+        let caller = links.started(&end(1, Side::Client, "127.0.0.1:40000"), &start(10, 1));
+        assert_eq!(served.place().trace_id, caller.place().trace_id);
+        links.kernel_header(
+            2,
+            20,
+            Injected {
+                trace_id: 0xabc,
+                span_id: 0x77,
+                child: true,
+            },
+        );
+        let call = links.started(&end(2, Side::Client, "127.0.0.1:43000"), &start(20, 2));
+        let place = call.place();
+        // What the far end reads in the header, not a parent in another trace.
+        assert_eq!((call.span_id, place.trace_id), (0x77, 0xabc));
+        assert_eq!(place.parent_span_id, None);
+        assert!(links.take_counts().any(|c| c == (INJECTED, MISMATCH)));
+    }
+
+    #[test]
+    fn kernel_ids_nobody_claims_stay_bounded() {
+        let mut links = TraceLinks::default();
+        for tid in 0..3 * MAX_KERNEL_IDS as u32 {
+            links.kernel_trace(1, tid, 1);
+            links.kernel_header(
+                1,
+                tid,
+                Injected {
+                    trace_id: 1,
+                    span_id: 1,
+                    child: false,
+                },
+            );
+        }
+        assert!(links.kernel_traces.len() <= MAX_KERNEL_IDS);
+        assert!(links.kernel_headers.len() <= MAX_KERNEL_IDS);
     }
 
     #[test]

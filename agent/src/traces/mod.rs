@@ -4,10 +4,12 @@
 //! its parent, which may still change while the call is in flight); `links` joins calls into
 //! trees: a client call to the server request its thread is serving (in a process), and a
 //! server request to the client call at the other end of its connection (across processes
-//! on this host).
+//! on this host). With `inject_traceparent` the kernel chooses some ids itself (the trace of
+//! a request a thread serves, the span of a request it sends with a header): the links give
+//! them to those spans.
 pub mod context;
 pub mod links;
 pub mod node;
 
-pub use links::{LinkCounts, TraceLinks};
+pub use links::{Injected, LinkCounts, TraceLinks};
 pub use node::{NodeRef, TraceNode};

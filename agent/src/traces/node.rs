@@ -69,15 +69,27 @@ const MAX_DEPTH: usize = 64;
 impl TraceNode {
     /// A node of a new trace, or under `remote` when a `traceparent` names a parent.
     pub fn new(remote: Option<TraceParent>) -> NodeRef {
-        let parent = match remote {
-            Some(p) => Parent::Remote(Box::new(p)),
-            None => {
-                let t = new_trace_id();
-                Parent::Root((t >> 64) as u64, t as u64)
-            }
-        };
+        match remote {
+            Some(p) => TraceNode::make(new_span_id(), Parent::Remote(Box::new(p))),
+            None => TraceNode::root_of(new_trace_id()),
+        }
+    }
+
+    /// The first span of trace `trace_id` (one the kernel chose).
+    pub fn root_of(trace_id: u128) -> NodeRef {
+        TraceNode::with_span(new_span_id(), trace_id)
+    }
+
+    /// A span whose id was chosen already (the parent id of a `traceparent` the kernel
+    /// added to its request), first of trace `trace_id` until given a parent.
+    pub fn with_span(span_id: u64, trace_id: u128) -> NodeRef {
+        let root = Parent::Root((trace_id >> 64) as u64, trace_id as u64);
+        TraceNode::make(span_id, root)
+    }
+
+    fn make(span_id: u64, parent: Parent) -> NodeRef {
         Rc::new(TraceNode {
-            span_id: new_span_id(),
+            span_id,
             parent: RefCell::new(parent),
             finished: Cell::new(false),
             edge: RefCell::new(None),
