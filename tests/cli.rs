@@ -113,6 +113,7 @@ fn configuration_layers_file_env_and_flags() {
                     genai_providers: []\n\
                     payload_bytes: 512\n\
                     tls: true\n\
+                    inject_traceparent: false\n\
                     gpu: true\n\
                     gpu_interval: 10\n\
                     gpu_dcgm_names: false\n\

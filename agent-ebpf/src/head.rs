@@ -38,9 +38,13 @@ pub fn terminate(buf: &mut [u8; HEAD_BUF], n: usize) {
     }
 }
 
+/// The byte at `k`, masked into the buffer, the mask kept whatever the compiler knows: after
+/// a check such as `pos + 55 < n` with `n` masked, LLVM drops the mask as redundant, and
+/// the 5.10 and 6.1 verifiers, which do not carry that bound over to `pos`, refuse the
+/// access.
 #[inline(always)]
 fn byte(buf: &[u8; HEAD_BUF], k: usize) -> u8 {
-    buf[k & MASK]
+    buf[core::hint::black_box(k) & MASK]
 }
 
 /// The eight bytes at `k`, little endian.
@@ -99,52 +103,107 @@ pub fn first_newline(buf: &[u8; HEAD_BUF], n: usize) -> Option<usize> {
     None
 }
 
-/// Where the value of a `traceparent:` header starts (its name at the start of a line)
-/// among the first `n` bytes of a terminated head. Two newlines per word are looked at:
-/// a header line is at least four bytes (`a:\r\n`), so a word holds no more.
+/// `scan` found the end of the head and no `traceparent` before it.
+pub const PLAIN: usize = 0;
+/// `scan` found no end of the head among the bytes: what the head holds is not known.
+pub const UNFINISHED: usize = 1;
+
+/// Looks through the first `n` bytes of a terminated head, up to the blank line that ends
+/// it: the offset where a `traceparent:` header's value starts (its name at a line start,
+/// any case; always above `UNFINISHED`), else `PLAIN` or `UNFINISHED`. Two newlines per
+/// word are looked at: a header line is at least four bytes (`a:\r\n`), so a word holds
+/// no more (three only around a one-letter header with no value right before the blank
+/// line, whose end is then missed: the head reads as unfinished, and nothing is added).
 #[inline(always)]
-pub fn find_traceparent(buf: &[u8; HEAD_BUF], n: usize) -> Option<usize> {
+pub fn scan(buf: &[u8; HEAD_BUF], n: usize) -> usize {
     let mut i = 0;
     while i < n && i < HEAD_BYTES {
         let x = word(buf, i) ^ NEWLINES;
         let j1 = lowest_byte(zero_bytes(x));
-        if j1 < 8 && name_at(buf, i + j1 + 1) {
-            return Some(i + j1 + 1 + NAME_LEN);
+        if j1 < 8 {
+            let found = line_after(buf, i + j1 + 1);
+            if found != UNFINISHED {
+                return found;
+            }
         }
         // The next newline: the first one's byte set to non-zero (when j1 is 8 this only
         // touches byte 0, which held no newline).
         let j2 = lowest_byte(zero_bytes(x | 0xff << ((8 * j1) & 63)));
-        if j2 < 8 && name_at(buf, i + j2 + 1) {
-            return Some(i + j2 + 1 + NAME_LEN);
+        if j2 < 8 {
+            let found = line_after(buf, i + j2 + 1);
+            if found != UNFINISHED {
+                return found;
+            }
         }
         i += 8;
     }
-    None
+    UNFINISHED
 }
 
-/// The trace id of the `traceparent` value at `pos` (after up to two blanks) when the whole
-/// value is among the first `n` bytes and is one that userspace's parser takes too: version
-/// not `ff`, trace id and parent id not zero.
+/// What the line starting at `k` (after a newline) says: `PLAIN` when it is the blank line
+/// ending the head, the value's offset when it is a `traceparent` header, else
+/// `UNFINISHED` (look on).
 #[inline(always)]
-pub fn trace_id_at(buf: &[u8; HEAD_BUF], mut pos: usize, n: usize) -> Option<(u64, u64)> {
+fn line_after(buf: &[u8; HEAD_BUF], k: usize) -> usize {
+    let start = word(buf, k) & 0xffff;
+    if start & 0xff == b'\n' as u64 || start == u16::from_le_bytes(*b"\r\n") as u64 {
+        return PLAIN;
+    }
+    if name_at(buf, k) {
+        return k + NAME_LEN;
+    }
+    UNFINISHED
+}
+
+/// Whether the line ending at the newline at `line_end` ends like an HTTP/1 request line
+/// (` HTTP/1.0` or ` HTTP/1.1`, then an optional `\r`): a Redis inline command such as
+/// `GET key` starts like one and must not be taken for one.
+#[inline(always)]
+pub fn is_request_line(buf: &[u8; HEAD_BUF], line_end: usize) -> bool {
+    let e = if byte(buf, line_end.wrapping_sub(1)) == b'\r' {
+        line_end.wrapping_sub(1)
+    } else {
+        line_end
+    };
+    if e < 14 {
+        return false;
+    }
+    let version = word(buf, e - 8);
+    (version == u64::from_le_bytes(*b"HTTP/1.1") || version == u64::from_le_bytes(*b"HTTP/1.0"))
+        && byte(buf, e - 9) == b' '
+}
+
+/// The trace id and sampled flag of the `traceparent` value at `pos` (after up to two
+/// blanks) when the whole value is among the first `n` bytes and is one that userspace's
+/// parser takes too: version not `ff`, trace id and parent id not zero, nothing glued to
+/// the flags.
+#[inline(always)]
+pub fn trace_id_at(buf: &[u8; HEAD_BUF], mut pos: usize, n: usize) -> Option<(u64, u64, bool)> {
     let mut blanks = 0;
     while blanks < 2 && matches!(byte(buf, pos), b' ' | b'\t') {
         pos += 1;
         blanks += 1;
     }
-    if pos + VALUE_LEN > n {
+    if pos + VALUE_LEN >= n {
         return None;
     }
     let version = hex(buf, pos, 2)?;
     let hi = hex(buf, pos + 3, 16)?;
     let lo = hex(buf, pos + 19, 16)?;
     let parent = hex(buf, pos + 36, 16)?;
-    hex(buf, pos + 53, 2)?;
-    let dashes = [2, 35, 52].iter().all(|d| byte(buf, pos + d) == b'-');
-    if version == 0xff || !dashes || (hi == 0 && lo == 0) || parent == 0 {
+    let flags = hex(buf, pos + 53, 2)?;
+    // Spelled out, not a loop over the offsets: LLVM would read them from .rodata, which
+    // the 5.10 and 6.1 verifiers take for unknown values.
+    let dashes =
+        byte(buf, pos + 2) == b'-' && byte(buf, pos + 35) == b'-' && byte(buf, pos + 52) == b'-';
+    let ends = matches!(
+        byte(buf, pos + VALUE_LEN),
+        b'\r' | b'\n' | b' ' | b'\t' | b'-'
+    );
+    if version == 0xff || !dashes || !ends || (hi == 0 && lo == 0) || parent == 0 {
         return None;
     }
-    Some((hi, lo))
+    Some((hi, lo, flags & 1 == 1))
 }
 
 /// `digits` hex digits (either case) at `k`.
@@ -187,9 +246,12 @@ mod tests {
         (buf, n)
     }
 
-    fn trace_id(text: &[u8]) -> Option<(u64, u64)> {
+    fn trace_id(text: &[u8]) -> Option<(u64, u64, bool)> {
         let (buf, n) = head(text);
-        let pos = find_traceparent(&buf, n)?;
+        let pos = scan(&buf, n);
+        if pos == PLAIN || pos == UNFINISHED {
+            return None;
+        }
         trace_id_at(&buf, pos, n)
     }
 
@@ -203,7 +265,7 @@ mod tests {
                 );
                 assert_eq!(
                     trace_id(text.as_bytes()),
-                    Some((0x0af7651916cd43dd, 0x8448eb211c80319c)),
+                    Some((0x0af7651916cd43dd, 0x8448eb211c80319c, true)),
                     "{text:?}"
                 );
             }
@@ -230,17 +292,21 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
             "00-0af7651916cd43dd8448eb211c80319x-b7ad6b7169203331-01",
             "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",
         ];
         for v in bad {
             let text = std::format!("GET / HTTP/1.1\r\ntraceparent: {v}\r\n\r\n");
             assert_eq!(trace_id(text.as_bytes()), None, "{v}");
         }
-        // Cut at every length short of the whole value: never read past the copied bytes.
-        let text = std::format!("GET / HTTP/1.1\r\ntraceparent: {TP}");
-        for cut in 0..text.len() {
+        // Cut at every length short of the value and the byte after it: never read past the
+        // copied bytes.
+        let text = std::format!("GET / HTTP/1.1\r\ntraceparent: {TP}\r\n");
+        for cut in 0..text.len() - 1 {
             assert_eq!(trace_id(&text.as_bytes()[..cut]), None, "cut at {cut}");
         }
         assert!(trace_id(text.as_bytes()).is_some());
+        let unsampled = std::format!("GET / HTTP/1.1\r\ntraceparent: {}0\r\n", &TP[..54]);
+        assert_eq!(trace_id(unsampled.as_bytes()).map(|t| t.2), Some(false));
     }
 
     #[test]
@@ -251,6 +317,44 @@ mod tests {
         long.resize(HEAD_BYTES - 10, b'b');
         long.extend_from_slice(std::format!("\r\ntraceparent: {TP}\r\n\r\n").as_bytes());
         assert_eq!(trace_id(&long), None);
+    }
+
+    #[test]
+    fn the_head_ends_at_its_blank_line_and_the_body_is_not_looked_at() {
+        for end in ["\r\n\r\n", "\n\n"] {
+            for pad in 0..16 {
+                let text = std::format!(
+                    "GET / HTTP/1.1\r\nX: {}{end}traceparent: {TP}\r\n",
+                    "z".repeat(pad)
+                );
+                let (buf, n) = head(text.as_bytes());
+                assert_eq!(scan(&buf, n), PLAIN, "{text:?}");
+            }
+        }
+        // A head cut before its end, at every length: never plain, never a wrong header.
+        let text = "GET / HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n";
+        for cut in 0..text.len() - 1 {
+            let (buf, n) = head(&text.as_bytes()[..cut]);
+            assert_eq!(scan(&buf, n), UNFINISHED, "cut at {cut}");
+        }
+        let (buf, n) = head(text.as_bytes());
+        assert_eq!(scan(&buf, n), PLAIN);
+    }
+
+    #[test]
+    fn only_an_http_request_line_is_one() {
+        for (line, is) in [
+            ("GET /a HTTP/1.1\r\n", true),
+            ("POST /x?y=1 HTTP/1.0\n", true),
+            ("GET key\r\n", false),
+            ("GET HTTP/1.1\r\n", false),
+            ("GET /a HTTP/2.0\r\n", false),
+            ("GET /aHTTP/1.1\r\n", false),
+        ] {
+            let (buf, n) = head(line.as_bytes());
+            let end = first_newline(&buf, n).unwrap();
+            assert_eq!(is_request_line(&buf, end), is, "{line:?}");
+        }
     }
 
     #[test]

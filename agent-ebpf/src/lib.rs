@@ -59,13 +59,16 @@ pub struct TraceIds {
     /// The injected header's parent id: the client span's id (0 for `TRACE_STARTED`).
     pub span_id: u64,
     /// `trace_flags` bits.
-    pub flags: u64,
+    pub flags: u32,
+    /// `TRACE_INJECTED`: the local port of the socket the request went out on (host byte
+    /// order), so that only a request on that connection takes these ids.
+    pub local_port: u32,
 }
 
 pub mod trace_flags {
     /// The injected trace is the one of the request the thread serves (the client call is
     /// its child); otherwise a new trace starts with the client call.
-    pub const CHILD: u64 = 1;
+    pub const CHILD: u32 = 1;
 }
 
 /// Outcomes of the `sk_msg` program on an HTTP/1 request (index into `INJECTIONS`).

@@ -9,30 +9,27 @@
 //!   trace, the request's own `traceparent`'s or a new one (shipped as `TRACE_STARTED`). The
 //!   first write of the response ends it; a second request read before the answer (an event
 //!   loop under concurrency) makes the thread ambiguous until it has answered them all.
-//! - `sonde_client_socks` (`sock_ops` on the cgroup v2 root) puts each TCP socket that
-//!   connects into `CLIENT_SOCKS`.
+//! - `sonde_client_socks` (`sock_ops` on the cgroup v2 root, in an object of its own:
+//!   socks.rs) puts each TCP socket that connects into `CLIENT_SOCKS`.
 //! - `sonde_inject` (`sk_msg` on `CLIENT_SOCKS`) inserts the header after the request line
 //!   (no `bpf_probe_write_user`: `bpf_msg_push_data` grows the message in the kernel) and
 //!   ships the ids as `TRACE_INJECTED`.
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{pt_regs, sk_action, BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    bindings::{pt_regs, sk_action},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{
-            bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_msg_pull_data, bpf_probe_read_user,
-        },
+        generated::{bpf_get_prandom_u32, bpf_msg_pull_data, bpf_probe_read_user},
     },
-    macros::{btf_tracepoint, map, sk_msg, sock_ops},
-    maps::{LruHashMap, PerCpuArray, SockHash},
-    programs::{BtfTracePointContext, SkMsgContext, SockOpsContext},
+    macros::{btf_tracepoint, map, sk_msg},
+    maps::{ring_buf::RingBufEntry, LruHashMap, PerCpuArray},
+    programs::{BtfTracePointContext, SkMsgContext},
 };
 use sonde_ebpf::{
     conn_flags, drop_reason, event_kind,
     head::{self, HEAD_BUF, HEAD_BYTES},
-    injection, proto, role, trace_flags, ConnKey, EventHeader, TraceIds, MAX_INJECT_SOCKETS,
-    MAX_TRACED_THREADS,
+    injection, proto, role, trace_flags, ConnKey, EventHeader, TraceIds, MAX_TRACED_THREADS,
 };
 
 use crate::kernel::{
@@ -56,16 +53,15 @@ pub struct ThreadTrace {
     fd: i32,
     /// Requests read and not answered yet.
     in_flight: u16,
-    /// Several were in flight at once since the thread last had none.
+    /// Several were in flight at once since the thread last had none, or the one in flight
+    /// has a trace the kernel could not tell: whose trace a call belongs to is not known.
     mixed: u8,
-    _pad: u8,
+    /// The trace's sampled flag (the request's own `traceparent`'s, else set).
+    sampled: u8,
 }
 
 #[map]
 static THREADS: LruHashMap<u64, ThreadTrace> = LruHashMap::with_max_entries(MAX_TRACED_THREADS, 0);
-
-#[map]
-static CLIENT_SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_INJECT_SOCKETS, 0);
 
 #[map]
 static INJECTIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(injection::COUNT, 0);
@@ -243,7 +239,8 @@ fn follow(regs: *const pt_regs, ret: i64) -> Result<(), i64> {
         if classify_http(&first) == CLASS_REQUEST {
             request_read(pid_tgid, fd, ptr, len);
         }
-    } else if &first[..7] == b"HTTP/1." && head[9] != b'1' {
+    } else if &first[..7] == b"HTTP/1." && (head[9] != b'1' || &head[9..12] == b"101") {
+        // A final answer: not a 1xx, except 101 (the connection switches protocol).
         answered(pid_tgid);
     }
     Ok(())
@@ -267,9 +264,13 @@ fn request_read(pid_tgid: u64, fd: i32, ptr: u64, len: u64) {
             return;
         }
     }
-    let (trace_hi, trace_lo, inherited) = match request_trace(ptr, len) {
-        Some((hi, lo)) => (hi, lo, true),
-        None => (random_u64(), random_u64(), false),
+    let seen = request_trace(ptr, len);
+    if seen.kind == NOT_A_REQUEST {
+        return;
+    }
+    let (trace_hi, trace_lo, sampled) = match seen.kind {
+        INHERITED => (seen.trace_hi, seen.trace_lo, seen.sampled),
+        _ => (random_u64(), random_u64(), 1),
     };
     let t = ThreadTrace {
         trace_hi,
@@ -278,11 +279,11 @@ fn request_read(pid_tgid: u64, fd: i32, ptr: u64, len: u64) {
         opaque_until_ns,
         fd,
         in_flight: 1,
-        mixed: 0,
-        _pad: 0,
+        mixed: u8::from(seen.kind == UNKNOWN),
+        sampled,
     };
     let _ = THREADS.insert(&pid_tgid, &t, 0);
-    if !inherited {
+    if seen.kind == NEW {
         ship(
             event_kind::TRACE_STARTED,
             pid_tgid,
@@ -290,14 +291,13 @@ fn request_read(pid_tgid: u64, fd: i32, ptr: u64, len: u64) {
             TraceIds {
                 trace_hi,
                 trace_lo,
-                span_id: 0,
-                flags: 0,
+                ..TraceIds::default()
             },
         );
     }
 }
 
-/// The thread wrote the start of a response (not a 1xx).
+/// The thread wrote the start of a final response.
 #[inline(always)]
 fn answered(pid_tgid: u64) {
     if let Some(t) = THREADS.get_ptr_mut(&pid_tgid) {
@@ -328,17 +328,44 @@ fn opaque(pid_tgid: u64) {
                 fd: -1,
                 in_flight: 0,
                 mixed: 0,
-                _pad: 0,
+                sampled: 1,
             };
             let _ = THREADS.insert(&pid_tgid, &t, 0);
         }
     }
 }
 
-/// The trace id of the request's own `traceparent`, looked for in its first bytes.
+/// What the kernel makes of a read that starts like an HTTP/1 request.
+struct Seen {
+    kind: u8,
+    trace_hi: u64,
+    trace_lo: u64,
+    sampled: u8,
+}
+
+/// Not a request line after all (a Redis inline command, say).
+const NOT_A_REQUEST: u8 = 0;
+/// A head with no valid `traceparent`: the request starts a trace.
+const NEW: u8 = 1;
+/// The request's own `traceparent`.
+const INHERITED: u8 = 2;
+/// The head does not end in the bytes looked at (or they could not be read): its trace is
+/// not known here, so its thread adds nothing while it serves it.
+const UNKNOWN: u8 = 3;
+
+/// Looks at the first bytes of a read that starts like an HTTP/1 request: whether it is
+/// one, and the trace of its own `traceparent`.
 #[inline(always)]
-fn request_trace(ptr: u64, len: u64) -> Option<(u64, u64)> {
-    let scan = ScanGuard::take()?;
+fn request_trace(ptr: u64, len: u64) -> Seen {
+    let mut seen = Seen {
+        kind: UNKNOWN,
+        trace_hi: 0,
+        trace_lo: 0,
+        sampled: 1,
+    };
+    let Some(scan) = ScanGuard::take() else {
+        return seen;
+    };
     let n = if len > HEAD_BYTES as u64 {
         HEAD_BYTES
     } else {
@@ -356,11 +383,34 @@ fn request_trace(ptr: u64, len: u64) -> Option<(u64, u64)> {
         )
     };
     if read != 0 {
-        return None;
+        return seen;
     }
     scan.set_len(size);
-    let pos = scan.launder(head::find_traceparent(buf, scan.len())?);
-    head::trace_id_at(buf, pos, scan.len())
+    match head::first_newline(buf, scan.len()) {
+        Some(end) if head::is_request_line(buf, scan.launder(end)) => {}
+        Some(_) => {
+            seen.kind = NOT_A_REQUEST;
+            return seen;
+        }
+        // The request line goes on past what was read.
+        None => return seen,
+    }
+    let pos = scan.launder(head::scan(buf, scan.len()));
+    if pos == head::UNFINISHED {
+        return seen;
+    }
+    seen.kind = NEW;
+    if pos != head::PLAIN {
+        if let Some((hi, lo, sampled)) = head::trace_id_at(buf, pos, scan.len()) {
+            seen = Seen {
+                kind: INHERITED,
+                trace_hi: hi,
+                trace_lo: lo,
+                sampled: u8::from(sampled),
+            };
+        }
+    }
+    seen
 }
 
 #[inline(always)]
@@ -377,13 +427,22 @@ struct TraceEvent {
     ids: TraceIds,
 }
 
-/// Ships a `TRACE_*` event, written in place in the ring (not built on the stack first).
+/// Ships a `TRACE_*` event.
 #[inline(always)]
 fn ship(kind: u32, pid_tgid: u64, fd: i32, ids: TraceIds) {
     let Some(mut entry) = EVENTS.reserve::<TraceEvent>(0) else {
         count_drop(drop_reason::RINGBUF_FULL);
         return;
     };
+    fill(&mut entry, kind, pid_tgid, fd, ids);
+    // The write or read event that follows wakes userspace.
+    entry.submit(BPF_RB_NO_WAKEUP);
+}
+
+/// Writes a `TRACE_*` event in place in its reserved ring entry (not built on the stack
+/// first: there is no room beside the rest).
+#[inline(always)]
+fn fill(entry: &mut RingBufEntry<TraceEvent>, kind: u32, pid_tgid: u64, fd: i32, ids: TraceIds) {
     let e = entry.as_mut_ptr();
     // SAFETY: `e` is the reserved entry, size_of::<TraceEvent>() bytes, ours until submit;
     // every byte is written (the header zeroed first; its size is a multiple of 8).
@@ -404,40 +463,34 @@ fn ship(kind: u32, pid_tgid: u64, fd: i32, ids: TraceIds) {
         (*e).header.captured_len = core::mem::size_of::<TraceIds>() as u32;
         (*e).ids = ids;
     }
-    // The write or read event that follows wakes userspace.
-    entry.submit(BPF_RB_NO_WAKEUP);
 }
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
-
-/// Each TCP socket that connects joins `CLIENT_SOCKS`, so that `sonde_inject` sees what it
-/// sends.
-#[sock_ops]
-pub fn sonde_client_socks(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        // SAFETY: the context pointer the kernel passed to this program.
-        let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
-        let _ = CLIENT_SOCKS.update(&mut cookie, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
-    }
-    1
-}
 
 #[sk_msg]
 pub fn sonde_inject(ctx: SkMsgContext) -> u32 {
     if HOOK_ONLY.load() != 0 {
         return sk_action::SK_PASS;
     }
-    if let Some(outcome) = inject(&ctx) {
-        if let Some(c) = INJECTIONS.get_ptr_mut(outcome) {
-            // SAFETY: per-CPU value; sk_msg programs run with migration disabled.
-            unsafe { *c += 1 };
-        }
+    let outcome = inject(&ctx);
+    let counted = match outcome {
+        Some(MUST_DROP) => Some(injection::FAILED),
+        other => other,
+    };
+    if let Some(c) = counted.and_then(|o| INJECTIONS.get_ptr_mut(o)) {
+        // SAFETY: per-CPU value; sk_msg programs run with migration disabled.
+        unsafe { *c += 1 };
     }
-    sk_action::SK_PASS
+    if outcome == Some(MUST_DROP) {
+        sk_action::SK_DROP
+    } else {
+        sk_action::SK_PASS
+    }
 }
 
 /// Adds a `traceparent` to a message that starts an HTTP/1 request. None when the message is
-/// not one (nothing counted), else the outcome.
+/// not one (nothing counted), else the outcome (`MUST_DROP` when the message could not be
+/// put back as the application sent it).
 #[inline(always)]
 fn inject(ctx: &SkMsgContext) -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -462,74 +515,110 @@ fn inject(ctx: &SkMsgContext) -> Option<u32> {
         return Some(injection::FAILED);
     }
     scan.set_len(n);
-    if head::find_traceparent(buf, scan.len()).is_some() {
-        return Some(injection::HAS_OWN);
-    }
-    let Some(line_end) = head::first_newline(buf, scan.len()) else {
-        return Some(injection::FAILED);
+    let line_end = match head::first_newline(buf, scan.len()) {
+        Some(end) => scan.launder(end),
+        None => return Some(injection::FAILED),
     };
-    let line_end = scan.launder(line_end);
-    if line_end >= HEAD_BYTES {
-        return Some(injection::FAILED);
+    if line_end >= HEAD_BYTES || !head::is_request_line(buf, line_end) {
+        // A Redis inline command, or a body that starts like a request line.
+        return None;
+    }
+    // Only a head that ends in the bytes looked at: an own `traceparent` further on would
+    // be missed and sent twice.
+    match scan.launder(head::scan(buf, scan.len())) {
+        head::PLAIN => {}
+        head::UNFINISHED => return Some(injection::FAILED),
+        _ => return Some(injection::HAS_OWN),
     }
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the reference points into the map value, valid for this program run.
-    let (trace_hi, trace_lo, flags) = match unsafe { THREADS.get(&pid_tgid) } {
+    let (trace_hi, trace_lo, sampled, flags) = match unsafe { THREADS.get(&pid_tgid) } {
         Some(t) if t.opaque_until_ns > now => return Some(injection::AMBIGUOUS),
         Some(t) if t.in_flight > 0 && now.wrapping_sub(t.last_read_ns) < STALE_NS => {
             if t.in_flight > 1 || t.mixed != 0 {
                 return Some(injection::AMBIGUOUS);
             }
-            (t.trace_hi, t.trace_lo, trace_flags::CHILD)
+            (t.trace_hi, t.trace_lo, t.sampled, trace_flags::CHILD)
         }
-        _ => (random_u64(), random_u64(), 0),
+        _ => (random_u64(), random_u64(), 1, 0),
     };
     let span_id = random_u64();
+    // Reserved before the message changes: once the header is out, userspace must learn
+    // its ids.
+    let Some(mut entry) = EVENTS.reserve::<TraceEvent>(0) else {
+        count_drop(drop_reason::RINGBUF_FULL);
+        return Some(injection::FAILED);
+    };
     let start = (line_end + 1) as u32;
     if ctx.push_data(start, HEADER_LEN as u32, 0).is_err() {
+        entry.discard(0);
         return Some(injection::FAILED);
     }
-    // Linear from the start: writing into a pulled range of the whole message measured
-    // cheaper than pulling only the new bytes (docs/traces.md).
-    let size = ctx.size();
-    let pull_end = if size > 65536 {
-        start + HEADER_LEN as u32
-    } else {
-        size
+    let Some(p) = linear_header(ctx, start) else {
+        // Never leave the pushed bytes (uninitialised kernel memory) in the stream: take
+        // them out, or drop the message when even that fails.
+        entry.discard(0);
+        if ctx.pop_data(start, HEADER_LEN as u32, 0).is_err() {
+            return Some(MUST_DROP);
+        }
+        return Some(injection::FAILED);
     };
-    // SAFETY: plain helper call on this program's context.
-    let pulled = unsafe { bpf_msg_pull_data(ctx.msg, 0, pull_end, 0) } == 0;
-    let (data, end) = (ctx.data(), ctx.data_end());
-    // Masked behind black_box: the 5.10 verifier only lets a packet pointer with a small
-    // known bound on its variable offset be checked against the end.
-    let p = data + (core::hint::black_box(start as usize) & (HEAD_BYTES * 2 - 1));
-    if !pulled || p + HEADER_LEN > end {
-        // Never leave the pushed bytes unwritten in the stream.
-        let _ = ctx.pop_data(start, HEADER_LEN as u32, 0);
-        return Some(injection::FAILED);
-    }
-    // SAFETY: [p, p + HEADER_LEN) is inside the message, checked just above. Written in
-    // place: a copy built on the stack would not fit beside the event.
+    // SAFETY: [p, p + HEADER_LEN) is inside the message (`linear_header`). Written in place:
+    // a copy built on the stack would not fit beside the event.
     unsafe {
         *(p as *mut [u8; 16]) = *b"traceparent: 00-";
         write_hex(p + 16, trace_hi);
         write_hex(p + 32, trace_lo);
         *((p + 48) as *mut u8) = b'-';
         write_hex(p + 49, span_id);
-        *((p + 65) as *mut [u8; 5]) = *b"-01\r\n";
+        *((p + 65) as *mut [u8; 5]) = if sampled != 0 {
+            *b"-01\r\n"
+        } else {
+            *b"-00\r\n"
+        };
     }
-    ship(
-        event_kind::TRACE_INJECTED,
-        pid_tgid,
-        -1,
-        TraceIds {
-            trace_hi,
-            trace_lo,
-            span_id,
-            flags,
-        },
-    );
+    let ids = TraceIds {
+        trace_hi,
+        trace_lo,
+        span_id,
+        flags,
+        // SAFETY: a read of the context the kernel passed to this program.
+        local_port: unsafe { (*ctx.msg).local_port },
+    };
+    fill(&mut entry, event_kind::TRACE_INJECTED, pid_tgid, -1, ids);
+    entry.submit(BPF_RB_NO_WAKEUP);
     Some(injection::INJECTED)
+}
+
+/// Not a counted outcome: the message must be dropped (counted as `failed`).
+const MUST_DROP: u32 = u32::MAX;
+
+/// Makes the `HEADER_LEN` bytes pushed at `start` linear and returns where they are. The
+/// whole message is pulled first (measured cheaper than the new bytes alone: docs/traces.md),
+/// up to 64 KiB; when that allocation fails, the new bytes alone, which need none (they are
+/// one scatterlist element of their own).
+#[inline(always)]
+fn linear_header(ctx: &SkMsgContext, start: u32) -> Option<usize> {
+    let size = ctx.size();
+    if size <= 65536 {
+        // SAFETY: plain helper call on this program's context.
+        if unsafe { bpf_msg_pull_data(ctx.msg, 0, size, 0) } == 0 {
+            let (data, end) = packet(ctx);
+            // Masked behind black_box: the 5.10 verifier only lets a packet pointer with a
+            // small known bound on its variable offset be checked against the end.
+            let p = data + (core::hint::black_box(start as usize) & (HEAD_BYTES * 2 - 1));
+            if p + HEADER_LEN <= end {
+                return Some(p);
+            }
+        }
+    }
+    // SAFETY: plain helper call on this program's context.
+    if unsafe { bpf_msg_pull_data(ctx.msg, start, start + HEADER_LEN as u32, 0) } != 0 {
+        return None;
+    }
+    // The pulled range starts at `data`.
+    let (data, end) = packet(ctx);
+    (data + HEADER_LEN <= end).then_some(data)
 }
 
 /// Copies the message's first linear bytes (at most HEAD_BYTES) into `buf`, eight at a

@@ -199,13 +199,14 @@ async fn run_async(
         None => (None, None),
     };
 
-    let mut ebpf = probes::load_and_attach(&probes::KernelSettings {
+    let probes = probes::load_and_attach(&probes::KernelSettings {
         ring_bytes: config.ring_buffer_mib << 20,
         protocols: config.protocol_bits(),
         payload_bytes: config.payload_bytes,
         tls: config.tls,
         inject_traceparent: config.inject_traceparent,
     })?;
+    let (mut ebpf, propagation) = (probes.ebpf, probes.propagation);
     if config.single_instance {
         // Two sondes started at the same moment both passed the first look: now that each
         // holds its programs, the younger gives way.
@@ -294,6 +295,7 @@ async fn run_async(
         None => kept,
     };
     drop(ebpf); // detaches the programs
+    drop(propagation);
     if let Some(exporter) = exporter {
         exporter.shutdown().await;
     }

@@ -203,6 +203,7 @@ mod tests {
             trace_lo: 2,
             span_id: 3,
             flags: sonde_ebpf::trace_flags::CHILD,
+            local_port: 4,
         };
         // SAFETY: TraceIds is repr(C) plain data without padding.
         let raw = unsafe {

@@ -10,6 +10,16 @@ use thiserror::Error;
 
 /// The kernel object built by agent/build.rs from agent-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-ebpf"));
+/// The sockhash of trace propagation and its `sock_ops` program (agent-ebpf/src/socks.rs),
+/// loaded only with `inject_traceparent`: creating a sockhash needs `CAP_NET_ADMIN`.
+static SOCKS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-socks"));
+
+/// The loaded programs: they stay attached while this lives.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    /// The trace propagation sockhash and its program, with `inject_traceparent`.
+    pub propagation: Option<Ebpf>,
+}
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -144,7 +154,7 @@ fn hook_only() -> bool {
 }
 
 /// Loads the kernel programs (telling them sonde's own pid and `settings`) and attaches them.
-pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
+pub fn load_and_attach(settings: &KernelSettings) -> Result<Probes, ProbeError> {
     if !Path::new(BTF_VMLINUX).exists() {
         return Err(ProbeError::NoBtf);
     }
@@ -178,10 +188,11 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
     state
         .attach("sock", "inet_sock_set_state")
         .map_err(|source| ProbeError::Program { name, source })?;
-    if settings.inject_traceparent {
+    let propagation = match settings.inject_traceparent {
         // Before the syscall program: the thread's trace is shipped before its request.
-        attach_propagation(&mut ebpf, &btf)?;
-    }
+        true => Some(attach_propagation(&mut ebpf, &btf)?),
+        false => None,
+    };
     let name = "sonde_sys_exit";
     let exit: &mut BtfTracePoint = program(&mut ebpf, name)?;
     exit.load("sys_exit", &btf).map_err(|e| refused(name, e))?;
@@ -195,17 +206,19 @@ pub fn load_and_attach(settings: &KernelSettings) -> Result<Ebpf, ProbeError> {
         exit.attach("sched", "sched_process_exit")
             .map_err(|source| ProbeError::Program { name, source })?;
     }
-    Ok(ebpf)
+    Ok(Probes { ebpf, propagation })
 }
 
 /// The trace propagation programs (agent-ebpf/src/propagate.rs): the thread follower on
-/// `sys_exit`, the `sock_ops` program that puts client sockets in the sockhash, and the
-/// `sk_msg` program on that sockhash that adds the header.
-fn attach_propagation(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), ProbeError> {
+/// `sys_exit` and the `sk_msg` program that adds the header, from the main object, and the
+/// sockhash of client sockets with the `sock_ops` program that fills it, from their own
+/// object (returned: it must live as long as the main one).
+fn attach_propagation(ebpf: &mut Ebpf, btf: &Btf) -> Result<Ebpf, ProbeError> {
     let have = effective_caps();
     if have & (1 << CAP_NET_ADMIN | 1 << CAP_SYS_ADMIN) == 0 {
         return Err(ProbeError::MissingPrivileges {
-            missing: "CAP_NET_ADMIN (for inject_traceparent)".to_string(),
+            missing: "CAP_NET_ADMIN (for inject_traceparent; or set inject_traceparent: false)"
+                .to_string(),
             have,
         });
     }
@@ -215,8 +228,10 @@ fn attach_propagation(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), ProbeError> {
     follow
         .attach()
         .map_err(|source| ProbeError::Program { name, source })?;
+    let mut socks_obj = EbpfLoader::new().btf(Some(btf)).load(SOCKS_OBJECT)?;
     let socks: SockHash<_, u64> = SockHash::try_from(
-        ebpf.map("CLIENT_SOCKS")
+        socks_obj
+            .map("CLIENT_SOCKS")
             .ok_or(ProbeError::Missing("CLIENT_SOCKS"))?,
     )?;
     let socks = socks.fd().try_clone().map_err(ProbeError::MapFd)?;
@@ -232,13 +247,15 @@ fn attach_propagation(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), ProbeError> {
         source,
     })?;
     let name = "sonde_client_socks";
-    let socks: &mut SockOps = program(ebpf, name)?;
-    socks.load().map_err(|e| refused(name, e))?;
-    socks
+    let fill: &mut SockOps = program(&mut socks_obj, name)?;
+    fill.load().map_err(|e| refused(name, e))?;
+    fill
+        // A link (Linux >= 5.7) with no flags: it runs beside programs other tools attached
+        // to the root with links or BPF_F_ALLOW_MULTI; an exclusive one refuses it.
         .attach(&cgroup, CgroupAttachMode::Single)
         .map_err(|source| ProbeError::Program { name, source })?;
     log::info!("inject_traceparent: plain HTTP/1 requests sent from this host get a traceparent header (sockets connected from now on; cgroup {root})");
-    Ok(())
+    Ok(socks_obj)
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified host,

@@ -189,6 +189,7 @@ impl ConnTable {
                         trace_id,
                         span_id: ids.span_id,
                         child,
+                        local_port: ids.local_port as u16,
                     };
                     self.links.kernel_header(h.tgid, h.tid, injected);
                 }

@@ -57,6 +57,8 @@ pub struct Injected {
     pub span_id: u64,
     /// The trace is the one of the request the thread serves.
     pub child: bool,
+    /// The local port of the socket it went out on (0 when not known).
+    pub local_port: u16,
 }
 
 /// Threads with kernel ids not claimed yet, at most (a thread whose request never reaches
@@ -179,10 +181,15 @@ impl TraceLinks {
 
     fn client_started(&mut self, conn: &ConnEnd, start: &Start) -> NodeRef {
         let thread = (conn.tgid, start.tid);
-        // Only an HTTP request can carry the kernel's header.
+        // Only an HTTP request can carry the kernel's header, and only one on the socket it
+        // went out on: the ids of a request that reached no session (its connection
+        // excluded, its event lost) are dropped at the thread's next request instead.
         let injected = match start.request_key {
             0 => None,
-            _ => self.kernel_headers.remove(&thread),
+            _ => self.kernel_headers.remove(&thread).filter(|ids| {
+                let port = conn.client_endpoint.map_or(0, |e| e.port());
+                ids.local_port == 0 || port == 0 || port == ids.local_port
+            }),
         };
         let node = match (start.traceparent, self.threads.get(&thread)) {
             // The process's own tracing named the span this call belongs to.
@@ -192,21 +199,26 @@ impl TraceLinks {
             }
             (None, serving) if injected.is_some() => {
                 let ids = injected.expect("checked");
-                // The other end reads these ids from the header: the span has them.
-                let node = TraceNode::with_span(ids.span_id, ids.trace_id);
                 let parent = serving
                     .into_iter()
                     .flatten()
                     .find(|s| s.node.place().trace_id == ids.trace_id);
-                match (ids.child, parent) {
+                let parent = match (ids.child, parent) {
                     (true, Some(parent)) => {
-                        node.set_parent(&parent.node);
                         self.counts.push((INJECTED, LINKED));
+                        Some(&parent.node)
                     }
-                    (true, None) => self.counts.push((INJECTED, MISMATCH)),
-                    (false, _) => self.counts.push((INJECTED, NEW_TRACE)),
-                }
-                node
+                    (true, None) => {
+                        self.counts.push((INJECTED, MISMATCH));
+                        None
+                    }
+                    (false, _) => {
+                        self.counts.push((INJECTED, NEW_TRACE));
+                        None
+                    }
+                };
+                // The other end reads these ids from the header: the span keeps them.
+                TraceNode::sent(ids.span_id, ids.trace_id, parent)
             }
             (None, None) => TraceNode::new(None),
             (None, Some(serving)) => match serving.as_slice() {
@@ -542,6 +554,7 @@ mod tests {
             trace_id: 0xabc,
             span_id: 0x55,
             child: true,
+            local_port: 41000,
         };
         links.kernel_header(tgid, tid, ids);
         let cache = end(tgid, Side::Client, "127.0.0.1:42000");
@@ -559,6 +572,7 @@ mod tests {
                 trace_id: 0xdef,
                 span_id: 0x66,
                 child: false,
+                local_port: 0,
             },
         );
         let alone = links.started(&upstream, &start(99, 3));
@@ -589,6 +603,7 @@ mod tests {
                 trace_id: 0xabc,
                 span_id: 0x77,
                 child: true,
+                local_port: 0,
             },
         );
         let call = links.started(&end(2, Side::Client, "127.0.0.1:43000"), &start(20, 2));
@@ -611,6 +626,7 @@ mod tests {
                     trace_id: 1,
                     span_id: 1,
                     child: false,
+                    local_port: 0,
                 },
             );
         }

@@ -43,6 +43,9 @@ enum Parent {
     Remote(Box<TraceParent>),
     /// A span sonde made: its trace is this one's.
     Node(NodeRef),
+    /// The trace named in a header the kernel sent (see `TraceNode::sent`), and the span
+    /// this one is a child of while that span is in it.
+    Sent(Box<(u128, Option<NodeRef>)>),
 }
 
 /// One end of a call between two services, as its span reported it.
@@ -77,14 +80,18 @@ impl TraceNode {
 
     /// The first span of trace `trace_id` (one the kernel chose).
     pub fn root_of(trace_id: u128) -> NodeRef {
-        TraceNode::with_span(new_span_id(), trace_id)
+        TraceNode::make(
+            new_span_id(),
+            Parent::Root((trace_id >> 64) as u64, trace_id as u64),
+        )
     }
 
-    /// A span whose id was chosen already (the parent id of a `traceparent` the kernel
-    /// added to its request), first of trace `trace_id` until given a parent.
-    pub fn with_span(span_id: u64, trace_id: u128) -> NodeRef {
-        let root = Parent::Root((trace_id >> 64) as u64, trace_id as u64);
-        TraceNode::make(span_id, root)
+    /// The span of a request that went out with a `traceparent` the kernel added: its id and
+    /// its trace are the header's, whatever happens to `parent` later (a link made after
+    /// the header left may move the parent into another trace: the span then starts the
+    /// header's trace, since that is the trace the other end continues).
+    pub fn sent(span_id: u64, trace_id: u128, parent: Option<&NodeRef>) -> NodeRef {
+        TraceNode::make(span_id, Parent::Sent(Box::new((trace_id, parent.cloned()))))
     }
 
     fn make(span_id: u64, parent: Parent) -> NodeRef {
@@ -112,6 +119,7 @@ impl TraceNode {
     pub fn parent_node(&self) -> Option<NodeRef> {
         match &*self.parent.borrow() {
             Parent::Node(p) => Some(p.clone()),
+            Parent::Sent(sent) => sent.1.clone(),
             _ => None,
         }
     }
@@ -147,8 +155,24 @@ impl TraceNode {
 
     /// Its trace, its parent span, and the sampled flag of a remote root.
     pub fn place(&self) -> Place {
+        if let Parent::Sent(sent) = &*self.parent.borrow() {
+            let (trace_id, parent) = &**sent;
+            let under = parent.as_ref().map(|p| (p.span_id, p.place()));
+            return match under {
+                Some((span_id, p)) if p.trace_id == *trace_id => Place {
+                    trace_id: *trace_id,
+                    parent_span_id: Some(span_id),
+                    parent_sampled: p.parent_sampled,
+                },
+                _ => Place {
+                    trace_id: *trace_id,
+                    parent_span_id: None,
+                    parent_sampled: None,
+                },
+            };
+        }
         let parent_span_id = match &*self.parent.borrow() {
-            Parent::Root(..) => None,
+            Parent::Root(..) | Parent::Sent(_) => None,
             Parent::Remote(p) => Some(p.span_id),
             Parent::Node(n) => Some(n.span_id),
         };
@@ -172,6 +196,14 @@ impl TraceNode {
                 Parent::Node(n) => {
                     let next = n.parent.borrow().clone();
                     current = next;
+                }
+                // A span whose ids went out in a header: its trace is the header's.
+                Parent::Sent(sent) => {
+                    return Place {
+                        trace_id: sent.0,
+                        parent_span_id,
+                        parent_sampled: None,
+                    }
                 }
             }
         }
@@ -219,6 +251,23 @@ mod tests {
             "{}",
             std::mem::size_of::<TraceNode>()
         );
+    }
+
+    #[test]
+    fn a_span_sent_in_a_header_keeps_the_headers_trace() {
+        let served = TraceNode::root_of(0xabc);
+        let call = TraceNode::sent(0x55, 0xabc, Some(&served));
+        let below = TraceNode::child_of(&call);
+        assert_eq!(call.place().parent_span_id, Some(served.span_id));
+        assert_eq!(below.place().trace_id, 0xabc);
+        // The server request is linked to a client in another trace after the header left:
+        // the call starts the header's trace, as the other end sees it.
+        let caller = TraceNode::root_of(0xdef);
+        served.set_parent(&caller);
+        let place = call.place();
+        assert_eq!((place.trace_id, place.parent_span_id), (0xabc, None));
+        assert_eq!(below.place().trace_id, 0xabc);
+        assert_eq!(call.span_id, 0x55);
     }
 
     #[test]
