@@ -113,8 +113,15 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
     if Path::new(TRACEFS).join("events").exists() {
         return Ok(());
     }
-    let target = std::ffi::CString::new(TRACEFS).expect("static path");
-    let fstype = std::ffi::CString::new("tracefs").expect("static string");
+    mount("tracefs", TRACEFS).map_err(ProbeError::Tracefs)?;
+    log::info!("tracefs was not mounted: mounted it at {TRACEFS}");
+    Ok(())
+}
+
+/// Mounts a kernel file system of type `fstype` (named after it) at `target`.
+fn mount(fstype: &str, target: &str) -> std::io::Result<()> {
+    let c = |s: &str| std::ffi::CString::new(s).expect("static string");
+    let (fstype, target) = (c(fstype), c(target));
     // SAFETY: plain mount(2) with valid NUL-terminated strings and no data argument.
     let rc = unsafe {
         libc::mount(
@@ -126,9 +133,8 @@ pub fn ensure_tracefs() -> Result<(), ProbeError> {
         )
     };
     if rc != 0 {
-        return Err(ProbeError::Tracefs(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
-    log::info!("tracefs was not mounted: mounted it at {TRACEFS}");
     Ok(())
 }
 
@@ -267,21 +273,7 @@ fn cgroup2_root() -> Result<String, ProbeError> {
         return Ok(root);
     }
     std::fs::create_dir_all(OWN_CGROUP2).map_err(ProbeError::NoCgroup2)?;
-    let c = |s: &str| std::ffi::CString::new(s).expect("static string");
-    let (target, fstype) = (c(OWN_CGROUP2), c("cgroup2"));
-    // SAFETY: plain mount(2) with valid NUL-terminated strings and no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(ProbeError::NoCgroup2(std::io::Error::last_os_error()));
-    }
+    mount("cgroup2", OWN_CGROUP2).map_err(ProbeError::NoCgroup2)?;
     log::info!("no cgroup v2 hierarchy was mounted: mounted one at {OWN_CGROUP2}");
     Ok(OWN_CGROUP2.to_string())
 }
