@@ -105,6 +105,9 @@ impl Start {
 
 /// A server request a thread is serving.
 struct Serving {
+    /// Its number in `TraceLinks::serving_seq` (also kept in the node): a thread's
+    /// requests are in this order, which finds one in a log of their count.
+    seq: u32,
     node: NodeRef,
     request_key: u64,
 }
@@ -122,8 +125,10 @@ pub type LinkCounts = Vec<(&'static str, &'static str)>;
 
 #[derive(Default)]
 pub struct TraceLinks {
-    /// (tgid, tid) -> the server requests that thread is serving.
-    threads: FxHashMap<(u32, u32), Vec<Serving>>,
+    /// (tgid, tid) -> the server requests that thread is serving, oldest first.
+    threads: FxHashMap<(u32, u32), VecDeque<Serving>>,
+    /// The number of the last server request started (wraps).
+    serving_seq: u32,
     waiting: FxHashMap<SocketAddr, Waiting>,
     counts: LinkCounts,
     /// (tgid, tid) -> the trace the kernel gave the thread's next server request.
@@ -169,10 +174,13 @@ impl TraceLinks {
                 None => self.wait(endpoint, Side::Server, &node),
             }
         }
+        self.serving_seq = self.serving_seq.wrapping_add(1);
+        node.set_serving_seq(self.serving_seq);
         self.threads
             .entry((conn.tgid, start.tid))
             .or_default()
-            .push(Serving {
+            .push_back(Serving {
+                seq: self.serving_seq,
                 node: node.clone(),
                 request_key: start.request_key,
             });
@@ -221,14 +229,14 @@ impl TraceLinks {
                 TraceNode::sent(ids.span_id, ids.trace_id, parent)
             }
             (None, None) => TraceNode::new(None),
-            (None, Some(serving)) => match serving.as_slice() {
-                [] => TraceNode::new(None),
-                [one] => {
+            (None, Some(serving)) => match serving.len() {
+                0 => TraceNode::new(None),
+                1 => {
                     self.counts.push((THREAD, LINKED));
-                    TraceNode::child_of(&one.node)
+                    TraceNode::child_of(&serving[0].node)
                 }
-                several => {
-                    let mut same = several
+                _ => {
+                    let mut same = serving
                         .iter()
                         .filter(|s| start.request_key != 0 && s.request_key == start.request_key);
                     match (same.next(), same.next()) {
@@ -305,9 +313,16 @@ impl TraceLinks {
         if conn.role == Side::Server {
             let key = (conn.tgid, tid);
             if let Some(serving) = self.threads.get_mut(&key) {
-                // An event loop may serve thousands at once: one scan, no shifting.
-                if let Some(i) = serving.iter().position(|s| Rc::ptr_eq(&s.node, node)) {
-                    serving.swap_remove(i);
+                // An event loop may serve thousands at once, answered in any order (Redis
+                // writes to the clients it read last first): found by number, not by a scan.
+                // (Where the numbers wrapped, the order is broken for a while: a scan then.)
+                let seq = node.serving_seq();
+                let found = match serving.binary_search_by_key(&seq, |s| s.seq) {
+                    Ok(i) if Rc::ptr_eq(&serving[i].node, node) => Some(i),
+                    _ => serving.iter().position(|s| Rc::ptr_eq(&s.node, node)),
+                };
+                if let Some(i) = found {
+                    serving.remove(i);
                 }
                 if serving.is_empty() {
                     self.threads.remove(&key);
@@ -462,6 +477,41 @@ mod tests {
         assert_eq!(other.place().parent_span_id, None);
         let counts: Vec<_> = links.take_counts().collect();
         assert_eq!(counts, [(THREAD, LINKED_BY_PATH), (THREAD, AMBIGUOUS)]);
+    }
+
+    #[test]
+    fn an_event_loop_answering_in_any_order_keeps_the_requests_it_still_serves() {
+        let mut links = TraceLinks::default();
+        let server = |port: u16| end(3, Side::Server, &format!("10.0.0.1:{port}"));
+        let nodes: Vec<NodeRef> = (1..=5)
+            .map(|p| links.started(&server(p), &start(9, 0)))
+            .collect();
+        // Redis answers the clients it read last first.
+        for i in [3, 4, 1, 0] {
+            links.served(&server(i as u16 + 1), 9, &nodes[i]);
+        }
+        assert_eq!(links.len().0, 1);
+        // The one still served is the parent of the thread's next call.
+        let call = links.started(&end(3, Side::Client, "127.0.0.1:6000"), &start(9, 0));
+        assert_eq!(call.place().parent_span_id, Some(nodes[2].span_id));
+        links.served(&server(3), 9, &nodes[2]);
+        assert_eq!(links.len().0, 0);
+    }
+
+    #[test]
+    fn the_request_numbers_may_wrap() {
+        let mut links = TraceLinks {
+            serving_seq: u32::MAX - 1,
+            ..TraceLinks::default()
+        };
+        let server = |port: u16| end(3, Side::Server, &format!("10.0.0.1:{port}"));
+        let nodes: Vec<NodeRef> = (1..=4)
+            .map(|p| links.started(&server(p), &start(9, 0)))
+            .collect();
+        for (i, node) in nodes.iter().enumerate().rev() {
+            links.served(&server(i as u16 + 1), 9, node);
+        }
+        assert_eq!(links.len().0, 0);
     }
 
     #[test]

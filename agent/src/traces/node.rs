@@ -22,6 +22,9 @@ pub struct TraceNode {
     edge: RefCell<Option<Box<EdgeHalf>>>,
     /// A server request on this host is linked to this client call.
     has_server: Cell<bool>,
+    /// For a server request: its number among the requests its thread serves (see
+    /// `TraceLinks::served`); 0 for others. (32 bits keep the node in 64 bytes.)
+    serving_seq: Cell<u32>,
 }
 
 /// The first half of a service-graph edge to finish, waiting for the other.
@@ -101,6 +104,7 @@ impl TraceNode {
             finished: Cell::new(false),
             edge: RefCell::new(None),
             has_server: Cell::new(false),
+            serving_seq: Cell::new(0),
         })
     }
 
@@ -139,6 +143,14 @@ impl TraceNode {
 
     pub fn has_server(&self) -> bool {
         self.has_server.get()
+    }
+
+    pub(super) fn set_serving_seq(&self, seq: u32) {
+        self.serving_seq.set(seq);
+    }
+
+    pub(super) fn serving_seq(&self) -> u32 {
+        self.serving_seq.get()
     }
 
     /// Leaves one end's half of the edge; returns the other end's when it came first.
