@@ -7,6 +7,8 @@
 //! container's own libssl is attached too. Sonde lists `/proc` every second: a process is
 //! looked at each time during its first `YOUNG` seconds, and all of them again every
 //! `FULL_SCAN` (a process may load libssl after it started: Python imports `ssl` on demand).
+//! A process's age is its own (from its start time), not how long sonde has seen it: the
+//! processes already running when sonde starts are not read every second for `YOUNG`.
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -68,7 +70,7 @@ pub struct TlsAttacher {
     exes_done: HashSet<(u64, u64)>,
     /// The executables among them with OpenSSL linked in.
     static_exes: HashSet<(u64, u64)>,
-    /// When each live process was first seen.
+    /// When each live process started (as far as its stat says; else when first seen).
     seen_pids: HashMap<u32, Instant>,
     last_full: Option<Instant>,
     coverage: TlsCoverage,
@@ -118,6 +120,7 @@ impl TlsAttacher {
         let mut alive = HashSet::new();
         let mut covered = 0;
         let mut log = Vec::new();
+        let mut uptime = None;
         for entry in entries.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -127,10 +130,12 @@ impl TlsAttacher {
                 continue;
             };
             alive.insert(pid);
-            let young = self
-                .seen_pids
-                .get(&pid)
-                .is_none_or(|first| first.elapsed() < YOUNG);
+            let started = *self.seen_pids.entry(pid).or_insert_with(|| {
+                let age = process_age(&self.proc_root, pid, &mut uptime).unwrap_or_default();
+                let now = Instant::now();
+                now.checked_sub(age).unwrap_or(now)
+            });
+            let young = started.elapsed() < YOUNG;
             if pid == own || (!full && !young) {
                 continue;
             }
@@ -170,10 +175,6 @@ impl TlsAttacher {
             }
         }
         self.seen_pids.retain(|p, _| alive.contains(p));
-        let now = Instant::now();
-        for pid in alive {
-            self.seen_pids.entry(pid).or_insert(now);
-        }
         if full {
             self.coverage.processes = covered;
         }
@@ -270,6 +271,29 @@ fn attach(ebpf: &mut Ebpf, target: &Path, first_decides: bool) -> Result<usize, 
     }
 }
 
+/// How long ago process `pid` started: its start time (field 22 of its stat, in clock
+/// ticks since boot) against the host's uptime, read once per scan into `uptime`. None
+/// when either cannot be read.
+fn process_age(proc_root: &Path, pid: u32, uptime: &mut Option<f64>) -> Option<Duration> {
+    let stat = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
+    // The command name, in parentheses, may hold spaces: fields are counted after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let start_ticks: u64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    if uptime.is_none() {
+        let text = std::fs::read_to_string(proc_root.join("uptime")).ok()?;
+        *uptime = text.split_whitespace().next()?.parse().ok();
+    }
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks_per_second <= 0 {
+        return None;
+    }
+    let started = start_ticks as f64 / ticks_per_second as f64;
+    Some(Duration::from_secs_f64(
+        (uptime.as_ref()? - started).max(0.0),
+    ))
+}
+
 /// The OpenSSL libraries (`libssl.so.3`, `libssl.so.1.1`, ...) mapped in a maps file, each
 /// file once.
 fn libssl_mappings(maps: &str) -> Vec<Mapping> {
@@ -315,6 +339,28 @@ fn libssl_mappings(maps: &str) -> Vec<Mapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_age_comes_from_its_start_time() {
+        let root = std::env::temp_dir().join(format!("sonde-tls-age-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("7")).unwrap();
+        // SAFETY: sysconf only reads a system constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        // A command name with a space and a parenthesis; started 1000 s after boot.
+        let stat = format!(
+            "7 (my (app) x) S 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0",
+            1000 * hz
+        );
+        std::fs::write(root.join("7/stat"), stat).unwrap();
+        std::fs::write(root.join("uptime"), "1600.25 3000.00\n").unwrap();
+        let mut uptime = None;
+        let age = process_age(&root, 7, &mut uptime).unwrap();
+        assert_eq!(age.as_millis(), 600_250);
+        assert_eq!(uptime, Some(1600.25));
+        // Unreadable: no age (the process then counts as new).
+        assert_eq!(process_age(&root, 8, &mut uptime), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn libssl_files_from_maps_each_once() {
