@@ -113,9 +113,10 @@ pub struct DbOperation {
     /// `db.namespace`: the Redis database index, the PostgreSQL database.
     pub namespace: Arc<str>,
     /// `db.collection.name`, where one is known.
-    pub collection: Option<String>,
-    /// `db.query.text`, with every value masked.
-    pub query_text: Option<String>,
+    pub collection: Option<Arc<str>>,
+    /// `db.query.text`, with every value masked (shared by the operations of one
+    /// prepared statement).
+    pub query_text: Option<Arc<str>>,
     /// `sonde.db.statement.name`: the prepared statement run, when its text is unknown.
     pub statement_name: Option<String>,
     /// `db.response.status_code`: the Redis error prefix or the SQLSTATE.

@@ -10,6 +10,9 @@ pub enum AttrValue {
     /// A string known when sonde was built (a method, a scheme, a version): no copy per
     /// span.
     Static(&'static str),
+    /// A string many calls share (a Redis command, a prepared statement's text): no copy
+    /// per span.
+    Shared(std::sync::Arc<str>),
     /// An address, written out as text only when the span is.
     Ip(IpAddr),
     Int(i64),

@@ -221,16 +221,17 @@ impl Span {
         let op = &call.op;
         let mut a: Vec<(&'static str, AttrValue)> = Vec::with_capacity(12);
         let s = |v: &str| AttrValue::Str(v.to_string());
+        let shared = |v: &Arc<str>| AttrValue::Shared(v.clone());
         a.push(("db.system.name", AttrValue::Static(op.system)));
-        a.push(("db.operation.name", s(&op.operation)));
+        a.push(("db.operation.name", shared(&op.operation)));
         if !op.namespace.is_empty() {
-            a.push(("db.namespace", s(&op.namespace)));
+            a.push(("db.namespace", shared(&op.namespace)));
         }
         if let Some(c) = &op.collection {
-            a.push(("db.collection.name", s(c)));
+            a.push(("db.collection.name", shared(c)));
         }
         if let Some(q) = &op.query_text {
-            a.push(("db.query.text", s(q)));
+            a.push(("db.query.text", shared(q)));
         }
         if let Some(name) = &op.statement_name {
             a.push(("sonde.db.statement.name", s(name)));
@@ -333,6 +334,7 @@ impl Serialize for JsonAttributes<'_> {
             match v {
                 AttrValue::Str(s) => m.serialize_entry(k, s)?,
                 AttrValue::Static(s) => m.serialize_entry(k, s)?,
+                AttrValue::Shared(s) => m.serialize_entry(k, &**s)?,
                 AttrValue::Ip(ip) => m.serialize_entry(k, IpText::of(*ip).as_str())?,
                 AttrValue::Int(i) => m.serialize_entry(k, i)?,
                 AttrValue::Double(d) => m.serialize_entry(k, d)?,
@@ -377,6 +379,7 @@ mod tests {
                 let v = match v {
                     AttrValue::Str(s) => Value::String(s.clone()),
                     AttrValue::Static(s) => Value::from(*s),
+                    AttrValue::Shared(s) => Value::from(&**s),
                     AttrValue::Ip(ip) => Value::String(ip.to_string()),
                     AttrValue::Int(i) => Value::from(*i),
                     AttrValue::Double(d) => Value::from(*d),

@@ -164,6 +164,7 @@ fn write_any_value(b: &mut Vec<u8>, v: &AttrValue) {
     match v {
         AttrValue::Str(s) => wire::string(b, 1, s),
         AttrValue::Static(s) => wire::string(b, 1, s),
+        AttrValue::Shared(s) => wire::string(b, 1, s),
         AttrValue::Ip(ip) => wire::string(b, 1, IpText::of(*ip).as_str()),
         AttrValue::Bool(v) => wire::varint(b, 2, u64::from(*v)),
         AttrValue::Int(i) => wire::varint(b, 3, *i as u64),

@@ -8,6 +8,7 @@
 //! ReadyForQuery. After an error the server skips everything up to the next Sync, and so
 //! does the queue. Notices, parameter changes and notifications may arrive at any time and
 //! answer nothing.
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ use crate::traces::links::Start;
 const MAX_PENDING: usize = 4096;
 /// Prepared statements and portals remembered per connection, at most each.
 const MAX_STATEMENTS: usize = 1024;
+/// CommandComplete names kept per connection (see `tag_name`).
+const MAX_TAG_NAMES: usize = 16;
 
 const PROTOCOL_3: u32 = 196_608;
 const SSL_REQUEST: u32 = 80_877_103;
@@ -48,7 +51,7 @@ struct Op {
     statement: Statement,
     data_rows: u64,
     /// Operation names and row counts from each CommandComplete.
-    completions: Vec<(String, Option<u64>)>,
+    completions: Vec<(Arc<str>, Option<u64>)>,
     sqlstate: Option<String>,
 }
 
@@ -98,6 +101,9 @@ pub struct PostgresSession {
     /// `Finished::started`).
     numbers: RequestNumbers,
     started: Vec<(u64, Start)>,
+    /// CommandComplete names met lately (`SELECT`, `UPDATE`): one seen before costs no
+    /// allocation.
+    tag_names: Vec<Arc<str>>,
 }
 
 impl Default for PostgresSession {
@@ -222,7 +228,21 @@ impl PostgresSession {
             messages: Vec::new(),
             numbers: RequestNumbers::default(),
             started: Vec::new(),
+            tag_names: Vec::new(),
         }
+    }
+
+    /// The shared copy of a CommandComplete name.
+    fn tag_name(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.tag_names.iter().find(|n| ***n == *name) {
+            return known.clone();
+        }
+        if self.tag_names.len() >= MAX_TAG_NAMES {
+            self.tag_names.clear();
+        }
+        let name: Arc<str> = name.into();
+        self.tag_names.push(name.clone());
+        name
     }
 
     fn on_frontend(&mut self, m: PgMessage, tid: u32) {
@@ -269,10 +289,15 @@ impl PostgresSession {
                         name: Some(text(name)),
                     },
                 };
-                if self.portals.len() >= MAX_STATEMENTS {
-                    self.portals.clear();
+                if let Some(known) = self.portals.get_mut(portal) {
+                    // The unnamed portal, bound again for each execution: no new key.
+                    *known = statement.clone();
+                } else {
+                    if self.portals.len() >= MAX_STATEMENTS {
+                        self.portals.clear();
+                    }
+                    self.portals.insert(portal.to_vec(), statement.clone());
                 }
-                self.portals.insert(portal.to_vec(), statement.clone());
                 let open = self.open.get_or_insert_with(|| op(m.ts));
                 open.statement = statement;
             }
@@ -369,7 +394,9 @@ impl PostgresSession {
                 }
             }
             b'C' => {
-                let completion = command_tag(&text(cstr(&m.body).0));
+                let tag = String::from_utf8_lossy(cstr(&m.body).0);
+                let (name, rows) = command_tag(&tag);
+                let completion = (self.tag_name(&name), rows);
                 match self.pending.front_mut() {
                     Some(Pending::Simple(op)) => op.completions.push(completion),
                     Some(Pending::Execute(_)) => {
@@ -453,7 +480,7 @@ impl PostgresSession {
         let (operation, returned_rows, batch_size) = match op.completions.as_slice() {
             [] => (
                 sql.and_then(|s| s.operation.clone())
-                    .unwrap_or_else(|| "EXECUTE".into()),
+                    .unwrap_or_else(|| Arc::from("EXECUTE")),
                 (op.data_rows > 0).then_some(op.data_rows),
                 None,
             ),
@@ -461,8 +488,8 @@ impl PostgresSession {
             many => {
                 let first = &many[0].0;
                 let same = many.iter().all(|(n, _)| n == first);
-                let name = if same {
-                    format!("BATCH {first}")
+                let name: Arc<str> = if same {
+                    format!("BATCH {first}").into()
                 } else {
                     "BATCH".into()
                 };
@@ -472,7 +499,7 @@ impl PostgresSession {
         let single = batch_size.is_none();
         DbOperation {
             system: POSTGRESQL,
-            operation: operation.into(),
+            operation,
             namespace: self.database.clone(),
             collection: sql.and_then(|s| s.collection.clone()).filter(|_| single),
             query_text: sql.map(|s| s.masked.clone()),
@@ -521,15 +548,28 @@ fn startup_database(mut params: &[u8]) -> String {
 
 /// A CommandComplete tag: `SELECT 5`, `INSERT 0 1`, `UPDATE 3`, `CREATE TABLE`, ...
 /// Returns the operation and its row count.
-fn command_tag(tag: &str) -> (String, Option<u64>) {
-    let words: Vec<&str> = tag.split_whitespace().collect();
-    let rows = words.last().and_then(|w| w.parse::<u64>().ok());
-    let name: Vec<&str> = words
-        .iter()
-        .copied()
-        .filter(|w| !w.bytes().all(|b| b.is_ascii_digit()))
-        .collect();
-    (name.join(" "), rows)
+fn command_tag(tag: &str) -> (Cow<'_, str>, Option<u64>) {
+    let rows = tag
+        .split_whitespace()
+        .next_back()
+        .and_then(|w| w.parse::<u64>().ok());
+    let mut words = tag
+        .split_whitespace()
+        .filter(|w| !w.bytes().all(|b| b.is_ascii_digit()));
+    let name = match (words.next(), words.next()) {
+        (None, _) => Cow::Borrowed(""),
+        // The usual tag (`SELECT 1`, `INSERT 0 5`): no copy.
+        (Some(one), None) => Cow::Borrowed(one),
+        (Some(first), Some(second)) => {
+            let mut name = format!("{first} {second}");
+            for w in words {
+                name.push(' ');
+                name.push_str(w);
+            }
+            Cow::Owned(name)
+        }
+    };
+    (name, rows)
 }
 
 /// The SQLSTATE (`C` field) of an ErrorResponse. The message and detail fields, which can
@@ -611,7 +651,7 @@ mod tests {
                 .map(|o| {
                     (
                         o.operation.to_string(),
-                        o.query_text.clone(),
+                        o.query_text.as_deref().map(str::to_string),
                         o.status_code.clone(),
                         o.returned_rows,
                     )

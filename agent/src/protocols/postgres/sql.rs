@@ -5,6 +5,7 @@
 //! their `E`/`B`/`X`/`N`/`U&` prefixes, dollar quoting, numbers) and comments, and reads
 //! the operation and table from the first words of the statement. Text cut off by the
 //! capture prefix is handled: an unterminated literal is masked to the end.
+use std::sync::Arc;
 
 /// Statement keywords accepted as `db.operation.name`; any other first word is `OTHER`, so
 /// that garbage or typos cannot create label values without bound.
@@ -104,11 +105,12 @@ const NOT_ALIAS: &[&str] = &[
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SqlSummary {
     /// The statement with literals as `?`, comments dropped and whitespace collapsed.
-    pub masked: String,
+    /// (Shared: every execution of a prepared statement reports these.)
+    pub masked: Arc<str>,
     /// Upper-case statement keyword, `OTHER` when unrecognised, None for empty text.
-    pub operation: Option<String>,
+    pub operation: Option<Arc<str>>,
     /// The table of a single-table statement.
-    pub collection: Option<String>,
+    pub collection: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,9 +132,9 @@ pub fn summarize(sql: &str) -> SqlSummary {
     let operation = operation(first_word, &tokens);
     let collection = operation.as_deref().and_then(|op| collection(op, &tokens));
     SqlSummary {
-        masked,
-        operation,
-        collection,
+        masked: masked.into(),
+        operation: operation.map(Arc::from),
+        collection: collection.map(Arc::from),
     }
 }
 
@@ -455,7 +457,7 @@ mod tests {
 
     fn check(sql: &str, masked: &str, op: &str, collection: Option<&str>) {
         let s = summarize(sql);
-        assert_eq!(s.masked, masked, "{sql}");
+        assert_eq!(&*s.masked, masked, "{sql}");
         assert_eq!(s.operation.as_deref(), Some(op), "{sql}");
         assert_eq!(s.collection.as_deref(), collection, "{sql}");
     }

@@ -15,6 +15,8 @@ pub const MAX_PENDING: usize = 4096;
 
 /// Command names remembered per connection.
 const MAX_NAMES: usize = 16;
+/// Query texts remembered per connection.
+const MAX_TEXTS: usize = 8;
 
 /// Commands whose first argument is a subcommand: named `CONFIG GET`, `CLIENT SETNAME`, ...
 const TWO_WORD: &[&str] = &[
@@ -130,6 +132,10 @@ pub struct RedisSession {
     /// Command names met lately on this connection, as sent and upper-cased: a command
     /// seen before costs no allocation.
     names: Vec<(Box<[u8]>, CommandKind)>,
+    /// Query texts met lately on this connection: a command sent again with the same key
+    /// costs no allocation.
+    texts: Vec<Arc<str>>,
+    text_buf: String,
     /// In RESP2 subscribed mode, arrays starting with `message` are pushes, not replies.
     subscribed: bool,
     /// After reply bytes were lost, replies resume only once a new command was sent: the
@@ -185,13 +191,15 @@ impl DbSession for RedisSession {
         if gap > 0 && error.is_none() {
             error = stream.gap(gap, &mut frames).err();
         }
-        for frame in frames.drain(..) {
+        // Frames are large (their kept elements are inline): read in place, not moved out.
+        for frame in &frames {
             if from_client {
                 self.on_command(frame, tid, done);
             } else {
                 self.on_reply(frame, ts, done);
             }
         }
+        frames.clear();
         self.frames = frames;
         if error.is_some() {
             self.pending.clear();
@@ -241,6 +249,8 @@ impl RedisSession {
             dropped: 0,
             db: "0".into(),
             names: Vec::new(),
+            texts: Vec::new(),
+            text_buf: String::new(),
             subscribed: false,
             command_since_reply_loss: true,
             frames: Vec::new(),
@@ -251,7 +261,7 @@ impl RedisSession {
         }
     }
 
-    fn on_command(&mut self, frame: RespFrame, tid: u32, done: &mut Vec<DbOperation>) {
+    fn on_command(&mut self, frame: &RespFrame, tid: u32, done: &mut Vec<DbOperation>) {
         self.command_since_reply_loss = true;
         self.in_step = true;
         let Some(first) = frame.kept.first() else {
@@ -267,7 +277,11 @@ impl RedisSession {
         };
         let args_used = if two_word { 2 } else { 1 };
         let key = second.as_deref().filter(|_| !two_word);
-        let query_text = query_text(&command, &operation, key, frame.len, args_used);
+        let mut text = std::mem::take(&mut self.text_buf);
+        text.clear();
+        query_text(&command, &operation, key, frame.len, args_used, &mut text);
+        let query_text = self.shared_text(&text);
+        self.text_buf = text;
         let subscription = match command.subscription {
             Subscription::No => Subscription::No,
             Subscription::Channels(_) => Subscription::Channels(frame.len.saturating_sub(1).max(1)),
@@ -329,6 +343,19 @@ impl RedisSession {
         }
     }
 
+    /// The shared copy of a query text.
+    fn shared_text(&mut self, text: &str) -> Arc<str> {
+        if let Some(known) = self.texts.iter().find(|t| ***t == *text) {
+            return known.clone();
+        }
+        if self.texts.len() >= MAX_TEXTS {
+            self.texts.remove(0);
+        }
+        let text: Arc<str> = text.into();
+        self.texts.push(text.clone());
+        text
+    }
+
     /// What the command whose first word is `raw` is.
     fn command_kind(&mut self, raw: &[u8]) -> CommandKind {
         if let Some((_, kind)) = self.names.iter().find(|(r, _)| **r == *raw) {
@@ -342,7 +369,7 @@ impl RedisSession {
         kind
     }
 
-    fn on_reply(&mut self, frame: RespFrame, ts: u64, done: &mut Vec<DbOperation>) {
+    fn on_reply(&mut self, frame: &RespFrame, ts: u64, done: &mut Vec<DbOperation>) {
         let is_aggregate = matches!(frame.ty, FrameType::Array | FrameType::Push);
         // The first element of an aggregate says what a push or confirmation is.
         let kind = frame.kept.first().filter(|_| is_aggregate);
@@ -431,13 +458,11 @@ fn query_text(
     key: Option<&str>,
     arg_count: usize,
     args_used: usize,
-) -> String {
-    let mut text = String::with_capacity(
-        operation.len() + key.map_or(0, |k| k.len() + 1) + 2 * arg_count.min(17) + 4,
-    );
+    text: &mut String,
+) {
     text.push_str(operation);
     if command.secret_args {
-        return text;
+        return;
     }
     let mut rest = arg_count.saturating_sub(args_used);
     if rest > 0 && !command.keyless {
@@ -453,7 +478,6 @@ fn query_text(
     if rest > 16 {
         text.push_str(" ...");
     }
-    text
 }
 
 #[cfg(test)]
@@ -482,7 +506,7 @@ mod tests {
                 .map(|o| {
                     (
                         o.operation.to_string(),
-                        o.query_text.clone(),
+                        o.query_text.as_deref().map(str::to_string),
                         o.status_code.clone(),
                     )
                 })
