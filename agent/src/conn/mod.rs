@@ -21,7 +21,7 @@ use crate::identity::table::ProcessTable;
 use crate::protocols::call::{DbCall, HttpCall, HttpExchange, Role};
 use crate::protocols::session::PENDING_LIMIT;
 use crate::protocols::{session_for, Chunk, Finished, Readable, Session};
-use crate::traces::links::{ConnEnd, Side, Start};
+use crate::traces::links::{keeps_buffer, ConnEnd, Side, Start};
 use crate::traces::{Injected, NodeRef, TraceLinks};
 use sockets::{resolve_fd, FdKind, ListenerCache, PidFds};
 
@@ -610,7 +610,7 @@ impl Connection {
                 return None;
             }
             let f = self.in_flight.pop_front().expect("present");
-            if self.in_flight.is_empty() {
+            if self.in_flight.is_empty() && !keeps_buffer(&self.in_flight) {
                 // An idle keep-alive connection holds no memory for requests.
                 self.in_flight = VecDeque::new();
             }
