@@ -9,6 +9,7 @@
 //! Nothing here panics on bad input: malformed bytes give a [`ParseError`], the stream drops
 //! what it cannot frame and picks up again at the next syscall that starts a message.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
@@ -27,7 +28,8 @@ pub enum StreamKind {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    /// The standard methods are not copied per request.
+    pub method: Cow<'static, str>,
     /// The path only: the query string is cut off here and never stored.
     pub path: String,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -450,7 +452,7 @@ impl HttpStream {
                 let target = req.path.unwrap_or("/");
                 let path = target.split(['?', '#']).next().unwrap_or("");
                 let head = RequestHead {
-                    method: req.method.unwrap_or("").to_string(),
+                    method: method_of(req.method.unwrap_or("")),
                     path: path.to_string(),
                     minor_version: req.version.unwrap_or(1),
                     host: framing.host,
@@ -705,6 +707,17 @@ const METHODS: [&[u8]; 9] = [
     b"TRACE ",
 ];
 
+/// A request's method as kept: the standard ones without an allocation.
+fn method_of(method: &str) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_string()),
+    }
+}
+
 /// Whether `data` begins with a request line (for request streams) or a status line.
 pub fn starts_message(kind: StreamKind, data: &[u8]) -> bool {
     match kind {
@@ -728,7 +741,7 @@ mod tests {
 
     fn req(method: &str, path: &str) -> Head {
         Head::Request(RequestHead {
-            method: method.into(),
+            method: method.to_string().into(),
             path: path.into(),
             minor_version: 1,
             host: Some("h".into()),
