@@ -6,10 +6,11 @@
 //! response of another would show a path (HTTP) or a command (Redis) with the wrong
 //! outcome.
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use sonde_tests::collector::{HttpCollector, ReceivedSpan};
 use sonde_tests::*;
 
 /// A client on one keep-alive connection: each line `PHASE N` on its stdin makes N requests,
@@ -170,13 +171,11 @@ for line in sys.stdin:
     print('done', flush=True)
 "#;
 
-#[test]
-fn a_full_ring_loses_no_redis_pairing() {
-    let _serial = serial();
-    let redis = Redis::start("loss-redis");
-    let mut sonde = Sonde::start_with(&["--ring-buffer-mib", "1"]);
+/// `REDIS_CLIENT` on `port`: the process, and a function that makes one run of it (the
+/// client ends when the function is dropped).
+fn redis_client(port: u16) -> (Child, impl FnMut(&str, &str, usize)) {
     let mut client = Command::new("python3")
-        .args(["-c", REDIS_CLIENT, &redis.port.to_string()])
+        .args(["-c", REDIS_CLIENT, &port.to_string()])
         .env("OTEL_SERVICE_NAME", "loss-redis-client")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -184,12 +183,21 @@ fn a_full_ring_loses_no_redis_pairing() {
         .unwrap();
     let mut stdin = client.stdin.take().unwrap();
     let mut stdout = BufReader::new(client.stdout.take().unwrap());
-    let mut run = |ok: &str, error: &str, n: usize| {
+    let run = move |ok: &str, error: &str, n: usize| {
         writeln!(stdin, "{ok} {error} {n}").unwrap();
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "done", "{ok} {error}");
     };
+    (client, run)
+}
+
+#[test]
+fn a_full_ring_loses_no_redis_pairing() {
+    let _serial = serial();
+    let redis = Redis::start("loss-redis");
+    let mut sonde = Sonde::start_with(&["--ring-buffer-mib", "1"]);
+    let (mut client, mut run) = redis_client(redis.port);
     let port = redis.port.to_string();
     let ours = move |s: &Value| {
         attr(s, "db.system.name").as_deref() == Some("redis")
@@ -245,6 +253,78 @@ fn a_full_ring_loses_no_redis_pairing() {
         mispaired.is_empty(),
         "paired across the hole: {mispaired:?}"
     );
-    drop(stdin);
+    drop(run);
     let _ = client.wait();
+}
+
+/// With OTLP on, a capture thread that falls behind (its ring over half full) builds no
+/// spans for OTLP until it has caught up (counted as `overload`), so that it catches up
+/// before the ring loses events; spans are exported again after, and printed spans are
+/// never shed.
+#[test]
+fn an_overloaded_capture_sheds_otlp_spans_then_exports_again() {
+    let _serial = serial();
+    let redis = Redis::start("shed-redis");
+    let mut http = HttpCollector::start();
+    let endpoint = format!("http://127.0.0.1:{}", http.port);
+    let mut sonde = Sonde::start_with_env(
+        &["--ring-buffer-mib", "1"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    );
+    let (mut client, mut run) = redis_client(redis.port);
+    let port = redis.port.to_string();
+    let exported = |ops: [&'static str; 2]| {
+        let port = port.clone();
+        move |s: &ReceivedSpan| {
+            // SPAN_KIND_CLIENT
+            s.span.kind == 3
+                && s.attr("server.port").as_deref() == Some(port.as_str())
+                && ops.contains(&s.attr("db.operation.name").unwrap_or_default().as_str())
+        }
+    };
+    let shed = |sonde: &Sonde| {
+        sonde.metrics().sum(
+            "sonde_export_dropped_total",
+            &[("signal", "traces"), ("reason", "overload")],
+        )
+    };
+
+    run("GET", "HSET", 10);
+    let before = http.collector.wait_spans(10, 20, exported(["GET", "HSET"]));
+    assert_eq!(before.len(), 10);
+    assert_eq!(shed(&sonde), 0.0, "shed with the ring nearly empty");
+    // The ring fills while sonde is stopped: when it drains it, it is overloaded.
+    sonde.pause();
+    run("GET", "INCRBY", 800);
+    sonde.resume();
+    std::thread::sleep(Duration::from_secs(2));
+    let shed_in_burst = shed(&sonde);
+    eprintln!("spans shed in the burst: {shed_in_burst}");
+    assert!(shed_in_burst > 0.0, "a ring over half full shed no span");
+
+    run("STRLEN", "LPUSH", 10);
+    let after = http
+        .collector
+        .wait_spans(10, 20, exported(["STRLEN", "LPUSH"]));
+    assert_eq!(
+        after.len(),
+        10,
+        "spans are exported again once capture caught up"
+    );
+    // Printed spans are not shed: more of the burst is printed than exported.
+    let printed = sonde
+        .spans(|s| kind(s) == "CLIENT" && attr(s, "db.operation.name").as_deref() == Some("INCRBY"))
+        .len();
+    let exported = http
+        .collector
+        .spans(|s| s.span.kind == 3 && s.attr("db.operation.name").as_deref() == Some("INCRBY"))
+        .len();
+    eprintln!("INCRBY client spans of the burst: {printed} printed, {exported} exported");
+    assert!(printed > exported, "{printed} printed, {exported} exported");
+    drop(run);
+    let _ = client.wait();
+    http.stop();
 }

@@ -14,7 +14,7 @@ use crate::capture::event::Event;
 use crate::capture::instances;
 use crate::capture::kernel_maps::{self, KernelCounter};
 use crate::capture::probes::{self, ProbeError};
-use crate::capture::ring::RingWaiter;
+use crate::capture::ring::{Overload, RingFill, RingWaiter};
 use crate::capture::tls::TlsAttacher;
 use crate::config::{Config, OtlpSwitch};
 use crate::conn::ConnTable;
@@ -406,6 +406,12 @@ const DRAIN_INTERVAL_MS: i32 = 10;
 /// without waiting.
 const BACKLOG_EVENTS: u64 = 8192;
 
+/// How often, in events, the ring's fill is looked at while draining.
+const FILL_CHECK_EVENTS: u64 = 256;
+
+/// Overload is logged at most this often.
+const OVERLOAD_LOG_EVERY: Duration = Duration::from_secs(60);
+
 #[allow(clippy::too_many_arguments)]
 fn capture_loop(
     mut ring: RingBuf<MapData>,
@@ -440,6 +446,11 @@ fn capture_loop(
             return;
         }
     };
+    let fill = RingFill::new(ring.as_raw_fd(), u64::from(config.ring_buffer_mib) << 20)
+        .map_err(|e| log::warn!("cannot read the ring buffer's fill ({e}): spans are never shed"))
+        .ok();
+    let mut overload = Overload::default();
+    let mut overload_logged: Option<Instant> = None;
     let mut behind = false;
     while !shutdown.load(Ordering::Relaxed) {
         // Sleeping while a backlog waits would leave sonde idle exactly when it has the
@@ -450,6 +461,19 @@ fn capture_loop(
         let drain_start = Instant::now();
         let mut received = 0u64;
         while let Some(item) = ring.next() {
+            if received.is_multiple_of(FILL_CHECK_EVENTS) {
+                if let Some(on) = fill.as_ref().and_then(|f| overload.update(f.fraction())) {
+                    sink.set_overloaded(on);
+                    if on && overload_logged.is_none_or(|t| t.elapsed() >= OVERLOAD_LOG_EVERY) {
+                        overload_logged = Some(Instant::now());
+                        log::warn!(
+                            "capture is behind (the ring buffer is over half full): spans are \
+                             not exported until it catches up, so that no event is lost and \
+                             the metrics stay exact (sonde_export_dropped_total{{reason=\"overload\"}})"
+                        );
+                    }
+                }
+            }
             received += 1;
             match Event::decode(&item) {
                 Ok(ev) => {

@@ -91,10 +91,21 @@ pub struct ExportDropLabels {
 }
 
 /// Why exported data is dropped: the queue was full, the collector stayed unavailable
-/// through the retries, it rejected the data, or sonde was shutting down.
-pub const EXPORT_DROP_REASONS: [&str; 4] = ["queue_full", "unavailable", "rejected", "shutdown"];
+/// through the retries, it rejected the data, sonde was shutting down, or capture was
+/// overloaded (spans only: see `Sink::set_overloaded`).
+pub const EXPORT_DROP_REASONS: [&str; 5] = [
+    "queue_full",
+    "unavailable",
+    "rejected",
+    "shutdown",
+    OVERLOAD,
+];
+/// The export drop reason of spans not built while capture was overloaded.
+pub const OVERLOAD: &str = "overload";
+/// The `signal` label value of spans.
+pub const TRACES: &str = "traces";
 /// The `signal` label values of export drops (`Signal::as_str` in the OTLP settings).
-pub const EXPORT_SIGNALS: [&str; 2] = ["traces", "metrics"];
+pub const EXPORT_SIGNALS: [&str; 2] = [TRACES, "metrics"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MetricLabels {

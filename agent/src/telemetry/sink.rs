@@ -7,7 +7,7 @@ use crate::conn::CallSink;
 use crate::protocols::call::{DbCall, HttpCall, Role};
 use crate::protocols::http1::routes::Routes;
 use crate::telemetry::graph::{Edge, EdgeCache, DATABASE, DIRECT, USER, VIRTUAL_NODE};
-use crate::telemetry::metrics::{HistogramCaches, Metrics};
+use crate::telemetry::metrics::{HistogramCaches, Metrics, OVERLOAD, TRACES};
 use crate::telemetry::sampler::Sampler;
 use crate::telemetry::span::{http_error_type, server_endpoint, Clock, Span, SpanIds};
 use crate::traces::node::{EdgeHalf, Served};
@@ -48,6 +48,11 @@ pub struct Sink<'a> {
     services: Option<SharedServiceIndex>,
     /// `sonde_trace_links_total` series by (kind, result), looked up without building labels.
     link_counters: Vec<((&'static str, &'static str), Counter)>,
+    /// Capture is overloaded (see `capture::ring::Overload`): spans for OTLP are not built,
+    /// so that capture keeps up and the metrics stay exact; they are counted as dropped.
+    overloaded: bool,
+    /// Spans not built while overloaded, not counted yet.
+    shed: u64,
 }
 
 impl<'a> Sink<'a> {
@@ -75,7 +80,16 @@ impl<'a> Sink<'a> {
             edges: EdgeCache::default(),
             services: None,
             link_counters: Vec::new(),
+            overloaded: false,
+            shed: 0,
         }
+    }
+
+    /// Capture is (or is no longer) overloaded: while it is, spans bound for OTLP are
+    /// dropped before they are built (`sonde_export_dropped_total{reason="overload"}`).
+    /// Printed spans are not: printing is for looking at everything.
+    pub fn set_overloaded(&mut self, on: bool) {
+        self.overloaded = on;
     }
 
     /// Names servers that are not on this host by the Service at their address.
@@ -89,6 +103,10 @@ impl<'a> Sink<'a> {
     pub fn flush(&mut self) {
         if let Some(out) = &mut self.spans_out {
             let _ = out.flush();
+        }
+        if self.shed > 0 {
+            let shed = std::mem::take(&mut self.shed);
+            self.metrics.export_dropped(TRACES, OVERLOAD, shed);
         }
         if let Some(q) = &mut self.otlp {
             q.flush_due();
@@ -110,7 +128,14 @@ impl Sink<'_> {
     /// queue has room: under a collector that falls behind, capture spends nothing on spans
     /// it would drop) and sends it there.
     fn emit(&mut self, build: impl FnOnce() -> Span) {
-        let to_otlp = self.otlp.as_mut().is_some_and(|q| !q.refuse_if_full());
+        let to_otlp = match &mut self.otlp {
+            Some(_) if self.overloaded => {
+                self.shed += 1;
+                false
+            }
+            Some(q) => !q.refuse_if_full(),
+            None => false,
+        };
         if self.spans_out.is_none() && !to_otlp {
             return;
         }
@@ -351,5 +376,81 @@ impl Sink<'_> {
             failed: client.failed || server.failed,
         };
         self.metrics.observe_edge(&edge, &mut self.edges);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::identity::process::ProcessInfo;
+    use crate::protocols::call::{DbOperation, REDIS};
+
+    /// Counts the spans handed to it.
+    struct Counting(Arc<Mutex<usize>>);
+
+    impl SpanExport for Counting {
+        fn export(&mut self, _: Span) {
+            *self.0.lock().unwrap() += 1;
+        }
+        fn flush_due(&mut self) {}
+        fn refuse_if_full(&mut self) -> bool {
+            false
+        }
+    }
+
+    fn get(end_ts: u64) -> DbCall {
+        DbCall {
+            role: Role::Client,
+            process: Arc::new(ProcessInfo::for_tests(7, "app", "app")),
+            tid: 7,
+            local: None,
+            peer: None,
+            op: DbOperation {
+                system: REDIS,
+                operation: "GET".into(),
+                start_ts: 1,
+                end_ts,
+                ..DbOperation::default()
+            },
+            trace: None,
+        }
+    }
+
+    #[test]
+    fn overloaded_capture_sheds_spans_but_keeps_the_metrics_exact() {
+        let metrics = Metrics::new(100);
+        let exported = Arc::new(Mutex::new(0));
+        let mut sink = Sink::new(
+            &metrics,
+            false,
+            false,
+            Sampler::default(),
+            Some(Box::new(Counting(exported.clone()))),
+            Routes::new(&[]),
+            Vec::new(),
+        );
+        sink.db_call(get(2));
+        sink.set_overloaded(true);
+        sink.db_call(get(3));
+        sink.db_call(get(4));
+        sink.flush();
+        sink.set_overloaded(false);
+        sink.db_call(get(5));
+        sink.flush();
+        assert_eq!(*exported.lock().unwrap(), 2);
+        let overload = metrics
+            .export_dropped_counts()
+            .into_iter()
+            .find(|(signal, reason, _)| signal == TRACES && reason == OVERLOAD);
+        assert_eq!(overload, Some((TRACES.into(), OVERLOAD.into(), 2)));
+        let observed: u64 = metrics
+            .db_client
+            .all_series()
+            .iter()
+            .map(|s| s.snapshot().count)
+            .sum();
+        assert_eq!(observed, 4);
     }
 }
