@@ -55,9 +55,6 @@ pub struct RingFill {
     capacity: u64,
 }
 
-// SAFETY: the pointers are into shared mappings owned by this value; they are only read.
-unsafe impl Send for RingFill {}
-
 impl RingFill {
     /// `capacity`: the ring's data size in bytes.
     pub fn new(ring_fd: std::os::fd::RawFd, capacity: u64) -> std::io::Result<RingFill> {
