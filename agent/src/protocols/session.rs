@@ -1,7 +1,23 @@
 //! The one interface every protocol implements: a [`Session`] is fed one connection's bytes
 //! and reports finished calls.
+use std::sync::Arc;
+
 use crate::protocols::call::{DbOperation, HttpExchange, Role};
 use crate::traces::links::Start;
+
+/// The shared copy of `text` among `recent`, the texts a connection met lately (at most
+/// `max`, the oldest out first): a text seen before costs no allocation.
+pub fn shared_str(recent: &mut Vec<Arc<str>>, text: &str, max: usize) -> Arc<str> {
+    if let Some(known) = recent.iter().find(|t| ***t == *text) {
+        return known.clone();
+    }
+    if recent.len() >= max {
+        recent.remove(0);
+    }
+    let text: Arc<str> = text.into();
+    recent.push(text.clone());
+    text
+}
 
 /// One event's bytes, as a session sees them.
 #[derive(Clone, Copy, Debug)]

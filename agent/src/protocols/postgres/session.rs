@@ -19,14 +19,14 @@ use crate::protocols::postgres::framing::{
     cstr, PgError, PgMessage, PgStream, ENCRYPTION_ANSWER, UNTYPED,
 };
 use crate::protocols::postgres::sql::{summarize, SqlSummary};
-use crate::protocols::session::{DbSession, RequestNumbers};
+use crate::protocols::session::{shared_str, DbSession, RequestNumbers};
 use crate::traces::links::Start;
 
 /// Operations waiting for results on one connection, at most.
 const MAX_PENDING: usize = 4096;
 /// Prepared statements and portals remembered per connection, at most each.
 const MAX_STATEMENTS: usize = 1024;
-/// CommandComplete names kept per connection (see `tag_name`).
+/// CommandComplete names kept per connection (see `shared_str`).
 const MAX_TAG_NAMES: usize = 16;
 
 const PROTOCOL_3: u32 = 196_608;
@@ -232,19 +232,6 @@ impl PostgresSession {
         }
     }
 
-    /// The shared copy of a CommandComplete name.
-    fn tag_name(&mut self, name: &str) -> Arc<str> {
-        if let Some(known) = self.tag_names.iter().find(|n| ***n == *name) {
-            return known.clone();
-        }
-        if self.tag_names.len() >= MAX_TAG_NAMES {
-            self.tag_names.clear();
-        }
-        let name: Arc<str> = name.into();
-        self.tag_names.push(name.clone());
-        name
-    }
-
     fn on_frontend(&mut self, m: PgMessage, tid: u32) {
         if self.backend_waits_for_query && matches!(m.tag, b'Q' | b'P' | b'B' | b'E') {
             // A client that sends a new query has read the previous results: the next
@@ -396,7 +383,7 @@ impl PostgresSession {
             b'C' => {
                 let tag = String::from_utf8_lossy(cstr(&m.body).0);
                 let (name, rows) = command_tag(&tag);
-                let completion = (self.tag_name(&name), rows);
+                let completion = (shared_str(&mut self.tag_names, &name, MAX_TAG_NAMES), rows);
                 match self.pending.front_mut() {
                     Some(Pending::Simple(op)) => op.completions.push(completion),
                     Some(Pending::Execute(_)) => {

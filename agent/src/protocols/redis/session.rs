@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::protocols::call::{DbOperation, REDIS};
 use crate::protocols::redis::framing::{FrameType, RespError, RespFrame, RespStream};
-use crate::protocols::session::{DbSession, RequestNumbers, EARLY_WINDOW_NS, MAX_EARLY};
+use crate::protocols::session::{
+    shared_str, DbSession, RequestNumbers, EARLY_WINDOW_NS, MAX_EARLY,
+};
 use crate::traces::links::Start;
 
 /// Commands waiting for replies on one connection, at most. A command beyond is given up
@@ -280,7 +282,7 @@ impl RedisSession {
         let mut text = std::mem::take(&mut self.text_buf);
         text.clear();
         query_text(&command, &operation, key, frame.len, args_used, &mut text);
-        let query_text = self.shared_text(&text);
+        let query_text = shared_str(&mut self.texts, &text, MAX_TEXTS);
         self.text_buf = text;
         let subscription = match command.subscription {
             Subscription::No => Subscription::No,
@@ -341,19 +343,6 @@ impl RedisSession {
             p.op.status_code = e.status_code;
             done.push(p.op);
         }
-    }
-
-    /// The shared copy of a query text.
-    fn shared_text(&mut self, text: &str) -> Arc<str> {
-        if let Some(known) = self.texts.iter().find(|t| ***t == *text) {
-            return known.clone();
-        }
-        if self.texts.len() >= MAX_TEXTS {
-            self.texts.remove(0);
-        }
-        let text: Arc<str> = text.into();
-        self.texts.push(text.clone());
-        text
     }
 
     /// What the command whose first word is `raw` is.
