@@ -105,6 +105,33 @@ impl CommandKind {
     }
 }
 
+/// A command as `on_command` read it. A client that sends the same command again (same
+/// name, first argument and element count: a pipeline, a loop) reuses it whole.
+struct Described {
+    /// The first element, then the second (as kept: cut to `MAX_ELEMENT`).
+    words: Vec<u8>,
+    first_len: usize,
+    has_second: bool,
+    arg_count: usize,
+    command: CommandKind,
+    operation: Arc<str>,
+    query_text: Arc<str>,
+    /// For `SELECT n`: the database index it selects.
+    selects: Option<Arc<str>>,
+}
+
+impl Described {
+    fn is(&self, first: &[u8], second: Option<&[u8]>, arg_count: usize) -> bool {
+        let (own_first, own_second) = self.words.split_at(self.first_len);
+        self.arg_count == arg_count
+            && own_first == first
+            && match second {
+                Some(second) => self.has_second && own_second == second,
+                None => !self.has_second,
+            }
+    }
+}
+
 struct Pending {
     op: DbOperation,
     subscription: Subscription,
@@ -138,6 +165,8 @@ pub struct RedisSession {
     /// costs no allocation.
     texts: Vec<Arc<str>>,
     text_buf: String,
+    /// The last command read (see `Described`).
+    last: Option<Described>,
     /// In RESP2 subscribed mode, arrays starting with `message` are pushes, not replies.
     subscribed: bool,
     /// After reply bytes were lost, replies resume only once a new command was sent: the
@@ -253,6 +282,7 @@ impl RedisSession {
             names: Vec::new(),
             texts: Vec::new(),
             text_buf: String::new(),
+            last: None,
             subscribed: false,
             command_since_reply_loss: true,
             frames: Vec::new(),
@@ -269,32 +299,26 @@ impl RedisSession {
         let Some(first) = frame.kept.first() else {
             return;
         };
-        let command = self.command_kind(first);
-        let name = &command.name;
-        let second = frame.kept.get(1).map(|w| String::from_utf8_lossy(w));
-        let two_word = command.two_word && second.is_some();
-        let operation: Arc<str> = match &second {
-            Some(sub) if two_word => format!("{name} {}", sub.to_ascii_uppercase()).into(),
-            _ => name.clone(),
-        };
-        let args_used = if two_word { 2 } else { 1 };
-        let key = second.as_deref().filter(|_| !two_word);
-        let mut text = std::mem::take(&mut self.text_buf);
-        text.clear();
-        query_text(&command, &operation, key, frame.len, args_used, &mut text);
-        let query_text = shared_str(&mut self.texts, &text, MAX_TEXTS);
-        self.text_buf = text;
-        let subscription = match command.subscription {
+        let second = frame.kept.get(1);
+        let repeated = self
+            .last
+            .as_ref()
+            .is_some_and(|last| last.is(first, second, frame.len));
+        if !repeated {
+            let described = self.describe(frame, first, second);
+            self.last = Some(described);
+        }
+        let last = self.last.as_ref().expect("just described");
+        let (operation, query_text) = (last.operation.clone(), last.query_text.clone());
+        let subscription = match last.command.subscription {
             Subscription::No => Subscription::No,
             Subscription::Channels(_) => Subscription::Channels(frame.len.saturating_sub(1).max(1)),
             Subscription::All if frame.len > 1 => Subscription::Channels(frame.len - 1),
             Subscription::All => Subscription::All,
         };
-        if command.select {
-            if let Some(index) = second.filter(|w| w.parse::<u32>().is_ok()) {
-                // Commands pipelined after SELECT run in the new database.
-                self.db = index.into();
-            }
+        if let Some(index) = &last.selects {
+            // Commands pipelined after SELECT run in the new database.
+            self.db = index.clone();
         }
         if self.skipped > 0 || self.pending.len() >= MAX_PENDING {
             self.skipped += 1;
@@ -317,6 +341,44 @@ impl RedisSession {
             reported: false,
         });
         self.pair_early(frame.ts, done);
+    }
+
+    /// What a command is, from its first two elements and its element count.
+    fn describe(&mut self, frame: &RespFrame, first: &[u8], second: Option<&[u8]>) -> Described {
+        let command = self.command_kind(first);
+        let name = &command.name;
+        let second_text = second.map(String::from_utf8_lossy);
+        let two_word = command.two_word && second_text.is_some();
+        let operation: Arc<str> = match &second_text {
+            Some(sub) if two_word => format!("{name} {}", sub.to_ascii_uppercase()).into(),
+            _ => name.clone(),
+        };
+        let args_used = if two_word { 2 } else { 1 };
+        let key = second_text.as_deref().filter(|_| !two_word);
+        let mut text = std::mem::take(&mut self.text_buf);
+        text.clear();
+        query_text(&command, &operation, key, frame.len, args_used, &mut text);
+        let query_text = shared_str(&mut self.texts, &text, MAX_TEXTS);
+        self.text_buf = text;
+        let selects = second_text
+            .filter(|w| command.select && w.parse::<u32>().is_ok())
+            .map(|w| w.into());
+        // The last one's buffer is reused: a client whose keys all differ allocates nothing
+        // more for this.
+        let mut words = self.last.take().map(|l| l.words).unwrap_or_default();
+        words.clear();
+        words.extend_from_slice(first);
+        words.extend_from_slice(second.unwrap_or_default());
+        Described {
+            words,
+            first_len: first.len(),
+            has_second: second.is_some(),
+            arg_count: frame.len,
+            command,
+            operation,
+            query_text,
+            selects,
+        }
     }
 
     /// Pairs replies read before their commands' events with the commands now waiting, in
@@ -601,6 +663,59 @@ mod tests {
             ]
         );
         assert!(r.done.iter().all(|o| o.start_ts == 1 && o.end_ts == 2));
+    }
+
+    /// A command sent again is described once; one that differs in its name's case, its
+    /// key, its element count or its subcommand is described anew.
+    #[test]
+    fn a_repeated_command_shares_its_description_and_any_difference_is_seen() {
+        let mut r = Run::new();
+        let mut batch = Vec::new();
+        for args in [
+            &["SET", "k", "v"][..],
+            &["SET", "k", "w"],
+            &["set", "k", "v"],
+            &["SET", "k2", "v"],
+            &["SET", "k", "v", "EX", "10"],
+            &["SET", "k"],
+            &["SET"],
+            &["SET"],
+            &["CONFIG", "GET", "x"],
+            &["CONFIG", "SET", "x", "1"],
+            &["SELECT", "2"],
+            &["SELECT", "2"],
+            &["GET", "k"],
+        ] {
+            batch.extend(cmd(args));
+        }
+        r.client(&batch);
+        r.server(&b"+OK\r\n".repeat(13));
+        let texts: Vec<String> = r.ops().into_iter().map(|(_, t, _)| t.unwrap()).collect();
+        assert_eq!(
+            texts,
+            [
+                "SET k ?",
+                "SET k ?",
+                "SET k ?",
+                "SET k2 ?",
+                "SET k ? ? ?",
+                "SET k",
+                "SET",
+                "SET",
+                "CONFIG GET ?",
+                "CONFIG SET ? ?",
+                "SELECT ?",
+                "SELECT ?",
+                "GET k",
+            ]
+        );
+        let shared = |a: usize, b: usize| {
+            let text = |i: usize| r.done[i].query_text.clone().unwrap();
+            Arc::ptr_eq(&text(a), &text(b))
+        };
+        assert!(shared(0, 1) && shared(6, 7) && shared(10, 11));
+        let ns: Vec<&str> = r.done.iter().map(|o| &*o.namespace).collect();
+        assert_eq!(ns[9..], ["0", "2", "2", "2"]);
     }
 
     #[test]
