@@ -19,6 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
+use crate::identity::process::ProcessInfo;
 use crate::telemetry::red::{HistogramFamily, Series};
 
 /// Tempo's buckets: `ExponentialBuckets(0.1, 2, 8)`.
@@ -106,10 +107,44 @@ impl ServiceGraph {
 /// One edge's series.
 struct EdgeSeries {
     labels: EdgeLabels,
+    handles: EdgeHandles,
+}
+
+#[derive(Clone)]
+struct EdgeHandles {
     requests: Counter,
     failed: Counter,
     server_seconds: Arc<Series>,
     client_seconds: Arc<Series>,
+}
+
+impl EdgeHandles {
+    fn observe(&self, edge: &Edge<'_>) {
+        self.requests.inc();
+        if edge.failed {
+            self.failed.inc();
+        }
+        if let Some(s) = edge.server_seconds {
+            self.server_seconds.observe(s, None);
+        }
+        if let Some(s) = edge.client_seconds {
+            self.client_seconds.observe(s, None);
+        }
+    }
+}
+
+/// Edges between two processes seen, direct-mapped by the processes' identity (see
+/// `EdgeCache::record_between`).
+const PAIR_SLOTS: usize = 64;
+
+/// The edge of a recent call between two processes seen on this host. The processes are
+/// held, so that the addresses compared are theirs (`ProcessInfo` is immutable: the same
+/// process value names the same service).
+struct PairEntry {
+    client: Arc<ProcessInfo>,
+    server: Arc<ProcessInfo>,
+    connection_type: &'static str,
+    handles: EdgeHandles,
 }
 
 /// The capture thread's handles on the edges seen, so that a call builds no label strings.
@@ -118,11 +153,60 @@ pub struct EdgeCache {
     hasher: FxBuildHasher,
     by_hash: FxHashMap<u64, Vec<EdgeSeries>>,
     len: usize,
+    pairs: Vec<Option<PairEntry>>,
 }
 
 impl EdgeCache {
     /// Records `edge`; false when it is a new edge past the cap (not recorded).
     pub fn record(&mut self, graph: &ServiceGraph, edge: &Edge<'_>) -> bool {
+        match self.handles(graph, edge) {
+            Some(handles) => {
+                handles.observe(edge);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `edge`, a call from process `client` to process `server` (whose service
+    /// names are the edge's): found by comparing the two processes' addresses, without
+    /// hashing the names, when a recent call took the same edge.
+    pub fn record_between(
+        &mut self,
+        graph: &ServiceGraph,
+        client: &Arc<ProcessInfo>,
+        server: &Arc<ProcessInfo>,
+        edge: &Edge<'_>,
+    ) -> bool {
+        debug_assert!(edge.client == client.service_name && edge.server == server.service_name);
+        if self.pairs.is_empty() {
+            self.pairs.resize_with(PAIR_SLOTS, || None);
+        }
+        let slot = ((Arc::as_ptr(client) as usize >> 6) ^ (Arc::as_ptr(server) as usize >> 4))
+            % PAIR_SLOTS;
+        let known = self.pairs[slot].as_ref().is_some_and(|p| {
+            Arc::ptr_eq(&p.client, client)
+                && Arc::ptr_eq(&p.server, server)
+                && p.connection_type == edge.connection_type
+        });
+        if !known {
+            let Some(handles) = self.handles(graph, edge).cloned() else {
+                return false;
+            };
+            self.pairs[slot] = Some(PairEntry {
+                client: client.clone(),
+                server: server.clone(),
+                connection_type: edge.connection_type,
+                handles,
+            });
+        }
+        let pair = self.pairs[slot].as_ref().expect("just filled");
+        pair.handles.observe(edge);
+        true
+    }
+
+    /// The series of `edge`'s labels, made if new; None for a new edge past the cap.
+    fn handles(&mut self, graph: &ServiceGraph, edge: &Edge<'_>) -> Option<&EdgeHandles> {
         let hash = self
             .hasher
             .hash_one((edge.client, edge.server, edge.connection_type));
@@ -136,7 +220,7 @@ impl EdgeCache {
             Some(i) => &entries[i],
             None => {
                 if self.len >= MAX_EDGES {
-                    return false;
+                    return None;
                 }
                 let labels = EdgeLabels {
                     client: edge.client.to_string(),
@@ -148,28 +232,18 @@ impl EdgeCache {
                     labels.server.clone(),
                     labels.connection_type.clone(),
                 ];
-                entries.push(EdgeSeries {
+                let handles = EdgeHandles {
                     requests: graph.requests.get_or_create(&labels).clone(),
                     failed: graph.failed.get_or_create(&labels).clone(),
                     server_seconds: graph.server_seconds.series(values.clone()),
                     client_seconds: graph.client_seconds.series(values),
-                    labels,
-                });
+                };
+                entries.push(EdgeSeries { labels, handles });
                 self.len += 1;
                 entries.last().expect("pushed")
             }
         };
-        series.requests.inc();
-        if edge.failed {
-            series.failed.inc();
-        }
-        if let Some(s) = edge.server_seconds {
-            series.server_seconds.observe(s, None);
-        }
-        if let Some(s) = edge.client_seconds {
-            series.client_seconds.observe(s, None);
-        }
-        true
+        Some(&series.handles)
     }
 }
 
@@ -222,5 +296,60 @@ mod tests {
             })
             .count();
         assert_eq!(admitted, MAX_EDGES - 1);
+    }
+
+    #[test]
+    fn calls_between_processes_count_on_their_services_edge() {
+        let mut registry = Registry::default();
+        let graph = ServiceGraph::new(&mut registry);
+        let mut cache = EdgeCache::default();
+        let process = |pid, service| Arc::new(ProcessInfo::for_tests(pid, "app", service));
+        let (api, api2, db) = (process(1, "api"), process(2, "api"), process(3, "redis"));
+        fn edge<'a>(client: &'a ProcessInfo, server: &'a ProcessInfo, failed: bool) -> Edge<'a> {
+            Edge {
+                client: &client.service_name,
+                server: &server.service_name,
+                connection_type: DATABASE,
+                client_seconds: Some(0.3),
+                server_seconds: Some(0.25),
+                failed,
+            }
+        }
+        // Two processes of one service, the same edge; the reverse direction is another.
+        for (client, server, failed) in [
+            (&api, &db, false),
+            (&api, &db, true),
+            (&api2, &db, false),
+            (&db, &api, false),
+        ] {
+            assert!(cache.record_between(&graph, client, server, &edge(client, server, failed)));
+        }
+        assert!(cache.record(&graph, &edge(&api, &db, false)));
+        let count = |client: &str, server: &str| {
+            let labels = EdgeLabels {
+                client: client.into(),
+                server: server.into(),
+                connection_type: DATABASE.into(),
+            };
+            (
+                graph.requests.get_or_create(&labels).get(),
+                graph.failed.get_or_create(&labels).get(),
+            )
+        };
+        assert_eq!(count("api", "redis"), (4, 1));
+        assert_eq!(count("redis", "api"), (1, 0));
+        // Past the cap, a new pair of processes is not recorded either.
+        for i in 0..MAX_EDGES {
+            cache.record(
+                &graph,
+                &Edge {
+                    server: &format!("s{i}"),
+                    ..edge(&api, &db, false)
+                },
+            );
+        }
+        let other = process(4, "late");
+        assert!(!cache.record_between(&graph, &api, &other, &edge(&api, &other, false)));
+        assert!(cache.record_between(&graph, &api, &db, &edge(&api, &db, false)));
     }
 }

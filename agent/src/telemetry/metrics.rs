@@ -12,9 +12,11 @@ use prometheus_client::registry::Registry;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::gpu::SharedSnapshot;
+use crate::identity::process::ProcessInfo;
 use crate::protocols::call::DbCall;
 use crate::protocols::call::{HttpCall, Role};
 use crate::protocols::llm::LlmCall;
+use crate::telemetry::db_memo::DbMemo;
 use crate::telemetry::genai_metrics::GenAiMetrics;
 use crate::telemetry::graph::{Edge, EdgeCache, ServiceGraph};
 use crate::telemetry::red::{HistogramFamily, Series};
@@ -286,7 +288,7 @@ impl<O> HistogramCache<O> {
         hash: u64,
         same: impl Fn(&O) -> bool,
         create: impl FnOnce() -> (O, Arc<Series>),
-    ) -> &Series {
+    ) -> &Arc<Series> {
         if self.len >= Self::MAX_ENTRIES {
             self.by_hash.clear();
             self.len = 0;
@@ -310,6 +312,7 @@ pub struct HistogramCaches {
     hasher: FxBuildHasher,
     http: HistogramCache<OwnedHttpKey>,
     db: HistogramCache<OwnedDbKey>,
+    db_memo: DbMemo,
 }
 
 pub struct Metrics {
@@ -627,14 +630,25 @@ impl Metrics {
     ) {
         let op = &call.op;
         let seconds = op.end_ts.saturating_sub(op.start_ts) as f64 / 1e9;
-        let key = DbKey::of(call);
-        let hash = caches.hasher.hash_one(key);
-        let series = caches.db.get_or_create(
-            hash,
-            |owned| owned.borrow() == key,
-            || (OwnedDbKey::from(key), self.db_series(call)),
-        );
-        self.observe(series, seconds, exemplar);
+        let HistogramCaches {
+            hasher,
+            db,
+            db_memo,
+            ..
+        } = caches;
+        let mut lookup = || {
+            let key = DbKey::of(call);
+            db.get_or_create(
+                hasher.hash_one(key),
+                |owned| owned.borrow() == key,
+                || (OwnedDbKey::from(key), self.db_series(call)),
+            )
+            .clone()
+        };
+        match call.error_type() {
+            None => self.observe(db_memo.series(call, lookup), seconds, exemplar),
+            Some(_) => self.observe(&lookup(), seconds, exemplar),
+        }
     }
 
     fn db_series(&self, call: &DbCall) -> Arc<Series> {
@@ -700,12 +714,31 @@ impl Metrics {
     /// Records one call on its service-graph edge (see `graph`).
     pub fn observe_edge(&self, edge: &Edge<'_>, cache: &mut EdgeCache) {
         if !cache.record(&self.graph, edge) {
-            self.label_set_overflow
-                .get_or_create(&MetricLabels {
-                    metric: "traces_service_graph_request_total".to_string(),
-                })
-                .inc();
+            self.count_edge_overflow();
         }
+    }
+
+    /// `observe_edge` for a call between two processes seen (see
+    /// `EdgeCache::record_between`).
+    pub fn observe_edge_between(
+        &self,
+        client: &Arc<ProcessInfo>,
+        server: &Arc<ProcessInfo>,
+        edge: &Edge<'_>,
+        cache: &mut EdgeCache,
+    ) {
+        if !cache.record_between(&self.graph, client, server, edge) {
+            self.count_edge_overflow();
+        }
+    }
+
+    #[cold]
+    fn count_edge_overflow(&self) {
+        self.label_set_overflow
+            .get_or_create(&MetricLabels {
+                metric: "traces_service_graph_request_total".to_string(),
+            })
+            .inc();
     }
 
     pub fn encrypted_connection(&self, protocol: &str) {

@@ -1,6 +1,7 @@
 //! What finished calls become: spans (and the sampler that keeps them), RED histograms,
 //! sonde's own metrics, and the summary table; the sink routes each call to them.
 pub mod attr;
+pub mod db_memo;
 pub mod genai;
 pub mod genai_metrics;
 pub mod graph;

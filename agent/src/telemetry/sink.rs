@@ -375,7 +375,8 @@ impl Sink<'_> {
             server_seconds: Some(server.seconds),
             failed: client.failed || server.failed,
         };
-        self.metrics.observe_edge(&edge, &mut self.edges);
+        self.metrics
+            .observe_edge_between(&client.process, &server.process, &edge, &mut self.edges);
     }
 }
 
