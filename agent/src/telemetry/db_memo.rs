@@ -1,7 +1,8 @@
 //! The database histogram series of recent calls, found by the identity of what their
-//! labels are made of. A session shares its operation names and namespace between calls
-//! (`Arc<str>`), and a connection shares its process: the common call is matched by
-//! comparing a few pointers, without hashing or comparing any label string.
+//! labels are made of. Sessions share their operation and namespace names across
+//! connections (`protocols::session::interned`), and a connection shares its process: the
+//! common call is matched by comparing a few pointers, without hashing or comparing any
+//! label string.
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use crate::telemetry::red::Series;
 
 /// Direct-mapped slots: a collision replaces the older entry, and a miss costs one lookup
 /// in the label cache behind.
-const SLOTS: usize = 64;
+const SLOTS: usize = 256;
 
 #[derive(Default)]
 pub struct DbMemo {
@@ -75,7 +76,8 @@ fn slot_of(call: &DbCall) -> usize {
     // Heap addresses: their low bits are alignment, the bits above vary.
     let operation = Arc::as_ptr(&call.op.operation) as *const u8 as usize;
     let process = Arc::as_ptr(&call.process) as usize;
-    ((operation >> 4) ^ (process >> 6) ^ call.role as usize) % SLOTS
+    let port = call.server().map_or(0, |s| s.port() as usize);
+    ((operation >> 4) ^ (process >> 6) ^ port.wrapping_mul(31) ^ call.role as usize) % SLOTS
 }
 
 #[cfg(test)]

@@ -19,14 +19,14 @@ use crate::protocols::postgres::framing::{
     cstr, PgError, PgMessage, PgStream, ENCRYPTION_ANSWER, UNTYPED,
 };
 use crate::protocols::postgres::sql::{summarize, SqlSummary};
-use crate::protocols::session::{shared_str, DbSession, RequestNumbers};
+use crate::protocols::session::{interned, shared_name, DbSession, RequestNumbers};
 use crate::traces::links::Start;
 
 /// Operations waiting for results on one connection, at most.
 const MAX_PENDING: usize = 4096;
 /// Prepared statements and portals remembered per connection, at most each.
 const MAX_STATEMENTS: usize = 1024;
-/// CommandComplete names kept per connection (see `shared_str`).
+/// CommandComplete names kept per connection (see `shared_name`).
 const MAX_TAG_NAMES: usize = 16;
 
 const PROTOCOL_3: u32 = 196_608;
@@ -219,7 +219,7 @@ impl PostgresSession {
             open: None,
             statements: FxHashMap::default(),
             portals: FxHashMap::default(),
-            database: Arc::default(),
+            database: interned(""),
             encrypted: false,
             skip_to_sync: false,
             frontend_waits_for_ready: false,
@@ -337,7 +337,7 @@ impl PostgresSession {
                 self.push(Pending::Encryption);
             }
             c if c >> 16 == PROTOCOL_3 >> 16 => {
-                self.database = startup_database(&body[4..]).into();
+                self.database = interned(&startup_database(&body[4..]));
                 self.push(Pending::Startup);
             }
             // CancelRequest and unknown codes: the server answers nothing.
@@ -383,7 +383,7 @@ impl PostgresSession {
             b'C' => {
                 let tag = String::from_utf8_lossy(cstr(&m.body).0);
                 let (name, rows) = command_tag(&tag);
-                let completion = (shared_str(&mut self.tag_names, &name, MAX_TAG_NAMES), rows);
+                let completion = (shared_name(&mut self.tag_names, &name, MAX_TAG_NAMES), rows);
                 match self.pending.front_mut() {
                     Some(Pending::Simple(op)) => op.completions.push(completion),
                     Some(Pending::Execute(_)) => {
@@ -467,7 +467,7 @@ impl PostgresSession {
         let (operation, returned_rows, batch_size) = match op.completions.as_slice() {
             [] => (
                 sql.and_then(|s| s.operation.clone())
-                    .unwrap_or_else(|| Arc::from("EXECUTE")),
+                    .unwrap_or_else(|| interned("EXECUTE")),
                 (op.data_rows > 0).then_some(op.data_rows),
                 None,
             ),
@@ -476,9 +476,9 @@ impl PostgresSession {
                 let first = &many[0].0;
                 let same = many.iter().all(|(n, _)| n == first);
                 let name: Arc<str> = if same {
-                    format!("BATCH {first}").into()
+                    interned(&format!("BATCH {first}"))
                 } else {
-                    "BATCH".into()
+                    interned("BATCH")
                 };
                 (name, None, Some(many.len() as u64))
             }
@@ -708,6 +708,25 @@ mod tests {
         assert!(
             !debug.contains("hunter2") && !debug.contains("secret_table") && !debug.contains("42 ")
         );
+    }
+
+    /// The metric handle cache compares addresses: two connections' statements with the
+    /// same labels carry the same operation and namespace values.
+    #[test]
+    fn connections_share_their_operation_and_namespace_names() {
+        let runs: Vec<Run> = (0..2)
+            .map(|i| {
+                let mut r = Run::new();
+                startup_exchange(&mut r);
+                r.client(&q(&format!("UPDATE t SET v = {i}")));
+                r.server(&cat(&[complete("UPDATE 1"), ready()]));
+                r
+            })
+            .collect();
+        let (a, b) = (&runs[0].done[0], &runs[1].done[0]);
+        assert_eq!((&*a.operation, &*a.namespace), ("UPDATE", "shop"));
+        assert!(Arc::ptr_eq(&a.operation, &b.operation));
+        assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::protocols::call::{DbOperation, REDIS};
 use crate::protocols::redis::framing::{FrameType, RespError, RespFrame, RespStream};
 use crate::protocols::session::{
-    shared_str, DbSession, RequestNumbers, EARLY_WINDOW_NS, MAX_EARLY,
+    interned, shared_str, DbSession, RequestNumbers, EARLY_WINDOW_NS, MAX_EARLY,
 };
 use crate::traces::links::Start;
 
@@ -100,7 +100,7 @@ impl CommandKind {
                 "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => Subscription::All,
                 _ => Subscription::No,
             },
-            name: name.into(),
+            name: interned(&name),
         }
     }
 }
@@ -278,7 +278,7 @@ impl RedisSession {
             pending: VecDeque::new(),
             skipped: 0,
             dropped: 0,
-            db: "0".into(),
+            db: interned("0"),
             names: Vec::new(),
             texts: Vec::new(),
             text_buf: String::new(),
@@ -350,7 +350,7 @@ impl RedisSession {
         let second_text = second.map(String::from_utf8_lossy);
         let two_word = command.two_word && second_text.is_some();
         let operation: Arc<str> = match &second_text {
-            Some(sub) if two_word => format!("{name} {}", sub.to_ascii_uppercase()).into(),
+            Some(sub) if two_word => interned(&format!("{name} {}", sub.to_ascii_uppercase())),
             _ => name.clone(),
         };
         let args_used = if two_word { 2 } else { 1 };
@@ -362,7 +362,7 @@ impl RedisSession {
         self.text_buf = text;
         let selects = second_text
             .filter(|w| command.select && w.parse::<u32>().is_ok())
-            .map(|w| w.into());
+            .map(|w| interned(&w));
         // The last one's buffer is reused: a client whose keys all differ allocates nothing
         // more for this.
         let mut words = self.last.take().map(|l| l.words).unwrap_or_default();
@@ -716,6 +716,32 @@ mod tests {
         assert!(shared(0, 1) && shared(6, 7) && shared(10, 11));
         let ns: Vec<&str> = r.done.iter().map(|o| &*o.namespace).collect();
         assert_eq!(ns[9..], ["0", "2", "2", "2"]);
+    }
+
+    /// The metric handle cache compares addresses: two connections' calls with the same
+    /// labels carry the same operation and namespace values.
+    #[test]
+    fn connections_share_their_operation_and_namespace_names() {
+        let runs: Vec<Run> = (0..2)
+            .map(|_| {
+                let mut r = Run::new();
+                r.client(&cmd(&["get", "a"]));
+                r.client(&cmd(&["CONFIG", "GET", "x"]));
+                r.client(&cmd(&["SELECT", "1"]));
+                r.client(&cmd(&["GET", "b"]));
+                r.server(b"$-1\r\n*0\r\n+OK\r\n$-1\r\n");
+                r
+            })
+            .collect();
+        let [a, b] = &runs[..] else { unreachable!() };
+        assert_eq!(a.done.len(), 4);
+        for (x, y) in a.done.iter().zip(&b.done) {
+            assert!(Arc::ptr_eq(&x.operation, &y.operation), "{x:?}");
+            assert!(Arc::ptr_eq(&x.namespace, &y.namespace), "{x:?}");
+        }
+        // `get` and `GET` are one operation.
+        assert!(Arc::ptr_eq(&a.done[0].operation, &b.done[3].operation));
+        assert_eq!(&*a.done[3].namespace, "1");
     }
 
     #[test]
