@@ -95,12 +95,14 @@ pub struct Destination {
     pub tls: TlsFiles,
 }
 
-/// Spans waiting for export by default: four times an SDK's 2048, because one sonde exports
-/// the spans of every service on its host. At 125,000 spans/s (wrk against nginx, both ends
+/// Spans waiting for export by default: twice an SDK's 2048, because one sonde exports the
+/// spans of every service on its host. At 125,000 spans/s (wrk against nginx, both ends
 /// traced) 2048 spans were 16 ms, shorter than the export task may wait for a CPU on a busy
-/// host, and a few thousand spans a second were dropped although the collector kept up.
-/// The queue holds encoded spans, about 350 bytes each: 2.8 MB when full.
-pub const DEFAULT_MAX_QUEUE: usize = 8192;
+/// host, and a few thousand spans a second were dropped although the collector kept up;
+/// 4096 dropped none there. (8192 dropped none either, but a full queue at redis-benchmark
+/// -P 16 then took peak RSS to 51 MiB.) The queue holds encoded spans, about 350 bytes
+/// each.
+pub const DEFAULT_MAX_QUEUE: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtlpSettings {
@@ -375,7 +377,7 @@ mod tests {
         assert_eq!(s.metrics.endpoint, "http://col:4318/v1/metrics");
         let s = settings(&[]).unwrap();
         assert_eq!(s.traces.endpoint, "http://localhost:4318/v1/traces");
-        assert_eq!((s.max_queue, s.max_batch), (8192, 512));
+        assert_eq!((s.max_queue, s.max_batch), (4096, 512));
     }
 
     #[test]
