@@ -70,7 +70,8 @@ commands:
                  seconds, unit tests, the integration tests that load the real probes and
                  drive real servers, the image under podman, the package under dpkg, the
                  kernel matrix (needs root)
-  bench http     build, then wrk against nginx with sonde off and on, interleaved
+  bench http     build, then wrk against nginx with sonde off and on, interleaved (--tls:
+                 over HTTPS, which sonde reads through its OpenSSL uprobes)
   bench redis    build, then redis-benchmark (-P 1 and -P 16) against redis-server, off/on
   bench postgres build, then pgbench (tpcb-like, prepared) against PostgreSQL, off/on
                  (bench options: --pairs N (6), --seconds S (5), --sonde PATH (a built
