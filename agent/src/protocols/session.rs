@@ -44,7 +44,7 @@ thread_local! {
 
 /// The one copy of `name` shared by every connection of this thread (the capture thread):
 /// operation names, database names and indexes. Calls that share their label values share
-/// the addresses the metric handle caches compare (`telemetry::db_memo`), and connections
+/// the addresses the metric handle caches compare (`telemetry::series_memo`), and connections
 /// hold no copies of their own.
 pub fn interned(name: &str) -> Arc<str> {
     INTERNED.with(|set| {

@@ -147,6 +147,12 @@ struct PairEntry {
     handles: EdgeHandles,
 }
 
+/// Whether two of the connection-type constants are the same: by address first, as the
+/// callers pass the same constants.
+fn same_static(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
 /// The capture thread's handles on the edges seen, so that a call builds no label strings.
 #[derive(Default)]
 pub struct EdgeCache {
@@ -187,7 +193,7 @@ impl EdgeCache {
         let known = self.pairs[slot].as_ref().is_some_and(|p| {
             Arc::ptr_eq(&p.client, client)
                 && Arc::ptr_eq(&p.server, server)
-                && p.connection_type == edge.connection_type
+                && same_static(p.connection_type, edge.connection_type)
         });
         if !known {
             let Some(handles) = self.handles(graph, edge).cloned() else {

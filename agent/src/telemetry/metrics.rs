@@ -16,10 +16,10 @@ use crate::identity::process::ProcessInfo;
 use crate::protocols::call::DbCall;
 use crate::protocols::call::{HttpCall, Role};
 use crate::protocols::llm::LlmCall;
-use crate::telemetry::db_memo::DbMemo;
 use crate::telemetry::genai_metrics::GenAiMetrics;
 use crate::telemetry::graph::{Edge, EdgeCache, ServiceGraph};
 use crate::telemetry::red::{HistogramFamily, Series};
+use crate::telemetry::series_memo::{DbMemo, HttpMemo};
 use crate::telemetry::span::{http_error_type, normalize_method, server_endpoint};
 use crate::traces::links::LINK_OUTCOMES;
 
@@ -313,6 +313,7 @@ pub struct HistogramCaches {
     http: HistogramCache<OwnedHttpKey>,
     db: HistogramCache<OwnedDbKey>,
     db_memo: DbMemo,
+    http_memo: HttpMemo,
 }
 
 pub struct Metrics {
@@ -560,14 +561,26 @@ impl Metrics {
         caches: &mut HistogramCaches,
     ) {
         let seconds = call.end_ts.saturating_sub(call.start_ts) as f64 / 1e9;
-        let key = HttpKey::of(call);
-        let hash = caches.hasher.hash_one(key);
-        let series = caches.http.get_or_create(
-            hash,
-            |owned| owned.borrow() == key,
-            || (OwnedHttpKey::from(key), self.http_series(call)),
-        );
-        self.observe(series, seconds, exemplar);
+        let HistogramCaches {
+            hasher,
+            http,
+            http_memo,
+            ..
+        } = caches;
+        let mut lookup = || {
+            let key = HttpKey::of(call);
+            http.get_or_create(
+                hasher.hash_one(key),
+                |owned| owned.borrow() == key,
+                || (OwnedHttpKey::from(key), self.http_series(call)),
+            )
+            .clone()
+        };
+        if HttpMemo::takes(call) {
+            self.observe(http_memo.series(call, lookup), seconds, exemplar);
+        } else {
+            self.observe(&lookup(), seconds, exemplar);
+        }
     }
 
     fn observe(&self, series: &Series, seconds: f64, exemplar: Option<(u128, u64, u64)>) {
@@ -645,9 +658,10 @@ impl Metrics {
             )
             .clone()
         };
-        match call.error_type() {
-            None => self.observe(db_memo.series(call, lookup), seconds, exemplar),
-            Some(_) => self.observe(&lookup(), seconds, exemplar),
+        if DbMemo::takes(call) {
+            self.observe(db_memo.series(call, lookup), seconds, exemplar);
+        } else {
+            self.observe(&lookup(), seconds, exemplar);
         }
     }
 

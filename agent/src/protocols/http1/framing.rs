@@ -12,8 +12,10 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use crate::protocols::llm;
+use crate::protocols::session::{shared_name, shared_str};
 
 /// Largest message head buffered while waiting for its end.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -30,12 +32,13 @@ pub enum StreamKind {
 pub struct RequestHead {
     /// The standard methods are not copied per request.
     pub method: Cow<'static, str>,
-    /// The path only: the query string is cut off here and never stored.
-    pub path: String,
+    /// The path only: the query string is cut off here and never stored. Shared with the
+    /// connection's recent requests to the same path.
+    pub path: Arc<str>,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    /// The Host header, when present.
-    pub host: Option<String>,
+    /// The Host header, when present; one copy per capture thread (`session::shared_name`).
+    pub host: Option<Arc<str>>,
     /// The W3C `traceparent` header, when present.
     pub traceparent: Option<String>,
 }
@@ -166,7 +169,16 @@ pub struct HttpStream {
     tap_requests: Option<fn(&RequestHead) -> bool>,
     /// The body of the message in progress is tapped.
     tap: bool,
+    /// Request streams: the paths requested lately, so that a path asked again is not
+    /// copied again (see `session::shared_str`).
+    recent_paths: Vec<Arc<str>>,
+    /// Request streams: the Host values sent lately, each the thread's one copy.
+    recent_hosts: Vec<Arc<str>>,
 }
+
+/// Paths and hosts a request stream remembers.
+const RECENT_PATHS: usize = 4;
+const RECENT_HOSTS: usize = 2;
 
 impl HttpStream {
     pub fn new(kind: StreamKind) -> Self {
@@ -180,6 +192,8 @@ impl HttpStream {
             awaiting: VecDeque::new(),
             tap_requests: None,
             tap: false,
+            recent_paths: Vec::new(),
+            recent_hosts: Vec::new(),
         }
     }
 
@@ -453,9 +467,10 @@ impl HttpStream {
                 let path = target.split(['?', '#']).next().unwrap_or("");
                 let head = RequestHead {
                     method: method_of(req.method.unwrap_or("")),
-                    path: path.to_string(),
+                    path: shared_str(&mut self.recent_paths, path, RECENT_PATHS),
                     minor_version: req.version.unwrap_or(1),
-                    host: framing.host,
+                    host: (framing.host)
+                        .map(|h| shared_name(&mut self.recent_hosts, h, RECENT_HOSTS)),
                     traceparent: framing.traceparent,
                 };
                 self.tap = self.tap_requests.is_some_and(|tap| tap(&head));
@@ -644,16 +659,16 @@ impl HttpStream {
 }
 
 /// The headers that decide framing and identity.
-struct Framing {
+struct Framing<'a> {
     content_length: Option<u64>,
     chunked: bool,
-    host: Option<String>,
+    host: Option<&'a str>,
     traceparent: Option<String>,
     provider: Option<&'static str>,
 }
 
-impl Framing {
-    fn from_headers(headers: &[httparse::Header<'_>]) -> Result<Framing, ParseError> {
+impl<'a> Framing<'a> {
+    fn from_headers(headers: &[httparse::Header<'a>]) -> Result<Framing<'a>, ParseError> {
         let mut f = Framing {
             content_length: None,
             chunked: false,
@@ -680,9 +695,7 @@ impl Framing {
                     .next()
                     .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
             } else if name.eq_ignore_ascii_case("host") {
-                f.host = std::str::from_utf8(h.value)
-                    .ok()
-                    .map(|s| s.trim().to_string());
+                f.host = std::str::from_utf8(h.value).ok().map(str::trim);
             } else if name.eq_ignore_ascii_case("traceparent") {
                 f.traceparent = std::str::from_utf8(h.value)
                     .ok()
@@ -815,7 +828,7 @@ mod tests {
         }
         // Requests: only those the predicate picks; a gap is reported, not filled.
         let mut s = HttpStream::new(StreamKind::Requests);
-        s.tap_requests(|h| h.path == "/v1/chat/completions");
+        s.tap_requests(|h| &*h.path == "/v1/chat/completions");
         let mut out = Vec::new();
         let req = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"a\"";
         s.feed(req, 1, &mut out);
@@ -892,8 +905,38 @@ mod tests {
         let Ev::Head(Head::Request(r)) = &got[0] else {
             panic!("{got:?}")
         };
-        assert_eq!(r.path, "/p");
+        assert_eq!(&*r.path, "/p");
         assert!(!format!("{got:?}").contains("alice"));
+    }
+
+    #[test]
+    fn a_path_or_host_asked_again_shares_its_copy() {
+        let (got, _) = run(
+            StreamKind::Requests,
+            &[
+                b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /a?q=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+                b"GET /b HTTP/1.1\r\nHost: g\r\n\r\n",
+            ],
+            &[],
+            false,
+        );
+        let heads: Vec<&RequestHead> = got
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Head(Head::Request(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(heads.len(), 3, "{got:?}");
+        assert!(Arc::ptr_eq(&heads[0].path, &heads[1].path));
+        assert!(Arc::ptr_eq(
+            heads[0].host.as_ref().unwrap(),
+            heads[1].host.as_ref().unwrap()
+        ));
+        assert_eq!(
+            (&*heads[2].path, heads[2].host.as_deref()),
+            ("/b", Some("g"))
+        );
     }
 
     #[test]

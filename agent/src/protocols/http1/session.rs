@@ -448,7 +448,7 @@ impl HttpSession {
 fn head_bytes(head: &RequestHead) -> usize {
     head.method.len()
         + head.path.len()
-        + head.host.as_ref().map_or(0, String::len)
+        + head.host.as_deref().map_or(0, str::len)
         + head.traceparent.as_ref().map_or(0, String::len)
 }
 
@@ -509,7 +509,7 @@ mod tests {
     fn summary(calls: &[HttpExchange]) -> Vec<(String, Option<u16>, u64)> {
         calls
             .iter()
-            .map(|c| (c.request.path.clone(), c.status, c.response_body_size))
+            .map(|c| (c.request.path.to_string(), c.status, c.response_body_size))
             .collect()
     }
 
@@ -649,14 +649,7 @@ mod tests {
         let check = |calls: &[HttpExchange], errors: &[&str], what: &str| {
             let got: Vec<_> = calls
                 .iter()
-                .map(|c| {
-                    (
-                        c.request.path.as_str(),
-                        c.status,
-                        c.request_body_size,
-                        c.end_ts,
-                    )
-                })
+                .map(|c| (&*c.request.path, c.status, c.request_body_size, c.end_ts))
                 .collect();
             assert_eq!(
                 got,
@@ -911,7 +904,7 @@ mod hostile_tests {
         fn drain(&mut self) {
             for ex in self.out.http.drain(..) {
                 self.calls
-                    .push((ex.request.path.clone(), ex.status, ex.failure.clone()));
+                    .push((ex.request.path.to_string(), ex.status, ex.failure.clone()));
             }
             self.errors.append(&mut self.out.errors);
             self.dropped += std::mem::take(&mut self.out.pending_dropped);
