@@ -1,5 +1,6 @@
 //! Attribute values, and the HTTP attributes that spans and metrics both derive.
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::protocols::call::{HttpCall, Role};
 
@@ -88,19 +89,47 @@ pub fn server_endpoint(
     tls: bool,
 ) -> (Option<String>, Option<u16>) {
     if let Some(h) = host.filter(|h| !h.is_empty()) {
-        let (name, port) = match h.rsplit_once(':') {
-            Some((n, _)) if !n.ends_with(']') && n.contains(':') => (h, None), // bare IPv6
-            Some((n, p)) => (n, p.parse().ok()),
-            None => (h, None),
-        };
-        let name = name.trim_start_matches('[').trim_end_matches(']');
-        let default_port = if tls { 443 } else { 80 };
-        return (Some(name.to_string()), port.or(Some(default_port)));
+        let (name, port) = split_host(h, tls);
+        return (Some(name.to_string()), Some(port));
     }
     match fallback {
         Some(a) => (Some(a.ip().to_string()), Some(a.port())),
         None => (None, None),
     }
+}
+
+/// `server_endpoint` as span attributes: the Host header's name shares its copy when it
+/// is the whole header, and an address stays an address until the span is written.
+pub fn server_endpoint_attrs(
+    host: Option<&Arc<str>>,
+    fallback: Option<SocketAddr>,
+    tls: bool,
+) -> (Option<AttrValue>, Option<u16>) {
+    if let Some(h) = host.filter(|h| !h.is_empty()) {
+        let (name, port) = split_host(h, tls);
+        let name = if name.len() == h.len() {
+            AttrValue::Shared(h.clone())
+        } else {
+            AttrValue::Str(name.to_string())
+        };
+        return (Some(name), Some(port));
+    }
+    match fallback {
+        Some(a) => (Some(AttrValue::Ip(a.ip())), Some(a.port())),
+        None => (None, None),
+    }
+}
+
+/// A Host header's name (without brackets) and port (the scheme's, 443 over TLS, else 80,
+/// when it names none).
+fn split_host(h: &str, tls: bool) -> (&str, u16) {
+    let (name, port) = match h.rsplit_once(':') {
+        Some((n, _)) if !n.ends_with(']') && n.contains(':') => (h, None), // bare IPv6
+        Some((n, p)) => (n, p.parse().ok()),
+        None => (h, None),
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    (name, port.unwrap_or(if tls { 443 } else { 80 }))
 }
 
 /// `error.type` for a call: 5xx on the server; 4xx, 5xx and connection failures on the client.
@@ -132,5 +161,42 @@ mod tests {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             assert_eq!(IpText::of(ip).as_str(), ip.to_string());
         }
+    }
+
+    /// The span attributes say what `server_endpoint` says, and a Host header that is all
+    /// name is shared, not copied.
+    #[test]
+    fn span_endpoint_attributes_agree_with_the_text_and_share_a_bare_host() {
+        let fallback: Option<SocketAddr> = Some("10.0.0.7:8443".parse().unwrap());
+        for (host, tls) in [
+            (Some("api.internal"), false),
+            (Some("api.internal"), true),
+            (Some("api.internal:8080"), false),
+            (Some("[::1]:9000"), false),
+            (Some("[::1]"), true),
+            (Some("::1"), false),
+            (Some(""), false),
+            (None, false),
+        ] {
+            let shared: Option<Arc<str>> = host.map(Into::into);
+            let (text, port) = server_endpoint(host, fallback, tls);
+            let (attr, attr_port) = server_endpoint_attrs(shared.as_ref(), fallback, tls);
+            assert_eq!(port, attr_port, "{host:?}");
+            let attr_text = match &attr {
+                Some(AttrValue::Shared(s)) => Some(s.to_string()),
+                Some(AttrValue::Str(s)) => Some(s.clone()),
+                Some(AttrValue::Ip(ip)) => Some(ip.to_string()),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(text, attr_text, "{host:?}");
+            if let (Some(AttrValue::Shared(s)), Some(h)) = (&attr, &shared) {
+                assert!(Arc::ptr_eq(s, h));
+            }
+        }
+        let bare: Arc<str> = "api.internal".into();
+        assert!(matches!(
+            server_endpoint_attrs(Some(&bare), None, false).0,
+            Some(AttrValue::Shared(_))
+        ));
     }
 }

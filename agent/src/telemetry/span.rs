@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::identity::process::ProcessInfo;
 use crate::protocols::call::DbCall;
 use crate::protocols::call::{HttpCall, Role};
+use crate::telemetry::attr::server_endpoint_attrs;
 use crate::telemetry::attr::IpText;
 pub use crate::telemetry::attr::{http_error_type, server_endpoint};
 use crate::telemetry::genai;
@@ -46,12 +47,44 @@ pub struct Span {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent_span_id: Option<u64>,
-    pub name: String,
+    pub name: SpanName,
     pub kind: SpanKind,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub process: Arc<ProcessInfo>,
     pub attributes: Vec<(&'static str, AttrValue)>,
+}
+
+/// A span's name: most are a method or an operation name that many spans share, and are
+/// not copied per span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpanName {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl std::ops::Deref for SpanName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            SpanName::Static(s) => s,
+            SpanName::Shared(s) => s,
+            SpanName::Owned(s) => s,
+        }
+    }
+}
+
+impl From<&'static str> for SpanName {
+    fn from(s: &'static str) -> Self {
+        SpanName::Static(s)
+    }
+}
+
+impl From<String> for SpanName {
+    fn from(s: String) -> Self {
+        SpanName::Owned(s)
+    }
 }
 
 /// Converts the kernel's monotonic timestamps to Unix time.
@@ -147,9 +180,9 @@ impl Span {
         if method == "_OTHER" {
             a.push(("http.request.method_original", s(&req.method)));
         }
-        a.push(("url.path", s(&req.path)));
+        a.push(("url.path", AttrValue::Shared(req.path.clone())));
         if let Some(route) = &call.route {
-            a.push(("http.route", s(route)));
+            a.push(("http.route", AttrValue::Shared(route.clone())));
         }
         a.push(("url.scheme", AttrValue::Static(call.scheme())));
         if let Some(status) = call.status {
@@ -160,9 +193,9 @@ impl Span {
         } else {
             call.peer
         };
-        let (addr, port) = server_endpoint(req.host.as_deref(), fallback, call.tls);
+        let (addr, port) = server_endpoint_attrs(req.host.as_ref(), fallback, call.tls);
         if let Some(addr) = addr {
-            a.push(("server.address", AttrValue::Str(addr)));
+            a.push(("server.address", addr));
         }
         if let Some(port) = port {
             a.push(("server.port", AttrValue::Int(port as i64)));
@@ -201,11 +234,11 @@ impl Span {
             // `{method} {http.route}` when a route is known, as the conventions ask.
             // An LLM call is named by its operation and model (`chat gpt-4o`).
             name: match (method, &call.route, &call.llm) {
-                (_, _, Some(llm)) => genai::span_name(llm),
-                ("_OTHER", Some(route), _) => format!("HTTP {route}"),
-                ("_OTHER", None, _) => "HTTP".to_string(),
-                (m, Some(route), _) => format!("{m} {route}"),
-                (m, None, _) => m.to_string(),
+                (_, _, Some(llm)) => genai::span_name(llm).into(),
+                ("_OTHER", Some(route), _) => format!("HTTP {route}").into(),
+                ("_OTHER", None, _) => "HTTP".into(),
+                (m, Some(route), _) => format!("{m} {route}").into(),
+                (m, None, _) => m.into(),
             },
             kind: SpanKind::of(call.role),
             start_unix_nano: clock.to_unix(call.start_ts),
@@ -255,8 +288,8 @@ impl Span {
             a.push(("network.peer.port", AttrValue::Int(peer.port() as i64)));
         }
         let name = match &op.collection {
-            Some(c) => format!("{} {c}", op.operation),
-            None => op.operation.to_string(),
+            Some(c) => format!("{} {c}", op.operation).into(),
+            None => SpanName::Shared(op.operation.clone()),
         };
         Span {
             trace_id: ids.trace_id,
@@ -302,7 +335,7 @@ impl Serialize for JsonSpan<'_> {
             m.serialize_entry(k, v)?;
         }
         m.serialize_entry("kind", s.kind.as_str())?;
-        m.serialize_entry("name", &s.name)?;
+        m.serialize_entry("name", &*s.name)?;
         match s.parent_span_id {
             Some(parent) => {
                 m.serialize_entry("parent_span_id", hex::<16>(parent.into()).as_str())?
@@ -392,7 +425,7 @@ mod tests {
                 "trace_id": format!("{:032x}", self.trace_id),
                 "span_id": format!("{:016x}", self.span_id),
                 "parent_span_id": self.parent_span_id.map(|p| format!("{p:016x}")).unwrap_or_default(),
-                "name": self.name,
+                "name": &*self.name,
                 "kind": self.kind.as_str(),
                 "start_time_unix_nano": self.start_unix_nano,
                 "end_time_unix_nano": self.end_unix_nano,

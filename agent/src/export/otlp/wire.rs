@@ -56,20 +56,33 @@ pub fn fixed32(buf: &mut Vec<u8>, field: u32, v: u32) {
 /// A nested message: `write` appends its fields, then its length goes in front of them
 /// (one byte is kept for it; a longer length moves the fields along).
 pub fn message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    message_with_room(buf, field, 1, write);
+}
+
+/// `message` for one of 128 bytes to 16 KiB (a span): two bytes are kept for its length.
+pub fn long_message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    message_with_room(buf, field, 2, write);
+}
+
+fn message_with_room(buf: &mut Vec<u8>, field: u32, room: usize, write: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.resize(at + room, 0);
     write(buf);
-    let len = (buf.len() - at - 1) as u64;
-    if len < 0x80 {
-        buf[at] = len as u8;
-    } else {
-        let mut prefix = [0u8; 10];
-        let mut slot = &mut prefix[..];
-        encode_varint(len, &mut slot);
-        let n = 10 - slot.len();
-        buf.splice(at..at + 1, prefix[..n].iter().copied());
+    let end = buf.len();
+    let len = (end - at - room) as u64;
+    let mut prefix = [0u8; 10];
+    let mut slot = &mut prefix[..];
+    encode_varint(len, &mut slot);
+    let n = 10 - slot.len();
+    if n > room {
+        buf.resize(end + n - room, 0);
+        buf.copy_within(at + room..end, at + n);
+    } else if n < room {
+        buf.copy_within(at + room..end, at + n);
+        buf.truncate(end - (room - n));
     }
+    buf[at..at + n].copy_from_slice(&prefix[..n]);
 }
 
 #[cfg(test)]
@@ -86,6 +99,10 @@ mod tests {
             let mut buf = Vec::new();
             string(&mut buf, 1, "key");
             message(&mut buf, 2, |b| string(b, 1, &text));
+            let mut long = Vec::new();
+            string(&mut long, 1, "key");
+            long_message(&mut long, 2, |b| string(b, 1, &text));
+            assert_eq!(long, buf, "long_message for {len} bytes");
             // The same message with its length written first.
             let mut known = Vec::new();
             string(&mut known, 1, "key");
