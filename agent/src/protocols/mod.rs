@@ -13,6 +13,7 @@ pub mod llm;
 pub mod postgres;
 pub mod redis;
 pub mod session;
+pub mod shared;
 
 pub use session::{Chunk, DbSession, Finished, Readable, Session};
 

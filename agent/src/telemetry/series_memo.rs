@@ -1,6 +1,6 @@
 //! The histogram series of recent calls, found by the identity of what their labels are
 //! made of. Sessions share their operation, namespace and host names across connections
-//! (`protocols::session::interned`), and a connection shares its process: the common call
+//! (`protocols::shared`), and a connection shares its process: the common call
 //! is matched by comparing a few pointers, without hashing or comparing any label string.
 use std::borrow::Cow;
 use std::net::SocketAddr;

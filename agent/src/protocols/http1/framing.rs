@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use crate::protocols::llm;
-use crate::protocols::session::{shared_name, shared_str};
+use crate::protocols::shared::interned;
 
 /// Largest message head buffered while waiting for its end.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -32,12 +32,12 @@ pub enum StreamKind {
 pub struct RequestHead {
     /// The standard methods are not copied per request.
     pub method: Cow<'static, str>,
-    /// The path only: the query string is cut off here and never stored. Shared with the
-    /// connection's recent requests to the same path.
+    /// The path only: the query string is cut off here and never stored. Shared (not
+    /// copied) into the call's span.
     pub path: Arc<str>,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    /// The Host header, when present; one copy per capture thread (`session::shared_name`).
+    /// The Host header, when present; one copy per capture thread (`shared::interned`).
     pub host: Option<Arc<str>>,
     /// The W3C `traceparent` header, when present.
     pub traceparent: Option<String>,
@@ -169,16 +169,11 @@ pub struct HttpStream {
     tap_requests: Option<fn(&RequestHead) -> bool>,
     /// The body of the message in progress is tapped.
     tap: bool,
-    /// Request streams: the paths requested lately, so that a path asked again is not
-    /// copied again (see `session::shared_str`).
-    recent_paths: Vec<Arc<str>>,
-    /// Request streams: the Host values sent lately, each the thread's one copy.
-    recent_hosts: Vec<Arc<str>>,
+    /// Request streams: the Host value sent last, the capture thread's one copy (a
+    /// connection keeps sending the same one). One field: 10,000 idle connections hold
+    /// no more than that.
+    last_host: Option<Arc<str>>,
 }
-
-/// Paths and hosts a request stream remembers.
-const RECENT_PATHS: usize = 4;
-const RECENT_HOSTS: usize = 2;
 
 impl HttpStream {
     pub fn new(kind: StreamKind) -> Self {
@@ -192,8 +187,19 @@ impl HttpStream {
             awaiting: VecDeque::new(),
             tap_requests: None,
             tap: false,
-            recent_paths: Vec::new(),
-            recent_hosts: Vec::new(),
+            last_host: None,
+        }
+    }
+
+    /// The shared copy of a request's Host value.
+    fn shared_host(&mut self, host: &str) -> Arc<str> {
+        match &self.last_host {
+            Some(last) if **last == *host => last.clone(),
+            _ => {
+                let host = interned(host);
+                self.last_host = Some(host.clone());
+                host
+            }
         }
     }
 
@@ -467,10 +473,9 @@ impl HttpStream {
                 let path = target.split(['?', '#']).next().unwrap_or("");
                 let head = RequestHead {
                     method: method_of(req.method.unwrap_or("")),
-                    path: shared_str(&mut self.recent_paths, path, RECENT_PATHS),
+                    path: path.into(),
                     minor_version: req.version.unwrap_or(1),
-                    host: (framing.host)
-                        .map(|h| shared_name(&mut self.recent_hosts, h, RECENT_HOSTS)),
+                    host: framing.host.map(|h| self.shared_host(h)),
                     traceparent: framing.traceparent,
                 };
                 self.tap = self.tap_requests.is_some_and(|tap| tap(&head));
@@ -910,7 +915,7 @@ mod tests {
     }
 
     #[test]
-    fn a_path_or_host_asked_again_shares_its_copy() {
+    fn a_host_sent_again_shares_its_copy() {
         let (got, _) = run(
             StreamKind::Requests,
             &[
@@ -928,7 +933,7 @@ mod tests {
             })
             .collect();
         assert_eq!(heads.len(), 3, "{got:?}");
-        assert!(Arc::ptr_eq(&heads[0].path, &heads[1].path));
+        assert_eq!((&*heads[0].path, &*heads[1].path), ("/a", "/a"));
         assert!(Arc::ptr_eq(
             heads[0].host.as_ref().unwrap(),
             heads[1].host.as_ref().unwrap()

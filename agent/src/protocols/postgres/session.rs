@@ -19,7 +19,8 @@ use crate::protocols::postgres::framing::{
     cstr, PgError, PgMessage, PgStream, ENCRYPTION_ANSWER, UNTYPED,
 };
 use crate::protocols::postgres::sql::{summarize, SqlSummary};
-use crate::protocols::session::{interned, shared_name, DbSession, RequestNumbers};
+use crate::protocols::session::{DbSession, RequestNumbers};
+use crate::protocols::shared::{interned, shared_name};
 use crate::traces::links::Start;
 
 /// Operations waiting for results on one connection, at most.

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use crate::protocols::call::{DbOperation, REDIS};
 use crate::protocols::redis::framing::{FrameType, RespError, RespFrame, RespStream};
-use crate::protocols::session::{
-    interned, shared_str, DbSession, RequestNumbers, EARLY_WINDOW_NS, MAX_EARLY,
-};
+use crate::protocols::session::{DbSession, RequestNumbers, EARLY_WINDOW_NS, MAX_EARLY};
+use crate::protocols::shared::{interned, shared_str};
 use crate::traces::links::Start;
 
 /// Commands waiting for replies on one connection, at most. A command beyond is given up
