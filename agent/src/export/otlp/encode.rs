@@ -185,32 +185,14 @@ pub struct SpanBatch {
     parts: Vec<(Arc<ProcessInfo>, Vec<u8>)>,
     index: FxHashMap<(u32, u64), usize>,
     spans: usize,
-    /// The bytes of each process's part in the batch before.
-    last_sizes: FxHashMap<(u32, u64), usize>,
 }
 
 impl SpanBatch {
-    /// An empty batch whose processes' parts start at the size they had in `last` (a batch
-    /// is filled much as the one before it: its buffers are then not grown, and copied,
-    /// step by step).
-    pub fn sized_like(last: &SpanBatch) -> SpanBatch {
-        let sizes = last
-            .index
-            .iter()
-            .map(|(key, &i)| (*key, last.parts[i].1.len()))
-            .collect();
-        SpanBatch {
-            last_sizes: sizes,
-            ..SpanBatch::default()
-        }
-    }
-
     pub fn push(&mut self, span: &Span) {
         let key = (span.process.pid, span.process.start_time);
         let parts = &mut self.parts;
-        let capacity = self.last_sizes.get(&key).map_or(4096, |&n| n.max(4096));
         let i = *self.index.entry(key).or_insert_with(|| {
-            parts.push((span.process.clone(), Vec::with_capacity(capacity)));
+            parts.push((span.process.clone(), Vec::with_capacity(4096)));
             parts.len() - 1
         });
         // ScopeSpans.spans

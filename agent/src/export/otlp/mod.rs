@@ -58,8 +58,7 @@ impl SpanQueue {
         if self.batch.is_empty() {
             return;
         }
-        let next = SpanBatch::sized_like(&self.batch);
-        let batch = std::mem::replace(&mut self.batch, next);
+        let batch = std::mem::take(&mut self.batch);
         let n = batch.len() as u64;
         let reason = match self.tx.try_send(batch) {
             Ok(()) => return,
