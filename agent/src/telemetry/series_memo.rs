@@ -229,14 +229,30 @@ mod tests {
         }
     }
 
+    /// A lookup that makes a new series each time, and counts the lookups.
+    struct Lookups {
+        family: HistogramFamily,
+        count: Cell<usize>,
+    }
+
+    impl Lookups {
+        fn new() -> Lookups {
+            Lookups {
+                family: HistogramFamily::new("t", "t", "s", "t", &[1.0], &["n"], 100),
+                count: Cell::new(0),
+            }
+        }
+
+        fn lookup(&self) -> Arc<Series> {
+            self.count.set(self.count.get() + 1);
+            self.family.series(vec![self.count.get().to_string()])
+        }
+    }
+
     #[test]
     fn the_same_shared_values_find_the_same_series_and_others_look_up_theirs() {
-        let family = HistogramFamily::new("t", "t", "s", "t", &[1.0], &["n"], 100);
-        let lookups = Cell::new(0);
-        let lookup = || {
-            lookups.set(lookups.get() + 1);
-            family.series(vec![lookups.get().to_string()])
-        };
+        let lookups = Lookups::new();
+        let lookup = || lookups.lookup();
         let process = Arc::new(ProcessInfo::for_tests(1, "app", "app"));
         let (get, ns): (Arc<str>, Arc<str>) = ("GET".into(), "0".into());
         let mut memo = DbMemo::default();
@@ -253,7 +269,7 @@ mod tests {
         moved.peer = Some("127.0.0.1:6380".parse().unwrap());
         memo.series(&moved, lookup);
         memo.series(&call(&process, &get, &"0".into()), lookup);
-        assert_eq!(lookups.get(), 5);
+        assert_eq!(lookups.count.get(), 5);
     }
 
     fn http(process: &Arc<ProcessInfo>, role: Role, host: &Arc<str>, status: u16) -> HttpCall {
@@ -285,12 +301,8 @@ mod tests {
 
     #[test]
     fn http_calls_with_the_same_shared_values_find_their_series_and_others_look_up() {
-        let family = HistogramFamily::new("t", "t", "s", "t", &[1.0], &["n"], 100);
-        let lookups = Cell::new(0);
-        let lookup = || {
-            lookups.set(lookups.get() + 1);
-            family.series(vec![lookups.get().to_string()])
-        };
+        let lookups = Lookups::new();
+        let lookup = || lookups.lookup();
         let process = Arc::new(ProcessInfo::for_tests(1, "app", "app"));
         let host: Arc<str> = "api.internal".into();
         let mut memo = HttpMemo::default();
@@ -315,7 +327,7 @@ mod tests {
         let mut routed = http(&process, Role::Server, &host, 200);
         routed.route = Some("/v1/{id}".into());
         memo.series(&routed, lookup);
-        assert_eq!(lookups.get(), 6);
+        assert_eq!(lookups.count.get(), 6);
         // A server call's labels hold neither host nor peer: any of them finds its series.
         let server =
             memo.series(&http(&process, Role::Server, &host, 200), lookup) as *const Series;
@@ -323,7 +335,7 @@ mod tests {
         elsewhere.peer = None;
         let found = memo.series(&elsewhere, || panic!("looked up again")) as *const Series;
         assert!(std::ptr::eq(server, found));
-        assert_eq!(lookups.get(), 7);
+        assert_eq!(lookups.count.get(), 7);
         // A failure or a method outside the standard ones is not a shared value.
         let mut failed = http(&process, Role::Client, &host, 200);
         failed.failure = Some("ECONNRESET".into());
