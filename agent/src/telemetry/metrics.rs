@@ -567,7 +567,7 @@ impl Metrics {
             http_memo,
             ..
         } = caches;
-        let mut lookup = || {
+        let lookup = || {
             let key = HttpKey::of(call);
             http.get_or_create(
                 hasher.hash_one(key),
@@ -576,11 +576,7 @@ impl Metrics {
             )
             .clone()
         };
-        if HttpMemo::takes(call) {
-            self.observe(http_memo.series(call, lookup), seconds, exemplar);
-        } else {
-            self.observe(&lookup(), seconds, exemplar);
-        }
+        http_memo.with_series(call, lookup, |s| self.observe(s, seconds, exemplar));
     }
 
     fn observe(&self, series: &Series, seconds: f64, exemplar: Option<(u128, u64, u64)>) {
@@ -649,7 +645,7 @@ impl Metrics {
             db_memo,
             ..
         } = caches;
-        let mut lookup = || {
+        let lookup = || {
             let key = DbKey::of(call);
             db.get_or_create(
                 hasher.hash_one(key),
@@ -658,11 +654,7 @@ impl Metrics {
             )
             .clone()
         };
-        if DbMemo::takes(call) {
-            self.observe(db_memo.series(call, lookup), seconds, exemplar);
-        } else {
-            self.observe(&lookup(), seconds, exemplar);
-        }
+        db_memo.with_series(call, lookup, |s| self.observe(s, seconds, exemplar));
     }
 
     fn db_series(&self, call: &DbCall) -> Arc<Series> {

@@ -21,6 +21,8 @@ pub trait MemoEntry: Sized {
     /// Whether `call`'s labels are this entry's. `ProcessInfo` and the shared strings are
     /// immutable, so the same values give the same labels.
     fn matches(&self, call: &Self::Call) -> bool;
+    /// Whether all of `call`'s labels are shared values, so that an entry can match it.
+    fn takes(call: &Self::Call) -> bool;
     fn series(&self) -> &Series;
     /// The slot of `call`, from the addresses of its values (heap addresses: their low bits
     /// are alignment, the bits above vary).
@@ -38,8 +40,27 @@ impl<E> Default for SeriesMemo<E> {
 }
 
 impl<E: MemoEntry> SeriesMemo<E> {
+    pub fn takes(call: &E::Call) -> bool {
+        E::takes(call)
+    }
+
+    /// Hands `observe` the series of `call`'s label set: the memo's when the call's labels
+    /// are all shared values, else the one `lookup` finds.
+    pub fn with_series(
+        &mut self,
+        call: &E::Call,
+        lookup: impl FnOnce() -> Arc<Series>,
+        observe: impl FnOnce(&Series),
+    ) {
+        if E::takes(call) {
+            observe(self.series(call, lookup));
+        } else {
+            observe(&lookup());
+        }
+    }
+
     /// The series of `call`'s label set, or the one `lookup` finds (then kept). Only for
-    /// calls whose labels are all shared values (see `DbMemo::takes`, `HttpMemo::takes`).
+    /// calls whose labels are all shared values (`takes`).
     pub fn series(&mut self, call: &E::Call, lookup: impl FnOnce() -> Arc<Series>) -> &Series {
         if self.slots.is_empty() {
             self.slots.resize_with(SLOTS, || None);
@@ -53,13 +74,6 @@ impl<E: MemoEntry> SeriesMemo<E> {
 }
 
 pub type DbMemo = SeriesMemo<DbEntry>;
-
-impl DbMemo {
-    /// A failed call's `error.type` is not a shared value.
-    pub fn takes(call: &DbCall) -> bool {
-        call.error_type().is_none()
-    }
-}
 
 pub struct DbEntry {
     // The values themselves are held, not only their addresses: an address compared is
@@ -97,6 +111,11 @@ impl MemoEntry for DbEntry {
             && self.server == call.server()
     }
 
+    /// A failed call's `error.type` is not a shared value.
+    fn takes(call: &DbCall) -> bool {
+        call.error_type().is_none()
+    }
+
     fn series(&self) -> &Series {
         &self.series
     }
@@ -110,13 +129,6 @@ impl MemoEntry for DbEntry {
 }
 
 pub type HttpMemo = SeriesMemo<HttpEntry>;
-
-impl HttpMemo {
-    /// A failure's name and a method outside the standard ones are not shared values.
-    pub fn takes(call: &HttpCall) -> bool {
-        call.failure.is_none() && matches!(call.request.method, Cow::Borrowed(_))
-    }
-}
 
 /// The values an HTTP call's labels come from (see `metrics::HttpKey`): the host and peer
 /// only label client calls, the route only server calls.
@@ -186,6 +198,11 @@ impl MemoEntry for HttpEntry {
             && same_shared(self.host.as_ref(), HttpEntry::host(call))
             && same_shared(self.route.as_ref(), call.route.as_ref())
             && self.peer == HttpEntry::peer(call)
+    }
+
+    /// A failure's name and a method outside the standard ones are not shared values.
+    fn takes(call: &HttpCall) -> bool {
+        call.failure.is_none() && matches!(call.request.method, Cow::Borrowed(_))
     }
 
     fn series(&self) -> &Series {
